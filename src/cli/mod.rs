@@ -1,0 +1,40 @@
+//! Command-line interface: the only module that knows about clap. Each subcommand's wiring
+//! lives in its own file and calls plain library functions.
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+
+mod bleu;
+mod models;
+mod prompts;
+
+#[derive(Debug, Parser)]
+#[command(name = "roundtrip", version, about = "Text -> image -> text round-trip experiments")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Corpus BLEU-1..4 of line-aligned hypotheses against reference streams (nltk semantics).
+    Bleu(bleu::Args),
+    /// Work with prompts files.
+    #[command(subcommand)]
+    Prompts(prompts::Command),
+    /// List model presets and resolve model references (hub or folder).
+    #[command(subcommand)]
+    Models(models::Command),
+}
+
+/// Runs a parsed command line, writing results to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Bleu(a) => bleu::run(a, out),
+        Command::Prompts(c) => prompts::run(c, out),
+        Command::Models(c) => models::run(c, out),
+    }?;
+    out.flush()?;
+    Ok(())
+}

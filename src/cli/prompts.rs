@@ -1,0 +1,36 @@
+//! `roundtrip prompts check FILE`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::prompts::PromptFile;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate a prompts file and print the phrases (and real photos) it holds.
+    Check {
+        file: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Command::Check { file, json } = c;
+    let prompts = PromptFile::load(&file)?;
+    if json {
+        serde_json::to_writer(&mut *out, &prompts)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let photos = prompts.prompts.iter().filter(|p| p.photo.is_some()).count();
+    writeln!(out, "{}: {} phrases, {} with a real photo", file.display(), prompts.prompts.len(), photos)?;
+    for p in &prompts.prompts {
+        match &p.photo {
+            Some(photo) => writeln!(out, "{:>5}  {}  [photo: {}]", p.line, p.phrase, photo)?,
+            None => writeln!(out, "{:>5}  {}", p.line, p.phrase)?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,501 @@
+//! Model locator: a model reference is a preset name, a local folder in the hub's layout, or a
+//! Hugging Face hub id with an optional revision (`org/name@rev`).
+//!
+//! Hub files come from the local cache in Python's layout (`models--org--name/refs/REV`,
+//! `snapshots/COMMIT/FILE`) and, unless `HF_HUB_OFFLINE` is set, are downloaded with hf-hub.
+//! Honours `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+/// A reference that cannot be resolved, or a file that cannot be had. The user can fix these.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("model `{spec}` is neither a folder, a preset ({presets}) nor a hub id `org/name[@revision]`")]
+    BadReference { spec: String, presets: String },
+    #[error("model folder {0} does not exist")]
+    NoFolder(PathBuf),
+    #[error("model path {0} is a file; expected a folder holding the model's files (the hub's layout)")]
+    NotAFolder(PathBuf),
+    #[error("model folder {folder} has no `{file}`: expected the repository's files in the hub's layout (config.json, weights, ...)")]
+    MissingInFolder { folder: PathBuf, file: String },
+    #[error(
+        "`{file}` of hub repository `{repo}` (revision {revision}) is not in the local cache {cache} \
+         and HF_HUB_OFFLINE forbids downloading it. Get it either (1) with network access: unset \
+         HF_HUB_OFFLINE and run again, it is downloaded into the cache; or (2) copy the repository's \
+         files into a folder (the hub's layout: `{file}` and its siblings side by side) and pass that folder instead"
+    )]
+    NotCached { repo: String, revision: String, file: String, cache: PathBuf },
+    #[error(
+        "cannot download `{file}` of hub repository `{repo}` (revision {revision}): {reason}. Get it either \
+         (1) with network access to the hub (check HF_ENDPOINT and HF_TOKEN), or (2) copy the repository's \
+         files into a folder (the hub's layout) and pass that folder instead"
+    )]
+    Download { repo: String, revision: String, file: String, reason: String },
+    #[error("preset `{name}` has no hub repository: {why}{urls}")]
+    NoHubSource { name: String, why: String, urls: String },
+}
+
+/// One entry of `models/presets.json`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Preset {
+    pub name: String,
+    pub kind: String,
+    pub repo: Option<String>,
+    pub revision: Option<String>,
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub source_urls: Vec<String>,
+    pub why: String,
+}
+
+#[derive(Deserialize)]
+struct PresetFile {
+    presets: Vec<Preset>,
+}
+
+/// The preset registry shipped in `models/presets.json`.
+pub fn presets() -> &'static [Preset] {
+    static PRESETS: OnceLock<Vec<Preset>> = OnceLock::new();
+    PRESETS.get_or_init(|| {
+        let file: PresetFile = serde_json::from_str(include_str!("../models/presets.json"))
+            .expect("models/presets.json is valid (checked by a unit test)");
+        file.presets
+    })
+}
+
+pub fn preset(name: &str) -> Option<&'static Preset> {
+    presets().iter().find(|p| p.name == name)
+}
+
+/// Where a model's files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Folder(PathBuf),
+    Hub { repo: String, revision: String },
+}
+
+/// A parsed model reference, before any file is looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    /// The reference as the user wrote it.
+    pub spec: String,
+    /// The preset it named or matched, if any.
+    pub preset: Option<String>,
+    pub source: ModelSource,
+}
+
+fn is_hub_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(['.', '-'])
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn is_hub_id(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((org, name)) => is_hub_name(org) && is_hub_name(name),
+        None => is_hub_name(s),
+    }
+}
+
+impl ModelRef {
+    pub fn parse(spec: &str) -> Result<Self, LocateError> {
+        let bad = || LocateError::BadReference {
+            spec: spec.to_owned(),
+            presets: presets().iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+        };
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Ok(Self { spec: spec.to_owned(), preset: None, source: ModelSource::Folder(path.into()) });
+        }
+        if path.is_file() {
+            return Err(LocateError::NotAFolder(path.into()));
+        }
+        let looks_like_path = spec.starts_with(['.', '/', '~']) || spec.contains('\\') || spec.ends_with('/');
+        if looks_like_path {
+            return Err(LocateError::NoFolder(path.into()));
+        }
+        let (id, rev) = match spec.split_once('@') {
+            Some((id, rev)) if !rev.is_empty() && !rev.contains(char::is_whitespace) => (id, Some(rev)),
+            Some(_) => return Err(bad()),
+            None => (spec, None),
+        };
+        if let Some(p) = preset(id) {
+            let Some(repo) = &p.repo else {
+                let urls = if p.source_urls.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", p.source_urls.join(", "))
+                };
+                return Err(LocateError::NoHubSource { name: p.name.clone(), why: p.why.clone(), urls });
+            };
+            let revision = rev.or(p.revision.as_deref()).unwrap_or("main").to_owned();
+            return Ok(Self {
+                spec: spec.to_owned(),
+                preset: Some(p.name.clone()),
+                source: ModelSource::Hub { repo: repo.clone(), revision },
+            });
+        }
+        if !is_hub_id(id) {
+            return Err(bad());
+        }
+        // A bare hub id of a preset's repository gets the preset's pinned revision.
+        let matched = presets().iter().find(|p| p.repo.as_deref() == Some(id));
+        let revision = rev
+            .or(matched.and_then(|p| p.revision.as_deref()))
+            .unwrap_or("main")
+            .to_owned();
+        Ok(Self {
+            spec: spec.to_owned(),
+            preset: matched.map(|p| p.name.clone()),
+            source: ModelSource::Hub { repo: id.to_owned(), revision },
+        })
+    }
+}
+
+/// How to reach the hub: read from the environment as huggingface_hub does.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// The hub cache folder (holding `models--org--name`).
+    pub cache_dir: PathBuf,
+    pub endpoint: Option<String>,
+    pub token: Option<String>,
+    /// Cache only, never the network.
+    pub offline: bool,
+    /// Show download progress bars (on stderr).
+    pub progress: bool,
+}
+
+fn env_nonempty(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+}
+
+impl HubSettings {
+    pub fn from_env() -> Self {
+        let cache_dir = env_nonempty("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+            match env_nonempty("HF_HOME") {
+                Some(home) => PathBuf::from(home).join("hub"),
+                None => hf_hub::Cache::default().path().clone(),
+            }
+        });
+        Self {
+            cache_dir,
+            endpoint: env_nonempty("HF_ENDPOINT"),
+            token: env_nonempty("HF_TOKEN"),
+            offline: env_nonempty("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+}
+
+/// What a command records about a model it used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelRecord {
+    /// The reference as given.
+    pub reference: String,
+    pub preset: Option<String>,
+    /// `folder` or `hub`.
+    pub source: &'static str,
+    /// The folder, for folder models.
+    pub path: Option<String>,
+    pub repo: Option<String>,
+    /// The revision asked for (branch, tag, ref or commit).
+    pub revision: Option<String>,
+    /// The commit the files came from, once a file was resolved.
+    pub commit: Option<String>,
+}
+
+/// Resolves model files, sharing one hub client.
+pub struct Locator {
+    settings: HubSettings,
+    api: OnceLock<Result<hf_hub::api::sync::Api, String>>,
+}
+
+impl Locator {
+    pub fn new(settings: HubSettings) -> Self {
+        Self { settings, api: OnceLock::new() }
+    }
+
+    pub fn from_env() -> Self {
+        Self::new(HubSettings::from_env())
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// Opens a model reference; files are looked up (and downloaded) one by one with [`Model::file`].
+    pub fn open<'a>(&'a self, model: &ModelRef) -> Result<Model<'a>, LocateError> {
+        if let ModelSource::Folder(dir) = &model.source {
+            if !dir.is_dir() {
+                return Err(LocateError::NoFolder(dir.clone()));
+            }
+        }
+        Ok(Model { locator: self, reference: model.clone(), commit: Mutex::new(None) })
+    }
+
+    fn api(&self) -> Result<&hf_hub::api::sync::Api, String> {
+        self.api
+            .get_or_init(|| {
+                let s = &self.settings;
+                let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(s.cache_dir.clone()))
+                    .with_progress(s.progress);
+                if let Some(e) = &s.endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                if s.token.is_some() {
+                    b = b.with_token(s.token.clone());
+                }
+                b.build().map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// The cache folder of one repository, in Python's layout.
+fn repo_cache_dir(cache: &Path, repo: &str) -> PathBuf {
+    cache.join(format!("models--{}", repo.replace('/', "--")))
+}
+
+fn is_commit_hash(rev: &str) -> bool {
+    rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The commit a revision points to in the cache, if known there.
+fn cached_commit(cache: &Path, repo: &str, revision: &str) -> Option<String> {
+    if is_commit_hash(revision) {
+        return Some(revision.to_owned());
+    }
+    let r = std::fs::read_to_string(repo_cache_dir(cache, repo).join("refs").join(revision)).ok()?;
+    Some(r.trim().to_owned()).filter(|c| !c.is_empty())
+}
+
+/// An opened model reference.
+pub struct Model<'a> {
+    locator: &'a Locator,
+    reference: ModelRef,
+    commit: Mutex<Option<String>>,
+}
+
+impl Model<'_> {
+    pub fn reference(&self) -> &ModelRef {
+        &self.reference
+    }
+
+    /// Path of one of the model's files, from the folder, the cache or a download.
+    pub fn file(&self, name: &str) -> Result<PathBuf, LocateError> {
+        match &self.reference.source {
+            ModelSource::Folder(dir) => {
+                let p = dir.join(name);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(LocateError::MissingInFolder { folder: dir.clone(), file: name.to_owned() })
+                }
+            }
+            ModelSource::Hub { repo, revision } => self.hub_file(repo, revision, name),
+        }
+    }
+
+    /// Whether the model has this file (for optional files); never downloads.
+    pub fn has_local_file(&self, name: &str) -> bool {
+        match &self.reference.source {
+            ModelSource::Folder(dir) => dir.join(name).is_file(),
+            ModelSource::Hub { repo, revision } => {
+                let cache = &self.locator.settings.cache_dir;
+                cached_commit(cache, repo, revision)
+                    .is_some_and(|c| repo_cache_dir(cache, repo).join("snapshots").join(c).join(name).is_file())
+            }
+        }
+    }
+
+    fn hub_file(&self, repo: &str, revision: &str, name: &str) -> Result<PathBuf, LocateError> {
+        let settings = &self.locator.settings;
+        if let Some(commit) = cached_commit(&settings.cache_dir, repo, revision) {
+            let p = repo_cache_dir(&settings.cache_dir, repo).join("snapshots").join(&commit).join(name);
+            if p.is_file() {
+                self.set_commit(commit);
+                return Ok(p);
+            }
+        }
+        if settings.offline {
+            return Err(LocateError::NotCached {
+                repo: repo.to_owned(),
+                revision: revision.to_owned(),
+                file: name.to_owned(),
+                cache: settings.cache_dir.clone(),
+            });
+        }
+        let download_err = |reason: String| LocateError::Download {
+            repo: repo.to_owned(),
+            revision: revision.to_owned(),
+            file: name.to_owned(),
+            reason,
+        };
+        let api = self.locator.api().map_err(download_err)?;
+        let hub_repo = hf_hub::Repo::with_revision(repo.to_owned(), hf_hub::RepoType::Model, revision.to_owned());
+        let path = api.repo(hub_repo).get(name).map_err(|e| download_err(e.to_string()))?;
+        // The file lands in snapshots/COMMIT/NAME: the commit is the folder above the file name.
+        let mut commit_dir = path.clone();
+        for _ in name.split('/') {
+            commit_dir.pop();
+        }
+        if let Some(c) = commit_dir.file_name().and_then(|c| c.to_str()) {
+            self.set_commit(c.to_owned());
+        }
+        Ok(path)
+    }
+
+    fn set_commit(&self, commit: String) {
+        if let Ok(mut c) = self.commit.lock() {
+            *c = Some(commit);
+        }
+    }
+
+    /// What to record in outputs: the reference, and the commit once a file was resolved.
+    pub fn record(&self) -> ModelRecord {
+        let commit = self.commit.lock().ok().and_then(|c| c.clone());
+        let r = &self.reference;
+        match &r.source {
+            ModelSource::Folder(dir) => ModelRecord {
+                reference: r.spec.clone(),
+                preset: r.preset.clone(),
+                source: "folder",
+                path: Some(dir.display().to_string()),
+                repo: None,
+                revision: None,
+                commit: None,
+            },
+            ModelSource::Hub { repo, revision } => ModelRecord {
+                reference: r.spec.clone(),
+                preset: r.preset.clone(),
+                source: "hub",
+                path: None,
+                repo: Some(repo.clone()),
+                revision: Some(revision.clone()),
+                commit,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preset_registry_parses_and_names_are_unique() {
+        let names: std::collections::HashSet<_> = presets().iter().map(|p| &p.name).collect();
+        assert_eq!(names.len(), presets().len());
+        for kind in ["clip", "vgg16", "xception", "biggan"] {
+            assert!(presets().iter().any(|p| p.kind == kind), "no preset of kind {kind}");
+        }
+        for p in presets() {
+            assert!(p.repo.is_some() || !p.source_urls.is_empty(), "{} has no source", p.name);
+        }
+    }
+
+    #[test]
+    fn parses_hub_ids_presets_and_revisions() {
+        let hub = |spec: &str| ModelRef::parse(spec).unwrap().source;
+        assert_eq!(
+            hub("openai/clip-vit-base-patch32@abc"),
+            ModelSource::Hub { repo: "openai/clip-vit-base-patch32".into(), revision: "abc".into() }
+        );
+        // The bare id of a preset's repo uses the pinned revision.
+        assert_eq!(
+            hub("openai/clip-vit-base-patch32"),
+            ModelSource::Hub { repo: "openai/clip-vit-base-patch32".into(), revision: "refs/pr/15".into() }
+        );
+        let p = ModelRef::parse("clip-vit-b32").unwrap();
+        assert_eq!(p.preset.as_deref(), Some("clip-vit-b32"));
+        assert_eq!(hub("someone/model"), ModelSource::Hub { repo: "someone/model".into(), revision: "main".into() });
+    }
+
+    #[test]
+    fn rejects_bad_references_clearly() {
+        let msg = |spec: &str| ModelRef::parse(spec).unwrap_err().to_string();
+        assert!(msg("a/b/c").contains("neither a folder"));
+        assert!(msg("org/name@").contains("neither a folder"));
+        assert!(msg("./no/such/folder").contains("does not exist"));
+        let e = msg("biggan-deep-256");
+        assert!(e.contains("no hub repository") && e.contains("biggan-deep-256-pytorch_model.bin"), "{e}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert!(msg(file.path().to_str().unwrap()).contains("is a file"));
+    }
+
+    fn fake_cache(root: &Path, repo: &str, rev: &str, commit: &str, files: &[&str]) {
+        let dir = repo_cache_dir(root, repo);
+        std::fs::create_dir_all(dir.join("refs")).unwrap();
+        std::fs::write(dir.join("refs").join(rev), commit).unwrap();
+        let snap = dir.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        for f in files {
+            std::fs::write(snap.join(f), format!("contents of {f}")).unwrap();
+        }
+    }
+
+    fn offline(cache: &Path) -> Locator {
+        Locator::new(HubSettings {
+            cache_dir: cache.into(),
+            endpoint: None,
+            token: None,
+            offline: true,
+            progress: false,
+        })
+    }
+
+    #[test]
+    fn resolves_from_a_fake_cache_offline_and_records_the_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        fake_cache(tmp.path(), "org/tiny", "main", commit, &["config.json"]);
+        let loc = offline(tmp.path());
+        let model = loc.open(&ModelRef::parse("org/tiny").unwrap()).unwrap();
+        assert_eq!(model.record().commit, None);
+        let p = model.file("config.json").unwrap();
+        assert_eq!(std::fs::read_to_string(p).unwrap(), "contents of config.json");
+        let rec = model.record();
+        assert_eq!(rec.commit.as_deref(), Some(commit));
+        assert_eq!(rec.revision.as_deref(), Some("main"));
+        assert!(model.has_local_file("config.json") && !model.has_local_file("model.safetensors"));
+
+        // A pinned commit resolves without a ref file.
+        let pinned = loc.open(&ModelRef::parse(&format!("org/tiny@{commit}")).unwrap()).unwrap();
+        assert!(pinned.file("config.json").is_ok());
+    }
+
+    #[test]
+    fn offline_missing_file_names_repo_file_and_both_remedies() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_cache(tmp.path(), "org/tiny", "main", "abc", &["config.json"]);
+        let loc = offline(tmp.path());
+        let model = loc.open(&ModelRef::parse("org/tiny").unwrap()).unwrap();
+        let e = model.file("model.safetensors").unwrap_err().to_string();
+        for part in ["org/tiny", "model.safetensors", "HF_HUB_OFFLINE", "network", "folder"] {
+            assert!(e.contains(part), "{part:?} missing from: {e}");
+        }
+        let other = loc.open(&ModelRef::parse("org/absent@v1").unwrap()).unwrap();
+        assert!(matches!(other.file("config.json"), Err(LocateError::NotCached { .. })));
+    }
+
+    #[test]
+    fn folder_models_resolve_files_and_name_missing_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("config.json"), "{}").unwrap();
+        let loc = offline(tmp.path());
+        let r = ModelRef::parse(tmp.path().to_str().unwrap()).unwrap();
+        let model = loc.open(&r).unwrap();
+        assert!(model.file("config.json").is_ok());
+        let e = model.file("model.safetensors").unwrap_err().to_string();
+        assert!(e.contains("model.safetensors") && e.contains(tmp.path().to_str().unwrap()), "{e}");
+        assert_eq!(model.record().source, "folder");
+    }
+}

@@ -1,0 +1,11 @@
+//! `roundtrip`: text -> image -> text round-trip experiments.
+//!
+//! Data flows one way: prompts -> generated image -> captions -> scores -> report. This crate
+//! holds everything but argument parsing and process exit, which live in `src/main.rs` and `cli`.
+
+pub mod bleu;
+pub mod cli;
+pub mod error;
+pub mod hub;
+pub mod prompts;
+pub mod text;

@@ -1,0 +1,24 @@
+//! The `roundtrip` binary: parse, run, print the error chain, exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use roundtrip::cli::{self, Cli};
+use roundtrip::error::{exit_code, is_broken_pipe};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match cli::run(args, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(exit_code(&e) as u8)
+        }
+    }
+}
