@@ -28,7 +28,8 @@ macro_rules! input_err {
 /// Exit code for an error chain: 2 for input and usage errors, 1 for any other failure.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     let is_input = err.chain().any(|e| {
-        e.downcast_ref::<InputError>().is_some() || e.downcast_ref::<crate::hub::LocateError>().is_some()
+        e.downcast_ref::<InputError>().is_some()
+            || e.downcast_ref::<crate::hub::LocateError>().is_some()
     });
     if is_input {
         2
@@ -67,7 +68,10 @@ pub fn utf8_lines(path: &Path, bytes: &[u8]) -> Result<Vec<String>, InputError> 
                 InputError::at_line(
                     path,
                     i + 1,
-                    format_args!("invalid UTF-8 at byte {} of the line", e.utf8_error().valid_up_to()),
+                    format_args!(
+                        "invalid UTF-8 at byte {} of the line",
+                        e.utf8_error().valid_up_to()
+                    ),
                 )
             })
         })

@@ -17,7 +17,9 @@ pub enum LocateError {
     BadReference { spec: String, presets: String },
     #[error("model folder {0} does not exist")]
     NoFolder(PathBuf),
-    #[error("model path {0} is a file; expected a folder holding the model's files (the hub's layout)")]
+    #[error(
+        "model path {0} is a file; expected a folder holding the model's files (the hub's layout)"
+    )]
     NotAFolder(PathBuf),
     #[error("model folder {folder} has no `{file}`: expected the repository's files in the hub's layout (config.json, weights, ...)")]
     MissingInFolder { folder: PathBuf, file: String },
@@ -27,15 +29,29 @@ pub enum LocateError {
          HF_HUB_OFFLINE and run again, it is downloaded into the cache; or (2) copy the repository's \
          files into a folder (the hub's layout: `{file}` and its siblings side by side) and pass that folder instead"
     )]
-    NotCached { repo: String, revision: String, file: String, cache: PathBuf },
+    NotCached {
+        repo: String,
+        revision: String,
+        file: String,
+        cache: PathBuf,
+    },
     #[error(
         "cannot download `{file}` of hub repository `{repo}` (revision {revision}): {reason}. Get it either \
          (1) with network access to the hub (check HF_ENDPOINT and HF_TOKEN), or (2) copy the repository's \
          files into a folder (the hub's layout) and pass that folder instead"
     )]
-    Download { repo: String, revision: String, file: String, reason: String },
+    Download {
+        repo: String,
+        revision: String,
+        file: String,
+        reason: String,
+    },
     #[error("preset `{name}` has no hub repository: {why}{urls}")]
-    NoHubSource { name: String, why: String, urls: String },
+    NoHubSource {
+        name: String,
+        why: String,
+        urls: String,
+    },
 }
 
 /// One entry of `models/presets.json`.
@@ -90,7 +106,8 @@ pub struct ModelRef {
 fn is_hub_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(['.', '-'])
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn is_hub_id(s: &str) -> bool {
@@ -104,21 +121,32 @@ impl ModelRef {
     pub fn parse(spec: &str) -> Result<Self, LocateError> {
         let bad = || LocateError::BadReference {
             spec: spec.to_owned(),
-            presets: presets().iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+            presets: presets()
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         let path = Path::new(spec);
         if path.is_dir() {
-            return Ok(Self { spec: spec.to_owned(), preset: None, source: ModelSource::Folder(path.into()) });
+            return Ok(Self {
+                spec: spec.to_owned(),
+                preset: None,
+                source: ModelSource::Folder(path.into()),
+            });
         }
         if path.is_file() {
             return Err(LocateError::NotAFolder(path.into()));
         }
-        let looks_like_path = spec.starts_with(['.', '/', '~']) || spec.contains('\\') || spec.ends_with('/');
+        let looks_like_path =
+            spec.starts_with(['.', '/', '~']) || spec.contains('\\') || spec.ends_with('/');
         if looks_like_path {
             return Err(LocateError::NoFolder(path.into()));
         }
         let (id, rev) = match spec.split_once('@') {
-            Some((id, rev)) if !rev.is_empty() && !rev.contains(char::is_whitespace) => (id, Some(rev)),
+            Some((id, rev)) if !rev.is_empty() && !rev.contains(char::is_whitespace) => {
+                (id, Some(rev))
+            }
             Some(_) => return Err(bad()),
             None => (spec, None),
         };
@@ -129,13 +157,20 @@ impl ModelRef {
                 } else {
                     format!(" ({})", p.source_urls.join(", "))
                 };
-                return Err(LocateError::NoHubSource { name: p.name.clone(), why: p.why.clone(), urls });
+                return Err(LocateError::NoHubSource {
+                    name: p.name.clone(),
+                    why: p.why.clone(),
+                    urls,
+                });
             };
             let revision = rev.or(p.revision.as_deref()).unwrap_or("main").to_owned();
             return Ok(Self {
                 spec: spec.to_owned(),
                 preset: Some(p.name.clone()),
-                source: ModelSource::Hub { repo: repo.clone(), revision },
+                source: ModelSource::Hub {
+                    repo: repo.clone(),
+                    revision,
+                },
             });
         }
         if !is_hub_id(id) {
@@ -150,7 +185,10 @@ impl ModelRef {
         Ok(Self {
             spec: spec.to_owned(),
             preset: matched.map(|p| p.name.clone()),
-            source: ModelSource::Hub { repo: id.to_owned(), revision },
+            source: ModelSource::Hub {
+                repo: id.to_owned(),
+                revision,
+            },
         })
     }
 }
@@ -173,17 +211,20 @@ fn env_nonempty(key: &str) -> Option<String> {
 }
 
 fn truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
 }
 
 impl HubSettings {
     pub fn from_env() -> Self {
-        let cache_dir = env_nonempty("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            match env_nonempty("HF_HOME") {
+        let cache_dir = env_nonempty("HF_HUB_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| match env_nonempty("HF_HOME") {
                 Some(home) => PathBuf::from(home).join("hub"),
                 None => hf_hub::Cache::default().path().clone(),
-            }
-        });
+            });
         Self {
             cache_dir,
             endpoint: env_nonempty("HF_ENDPOINT"),
@@ -219,7 +260,10 @@ pub struct Locator {
 
 impl Locator {
     pub fn new(settings: HubSettings) -> Self {
-        Self { settings, api: OnceLock::new() }
+        Self {
+            settings,
+            api: OnceLock::new(),
+        }
     }
 
     pub fn from_env() -> Self {
@@ -237,15 +281,21 @@ impl Locator {
                 return Err(LocateError::NoFolder(dir.clone()));
             }
         }
-        Ok(Model { locator: self, reference: model.clone(), commit: Mutex::new(None) })
+        Ok(Model {
+            locator: self,
+            reference: model.clone(),
+            commit: Mutex::new(None),
+        })
     }
 
     fn api(&self) -> Result<&hf_hub::api::sync::Api, String> {
         self.api
             .get_or_init(|| {
                 let s = &self.settings;
-                let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(s.cache_dir.clone()))
-                    .with_progress(s.progress);
+                let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(
+                    s.cache_dir.clone(),
+                ))
+                .with_progress(s.progress);
                 if let Some(e) = &s.endpoint {
                     b = b.with_endpoint(e.clone());
                 }
@@ -273,7 +323,8 @@ fn cached_commit(cache: &Path, repo: &str, revision: &str) -> Option<String> {
     if is_commit_hash(revision) {
         return Some(revision.to_owned());
     }
-    let r = std::fs::read_to_string(repo_cache_dir(cache, repo).join("refs").join(revision)).ok()?;
+    let r =
+        std::fs::read_to_string(repo_cache_dir(cache, repo).join("refs").join(revision)).ok()?;
     Some(r.trim().to_owned()).filter(|c| !c.is_empty())
 }
 
@@ -297,7 +348,10 @@ impl Model<'_> {
                 if p.is_file() {
                     Ok(p)
                 } else {
-                    Err(LocateError::MissingInFolder { folder: dir.clone(), file: name.to_owned() })
+                    Err(LocateError::MissingInFolder {
+                        folder: dir.clone(),
+                        file: name.to_owned(),
+                    })
                 }
             }
             ModelSource::Hub { repo, revision } => self.hub_file(repo, revision, name),
@@ -310,8 +364,13 @@ impl Model<'_> {
             ModelSource::Folder(dir) => dir.join(name).is_file(),
             ModelSource::Hub { repo, revision } => {
                 let cache = &self.locator.settings.cache_dir;
-                cached_commit(cache, repo, revision)
-                    .is_some_and(|c| repo_cache_dir(cache, repo).join("snapshots").join(c).join(name).is_file())
+                cached_commit(cache, repo, revision).is_some_and(|c| {
+                    repo_cache_dir(cache, repo)
+                        .join("snapshots")
+                        .join(c)
+                        .join(name)
+                        .is_file()
+                })
             }
         }
     }
@@ -319,7 +378,10 @@ impl Model<'_> {
     fn hub_file(&self, repo: &str, revision: &str, name: &str) -> Result<PathBuf, LocateError> {
         let settings = &self.locator.settings;
         if let Some(commit) = cached_commit(&settings.cache_dir, repo, revision) {
-            let p = repo_cache_dir(&settings.cache_dir, repo).join("snapshots").join(&commit).join(name);
+            let p = repo_cache_dir(&settings.cache_dir, repo)
+                .join("snapshots")
+                .join(&commit)
+                .join(name);
             if p.is_file() {
                 self.set_commit(commit);
                 return Ok(p);
@@ -340,8 +402,15 @@ impl Model<'_> {
             reason,
         };
         let api = self.locator.api().map_err(download_err)?;
-        let hub_repo = hf_hub::Repo::with_revision(repo.to_owned(), hf_hub::RepoType::Model, revision.to_owned());
-        let path = api.repo(hub_repo).get(name).map_err(|e| download_err(e.to_string()))?;
+        let hub_repo = hf_hub::Repo::with_revision(
+            repo.to_owned(),
+            hf_hub::RepoType::Model,
+            revision.to_owned(),
+        );
+        let path = api
+            .repo(hub_repo)
+            .get(name)
+            .map_err(|e| download_err(e.to_string()))?;
         // The file lands in snapshots/COMMIT/NAME: the commit is the folder above the file name.
         let mut commit_dir = path.clone();
         for _ in name.split('/') {
@@ -395,10 +464,17 @@ mod tests {
         let names: std::collections::HashSet<_> = presets().iter().map(|p| &p.name).collect();
         assert_eq!(names.len(), presets().len());
         for kind in ["clip", "vgg16", "xception", "biggan"] {
-            assert!(presets().iter().any(|p| p.kind == kind), "no preset of kind {kind}");
+            assert!(
+                presets().iter().any(|p| p.kind == kind),
+                "no preset of kind {kind}"
+            );
         }
         for p in presets() {
-            assert!(p.repo.is_some() || !p.source_urls.is_empty(), "{} has no source", p.name);
+            assert!(
+                p.repo.is_some() || !p.source_urls.is_empty(),
+                "{} has no source",
+                p.name
+            );
         }
     }
 
@@ -407,16 +483,28 @@ mod tests {
         let hub = |spec: &str| ModelRef::parse(spec).unwrap().source;
         assert_eq!(
             hub("openai/clip-vit-base-patch32@abc"),
-            ModelSource::Hub { repo: "openai/clip-vit-base-patch32".into(), revision: "abc".into() }
+            ModelSource::Hub {
+                repo: "openai/clip-vit-base-patch32".into(),
+                revision: "abc".into()
+            }
         );
         // The bare id of a preset's repo uses the pinned revision.
         assert_eq!(
             hub("openai/clip-vit-base-patch32"),
-            ModelSource::Hub { repo: "openai/clip-vit-base-patch32".into(), revision: "refs/pr/15".into() }
+            ModelSource::Hub {
+                repo: "openai/clip-vit-base-patch32".into(),
+                revision: "refs/pr/15".into()
+            }
         );
         let p = ModelRef::parse("clip-vit-b32").unwrap();
         assert_eq!(p.preset.as_deref(), Some("clip-vit-b32"));
-        assert_eq!(hub("someone/model"), ModelSource::Hub { repo: "someone/model".into(), revision: "main".into() });
+        assert_eq!(
+            hub("someone/model"),
+            ModelSource::Hub {
+                repo: "someone/model".into(),
+                revision: "main".into()
+            }
+        );
     }
 
     #[test]
@@ -426,7 +514,10 @@ mod tests {
         assert!(msg("org/name@").contains("neither a folder"));
         assert!(msg("./no/such/folder").contains("does not exist"));
         let e = msg("biggan-deep-256");
-        assert!(e.contains("no hub repository") && e.contains("biggan-deep-256-pytorch_model.bin"), "{e}");
+        assert!(
+            e.contains("no hub repository") && e.contains("biggan-deep-256-pytorch_model.bin"),
+            "{e}"
+        );
         let file = tempfile::NamedTempFile::new().unwrap();
         assert!(msg(file.path().to_str().unwrap()).contains("is a file"));
     }
@@ -461,14 +552,19 @@ mod tests {
         let model = loc.open(&ModelRef::parse("org/tiny").unwrap()).unwrap();
         assert_eq!(model.record().commit, None);
         let p = model.file("config.json").unwrap();
-        assert_eq!(std::fs::read_to_string(p).unwrap(), "contents of config.json");
+        assert_eq!(
+            std::fs::read_to_string(p).unwrap(),
+            "contents of config.json"
+        );
         let rec = model.record();
         assert_eq!(rec.commit.as_deref(), Some(commit));
         assert_eq!(rec.revision.as_deref(), Some("main"));
         assert!(model.has_local_file("config.json") && !model.has_local_file("model.safetensors"));
 
         // A pinned commit resolves without a ref file.
-        let pinned = loc.open(&ModelRef::parse(&format!("org/tiny@{commit}")).unwrap()).unwrap();
+        let pinned = loc
+            .open(&ModelRef::parse(&format!("org/tiny@{commit}")).unwrap())
+            .unwrap();
         assert!(pinned.file("config.json").is_ok());
     }
 
@@ -479,11 +575,22 @@ mod tests {
         let loc = offline(tmp.path());
         let model = loc.open(&ModelRef::parse("org/tiny").unwrap()).unwrap();
         let e = model.file("model.safetensors").unwrap_err().to_string();
-        for part in ["org/tiny", "model.safetensors", "HF_HUB_OFFLINE", "network", "folder"] {
+        for part in [
+            "org/tiny",
+            "model.safetensors",
+            "HF_HUB_OFFLINE",
+            "network",
+            "folder",
+        ] {
             assert!(e.contains(part), "{part:?} missing from: {e}");
         }
-        let other = loc.open(&ModelRef::parse("org/absent@v1").unwrap()).unwrap();
-        assert!(matches!(other.file("config.json"), Err(LocateError::NotCached { .. })));
+        let other = loc
+            .open(&ModelRef::parse("org/absent@v1").unwrap())
+            .unwrap();
+        assert!(matches!(
+            other.file("config.json"),
+            Err(LocateError::NotCached { .. })
+        ));
     }
 
     #[test]
@@ -495,7 +602,10 @@ mod tests {
         let model = loc.open(&r).unwrap();
         assert!(model.file("config.json").is_ok());
         let e = model.file("model.safetensors").unwrap_err().to_string();
-        assert!(e.contains("model.safetensors") && e.contains(tmp.path().to_str().unwrap()), "{e}");
+        assert!(
+            e.contains("model.safetensors") && e.contains(tmp.path().to_str().unwrap()),
+            "{e}"
+        );
         assert_eq!(model.record().source, "folder");
     }
 }

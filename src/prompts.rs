@@ -48,7 +48,9 @@ impl PromptFile {
             let err = |msg: String| InputError::at_line(path, n, msg);
             let chars = line.chars().count();
             if chars > MAX_LINE_CHARS {
-                return Err(err(format!("line has {chars} characters, at most {MAX_LINE_CHARS} are allowed")));
+                return Err(err(format!(
+                    "line has {chars} characters, at most {MAX_LINE_CHARS} are allowed"
+                )));
             }
             let trimmed = line.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -59,10 +61,14 @@ impl PromptFile {
                 None => (trimmed, None),
             };
             if phrase.is_empty() {
-                return Err(err("empty phrase: expected `phrase` or `phrase<TAB>photo path`".into()));
+                return Err(err(
+                    "empty phrase: expected `phrase` or `phrase<TAB>photo path`".into(),
+                ));
             }
             if let Some(first) = seen.insert(phrase.to_owned(), n) {
-                return Err(err(format!("phrase `{phrase}` is a duplicate of line {first}")));
+                return Err(err(format!(
+                    "phrase `{phrase}` is a duplicate of line {first}"
+                )));
             }
             let (photo, photo_path) = match photo {
                 None => (None, None),
@@ -78,7 +84,12 @@ impl PromptFile {
                     (Some(f.to_owned()), Some(resolved))
                 }
             };
-            prompts.push(Prompt { line: n, phrase: phrase.to_owned(), photo, photo_path });
+            prompts.push(Prompt {
+                line: n,
+                phrase: phrase.to_owned(),
+                photo,
+                photo_path,
+            });
         }
         if prompts.is_empty() {
             return Err(InputError::new(format!(
@@ -86,7 +97,10 @@ impl PromptFile {
                 path.display()
             )));
         }
-        Ok(Self { path: path.to_path_buf(), prompts })
+        Ok(Self {
+            path: path.to_path_buf(),
+            prompts,
+        })
     }
 }
 
@@ -100,9 +114,19 @@ mod tests {
 
     #[test]
     fn skips_blank_and_comment_lines() {
-        let f = parse("# header\n\na cat eating a mouse\n  # indented comment\r\ntwo guys playing chess  \n").unwrap();
-        let got: Vec<_> = f.prompts.iter().map(|p| (p.line, p.phrase.as_str())).collect();
-        assert_eq!(got, [(3, "a cat eating a mouse"), (5, "two guys playing chess")]);
+        let f = parse(
+            "# header\n\na cat eating a mouse\n  # indented comment\r\ntwo guys playing chess  \n",
+        )
+        .unwrap();
+        let got: Vec<_> = f
+            .prompts
+            .iter()
+            .map(|p| (p.line, p.phrase.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [(3, "a cat eating a mouse"), (5, "two guys playing chess")]
+        );
     }
 
     #[test]
@@ -113,9 +137,17 @@ mod tests {
         let file = dir.path().join("p.txt");
         let f = PromptFile::parse(&file, b"a cat\tphotos/cat.jpg\n").unwrap();
         assert_eq!(f.prompts[0].photo.as_deref(), Some("photos/cat.jpg"));
-        assert_eq!(f.prompts[0].photo_path.as_deref(), Some(dir.path().join("photos/cat.jpg").as_path()));
-        let e = PromptFile::parse(&file, b"a dog\tphotos/dog.jpg\n").unwrap_err().to_string();
-        assert!(e.contains("p.txt:1:") && e.contains("photos/dog.jpg"), "{e}");
+        assert_eq!(
+            f.prompts[0].photo_path.as_deref(),
+            Some(dir.path().join("photos/cat.jpg").as_path())
+        );
+        let e = PromptFile::parse(&file, b"a dog\tphotos/dog.jpg\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.txt:1:") && e.contains("photos/dog.jpg"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -124,11 +156,16 @@ mod tests {
             (b"ok\n\tphoto.jpg\n", "p.txt:2: empty phrase"),
             (b"ok\nphrase\t\n", "p.txt:2: a TAB but no photo path"),
             (b"ok\n\xff\xfe\n", "p.txt:2: invalid UTF-8"),
-            (b"a cat\nb\na cat\n", "p.txt:3: phrase `a cat` is a duplicate of line 1"),
+            (
+                b"a cat\nb\na cat\n",
+                "p.txt:3: phrase `a cat` is a duplicate of line 1",
+            ),
             (b"# only a comment\n\n", "p.txt: no phrases found"),
         ];
         for (text, want) in cases {
-            let e = PromptFile::parse(Path::new("p.txt"), text).unwrap_err().to_string();
+            let e = PromptFile::parse(Path::new("p.txt"), text)
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with(want), "{e:?} should start with {want:?}");
         }
         let long = format!("ok\n{}\n", "x".repeat(MAX_LINE_CHARS + 1));

@@ -62,7 +62,10 @@ mod tests {
 
     #[test]
     fn joined_form() {
-        assert_eq!(normalize_joined("Two  guys, playing chess."), "two guys playing chess");
+        assert_eq!(
+            normalize_joined("Two  guys, playing chess."),
+            "two guys playing chess"
+        );
     }
 }
 
@@ -99,7 +102,9 @@ impl std::str::FromStr for Tokenize {
         match s {
             "caption" => Ok(Tokenize::Caption),
             "whitespace" => Ok(Tokenize::Whitespace),
-            _ => Err(format!("unknown tokenizer `{s}`: expected caption or whitespace")),
+            _ => Err(format!(
+                "unknown tokenizer `{s}`: expected caption or whitespace"
+            )),
         }
     }
 }

@@ -29,7 +29,11 @@ impl AlignedCorpus {
         }
         let hyp_lines = read_lines(hyps)?;
         if hyp_lines.is_empty() {
-            return Err(InputError::new(format!("{}: no hypotheses (the file is empty)", hyps.display())).into());
+            return Err(InputError::new(format!(
+                "{}: no hypotheses (the file is empty)",
+                hyps.display()
+            ))
+            .into());
         }
         let mut references: Vec<Vec<Vec<String>>> = vec![Vec::new(); hyp_lines.len()];
         for path in refs {
@@ -54,12 +58,18 @@ impl AlignedCorpus {
             return Err(InputError::at_line(
                 hyps,
                 i + 1,
-                format_args!("hypothesis has no reference: line {} is empty in every reference file", i + 1),
+                format_args!(
+                    "hypothesis has no reference: line {} is empty in every reference file",
+                    i + 1
+                ),
             )
             .into());
         }
         let hypotheses = hyp_lines.iter().map(|l| tokenize.apply(l)).collect();
-        Ok(Self { hypotheses, references })
+        Ok(Self {
+            hypotheses,
+            references,
+        })
     }
 
     pub fn stats(&self) -> BleuStats {
@@ -96,7 +106,13 @@ pub struct BleuReport {
 }
 
 impl BleuReport {
-    pub fn new(stats: &BleuStats, smooth: Smoothing, tokenize: Tokenize, sentences: usize, streams: usize) -> Self {
+    pub fn new(
+        stats: &BleuStats,
+        smooth: Smoothing,
+        tokenize: Tokenize,
+        sentences: usize,
+        streams: usize,
+    ) -> Self {
         let [bleu1, bleu2, bleu3, bleu4] = stats.scores(smooth);
         Self {
             bleu1,
@@ -104,7 +120,11 @@ impl BleuReport {
             bleu3,
             bleu4,
             precisions: (0..MAX_ORDER)
-                .map(|n| Precision { order: n + 1, matched: stats.matched[n], total: stats.total[n] })
+                .map(|n| Precision {
+                    order: n + 1,
+                    matched: stats.matched[n],
+                    total: stats.total[n],
+                })
                 .collect(),
             hyp_len: stats.hyp_len,
             ref_len: stats.ref_len,
@@ -121,7 +141,10 @@ impl BleuReport {
         let scores = [self.bleu1, self.bleu2, self.bleu3, self.bleu4];
         let mut s = String::new();
         for (p, b) in self.precisions.iter().zip(scores) {
-            s += &format!("BLEU-{}  {:.4}   p{} = {}/{}\n", p.order, b, p.order, p.matched, p.total);
+            s += &format!(
+                "BLEU-{}  {:.4}   p{} = {}/{}\n",
+                p.order, b, p.order, p.matched, p.total
+            );
         }
         s += &format!(
             "BP {:.4}  hyp_len {}  ref_len {}  sentences {}  references {}  smooth {}  tokenize {}\n",
@@ -166,7 +189,10 @@ mod tests {
         let holes = write(d.path(), "holes", b"one\n\n");
         let bad = write(d.path(), "bad", b"one\n\xc3\x28\n");
         let msg = |refs: &[PathBuf]| {
-            AlignedCorpus::load(&h, refs, Tokenize::Caption).err().unwrap().to_string()
+            AlignedCorpus::load(&h, refs, Tokenize::Caption)
+                .err()
+                .unwrap()
+                .to_string()
         };
         assert!(msg(std::slice::from_ref(&short)).contains("has 1 lines but"));
         assert!(msg(&[holes]).contains("h:2: hypothesis has no reference"));

@@ -8,9 +8,9 @@
 
 pub mod files;
 
-use std::collections::HashMap;
 use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 /// Highest n-gram order computed.
@@ -126,18 +126,112 @@ impl BleuStats {
     }
 }
 
-/// Maps tokens to dense ids so that n-grams become fixed-width integer keys.
+/// Maps tokens to dense ids (from 1) so that n-grams become fixed-width integer keys.
 #[derive(Default)]
 struct Interner<'a> {
-    ids: HashMap<&'a str, u32>,
+    ids: FxHashMap<&'a str, u32>,
 }
 
 impl<'a> Interner<'a> {
     fn intern_into(&mut self, tokens: &'a [impl AsRef<str>], out: &mut Vec<u32>) {
         out.clear();
         for t in tokens {
-            let next = self.ids.len() as u32;
+            let next = self.ids.len() as u32 + 1;
             out.push(*self.ids.entry(t.as_ref()).or_insert(next));
+        }
+    }
+}
+
+/// The distinct n-grams (orders 1..=4) of one hypothesis, in a small open-addressing table.
+///
+/// Keys pack token ids (never 0) into 32-bit slots, so n-grams of different orders never
+/// collide. Reference n-grams are looked up here: no sorting, one probe per n-gram, and a
+/// reference n-gram is only tried when its (n-1)-gram prefix was found.
+#[derive(Default)]
+struct HypGrams {
+    /// (key, index into the per-n-gram arrays); `u32::MAX` marks an empty slot.
+    table: Vec<(u128, u32)>,
+    mask: usize,
+    used: Vec<usize>,
+    /// Per distinct n-gram: its order, hypothesis count, and largest count in one reference.
+    order: Vec<u8>,
+    count: Vec<u32>,
+    max_ref: Vec<u32>,
+    /// Per distinct n-gram: count in the reference being scanned.
+    ref_count: Vec<u32>,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+fn slot_hash(key: u128) -> u64 {
+    let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
+    folded.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl HypGrams {
+    fn reset(&mut self, hyp_len: usize) {
+        let want = (hyp_len * MAX_ORDER * 2).next_power_of_two().max(16);
+        if self.table.len() < want {
+            self.table = vec![(0, EMPTY); want];
+            self.used.clear();
+        }
+        for &i in &self.used {
+            self.table[i].1 = EMPTY;
+        }
+        self.used.clear();
+        self.mask = self.table.len() - 1;
+        self.order.clear();
+        self.count.clear();
+        self.max_ref.clear();
+    }
+
+    fn probe(&self, key: u128) -> usize {
+        let shift = 64 - self.mask.count_ones();
+        let mut i = (slot_hash(key) >> shift) as usize & self.mask;
+        loop {
+            let (k, idx) = self.table[i];
+            if idx == EMPTY || k == key {
+                return i;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn insert(&mut self, key: u128, order: usize) {
+        let i = self.probe(key);
+        let idx = self.table[i].1;
+        if idx == EMPTY {
+            self.table[i] = (key, self.order.len() as u32);
+            self.used.push(i);
+            self.order.push(order as u8);
+            self.count.push(1);
+            self.max_ref.push(0);
+        } else {
+            self.count[idx as usize] += 1;
+        }
+    }
+
+    fn find(&self, key: u128) -> Option<usize> {
+        let idx = self.table[self.probe(key)].1;
+        (idx != EMPTY).then_some(idx as usize)
+    }
+
+    /// Counts one reference's n-grams that occur in the hypothesis and keeps the per-n-gram maximum.
+    fn scan_reference(&mut self, reference: &[u32]) {
+        self.ref_count.clear();
+        self.ref_count.resize(self.order.len(), 0);
+        for start in 0..reference.len() {
+            let mut key = 0u128;
+            for &id in &reference[start..reference.len().min(start + MAX_ORDER)] {
+                key = (key << 32) | id as u128;
+                match self.find(key) {
+                    Some(d) => self.ref_count[d] += 1,
+                    None => break,
+                }
+            }
+        }
+        for (m, &c) in self.max_ref.iter_mut().zip(&self.ref_count) {
+            *m = (*m).max(c);
         }
     }
 }
@@ -147,57 +241,33 @@ impl<'a> Interner<'a> {
 struct Scratch {
     hyp: Vec<u32>,
     refs: Vec<Vec<u32>>,
-    hyp_grams: Vec<u128>,
-    ref_grams: Vec<u128>,
-    /// Largest count of each distinct hypothesis n-gram in any one reference.
-    max_ref: Vec<u32>,
-}
-
-fn ngram_keys(ids: &[u32], n: usize, out: &mut Vec<u128>) {
-    out.clear();
-    if ids.len() >= n {
-        out.extend(
-            ids.windows(n)
-                .map(|w| w.iter().fold(0u128, |k, &id| (k << 32) | id as u128)),
-        );
-    }
-    out.sort_unstable();
-}
-
-/// Runs of equal keys in a sorted slice: (key, count).
-fn runs(sorted: &[u128]) -> impl Iterator<Item = (u128, u32)> + '_ {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        let key = *sorted.get(i)?;
-        let len = sorted[i..].partition_point(|&k| k == key);
-        i += len;
-        Some((key, len as u32))
-    })
+    grams: HypGrams,
 }
 
 impl Scratch {
     /// Adds one sentence (already interned into `self.hyp` / `self.refs[..n_refs]`).
     fn add_sentence(&mut self, n_refs: usize, stats: &mut BleuStats) {
         let hyp_len = self.hyp.len();
-        for n in 1..=MAX_ORDER {
-            ngram_keys(&self.hyp, n, &mut self.hyp_grams);
-            let distinct = runs(&self.hyp_grams).count();
-            self.max_ref.clear();
-            self.max_ref.resize(distinct, 0);
-            for r in &self.refs[..n_refs] {
-                ngram_keys(r, n, &mut self.ref_grams);
-                for (slot, (key, _)) in runs(&self.hyp_grams).enumerate() {
-                    let start = self.ref_grams.partition_point(|&k| k < key);
-                    let count = self.ref_grams[start..].partition_point(|&k| k == key) as u32;
-                    self.max_ref[slot] = self.max_ref[slot].max(count);
-                }
+        let g = &mut self.grams;
+        g.reset(hyp_len);
+        for start in 0..hyp_len {
+            let mut key = 0u128;
+            for (n, &id) in self.hyp[start..hyp_len.min(start + MAX_ORDER)]
+                .iter()
+                .enumerate()
+            {
+                key = (key << 32) | id as u128;
+                g.insert(key, n + 1);
             }
-            let matched: u64 = runs(&self.hyp_grams)
-                .zip(&self.max_ref)
-                .map(|((_, c), &m)| c.min(m) as u64)
-                .sum();
-            stats.matched[n - 1] += matched;
-            stats.total[n - 1] += (self.hyp_grams.len() as u64).max(1);
+        }
+        for r in &self.refs[..n_refs] {
+            g.scan_reference(r);
+        }
+        for ((&order, &count), &max_ref) in g.order.iter().zip(&g.count).zip(&g.max_ref) {
+            stats.matched[order as usize - 1] += count.min(max_ref) as u64;
+        }
+        for n in 1..=MAX_ORDER {
+            stats.total[n - 1] += ((hyp_len + 1).saturating_sub(n) as u64).max(1);
         }
         stats.hyp_len += hyp_len as u64;
         // Closest reference length, ties to the shorter one (nltk's closest_ref_length).
@@ -226,10 +296,11 @@ impl<'a> BleuAccumulator<'a> {
     /// Adds one hypothesis with its references (token lists). A sentence without references
     /// contributes its hypothesis length against a reference length of 0, as nltk cannot score it;
     /// callers should reject such input before it gets here.
-    pub fn add<T: AsRef<str>, R: AsRef<[T]>>(&mut self, hypothesis: &'a [T], references: &'a [R])
-    where
-        T: 'a,
-    {
+    pub fn add<T: AsRef<str> + 'a, R: AsRef<[T]>>(
+        &mut self,
+        hypothesis: &'a [T],
+        references: &'a [R],
+    ) {
         let s = &mut self.scratch;
         self.interner.intern_into(hypothesis, &mut s.hyp);
         if s.refs.len() < references.len() {
@@ -247,8 +318,15 @@ impl<'a> BleuAccumulator<'a> {
 }
 
 /// Corpus BLEU statistics of token-list hypotheses against their references.
-pub fn corpus_stats<T: AsRef<str>, R: AsRef<[T]>>(hypotheses: &[Vec<T>], references: &[Vec<R>]) -> BleuStats {
-    assert_eq!(hypotheses.len(), references.len(), "one reference set per hypothesis");
+pub fn corpus_stats<T: AsRef<str>, R: AsRef<[T]>>(
+    hypotheses: &[Vec<T>],
+    references: &[Vec<R>],
+) -> BleuStats {
+    assert_eq!(
+        hypotheses.len(),
+        references.len(),
+        "one reference set per hypothesis"
+    );
     let mut acc = BleuAccumulator::new();
     for (h, r) in hypotheses.iter().zip(references) {
         acc.add(h, r);
@@ -301,6 +379,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::approx_constant)] // nltk's output, digit for digit
     fn v1_one_reference() {
         let refs = ["the cat is on the mat"];
         let hyp = "the cat sat on the mat";
@@ -317,13 +396,19 @@ mod tests {
         let refs = ["the cat is on the mat", "there is a cat on the mat"];
         let hyp = "the the the the the the the";
         close(sent(&refs, hyp, Smoothing::None)[0], 0.2857142857142857);
-        close(sent(&refs, hyp, Smoothing::Method1)[3], 0.039281465090051315);
+        close(
+            sent(&refs, hyp, Smoothing::Method1)[3],
+            0.039281465090051315,
+        );
         close(sent(&refs, hyp, Smoothing::Method3)[3], 0.07809849842300641);
     }
 
     #[test]
     fn v3_closest_reference() {
-        let refs = ["a man is riding a horse on the beach", "a person rides a horse"];
+        let refs = [
+            "a man is riding a horse on the beach",
+            "a person rides a horse",
+        ];
         let hyp = "a man riding a horse";
         all_close(
             sent(&refs, hyp, Smoothing::None),
@@ -348,7 +433,11 @@ mod tests {
                 "a dog runs across a field",
                 "the dog is running on the grass",
             ],
-            ["a man rides a bicycle down the street", "a person is riding a bike", "a man on a bike"],
+            [
+                "a man rides a bicycle down the street",
+                "a person is riding a bike",
+                "a man on a bike",
+            ],
             [
                 "two kids are playing in the sand",
                 "children playing at the beach",
@@ -364,7 +453,12 @@ mod tests {
         assert_eq!((stats.hyp_len, stats.ref_len), (18, 17));
         all_close(
             stats.scores(Smoothing::None),
-            [0.9444444444444444, 0.7934920476158722, 0.5942756934710404, 0.39077821812841235],
+            [
+                0.9444444444444444,
+                0.7934920476158722,
+                0.5942756934710404,
+                0.39077821812841235,
+            ],
         );
     }
 
@@ -377,7 +471,10 @@ mod tests {
 
     #[test]
     fn v6_short_hypothesis_method3() {
-        close(sent(&["a dog runs"], "a dog", Smoothing::Method3)[3], 0.36064528799877893);
+        close(
+            sent(&["a dog runs"], "a dog", Smoothing::Method3)[3],
+            0.36064528799877893,
+        );
     }
 
     #[test]
@@ -402,6 +499,9 @@ mod tests {
         for s in Smoothing::ALL {
             assert_eq!(s.name().parse::<Smoothing>(), Ok(s));
         }
-        assert!("method2".parse::<Smoothing>().unwrap_err().contains("method2"));
+        assert!("method2"
+            .parse::<Smoothing>()
+            .unwrap_err()
+            .contains("method2"));
     }
 }

@@ -28,7 +28,13 @@ pub struct Args {
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let corpus = AlignedCorpus::load(&a.hyps, &a.refs, a.tokenize)?;
-    let report = BleuReport::new(&corpus.stats(), a.smooth, a.tokenize, corpus.hypotheses.len(), a.refs.len());
+    let report = BleuReport::new(
+        &corpus.stats(),
+        a.smooth,
+        a.tokenize,
+        corpus.hypotheses.len(),
+        a.refs.len(),
+    );
     if a.json {
         serde_json::to_writer(&mut *out, &report)?;
         writeln!(out)?;

@@ -10,7 +10,11 @@ mod models;
 mod prompts;
 
 #[derive(Debug, Parser)]
-#[command(name = "roundtrip", version, about = "Text -> image -> text round-trip experiments")]
+#[command(
+    name = "roundtrip",
+    version,
+    about = "Text -> image -> text round-trip experiments"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -54,7 +54,9 @@ pub fn run(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
             let model = locator.open(&r)?;
             let mut paths = serde_json::Map::new();
             for f in &files {
-                let p = model.file(f).with_context(|| format!("resolving model `{reference}`"))?;
+                let p = model
+                    .file(f)
+                    .with_context(|| format!("resolving model `{reference}`"))?;
                 paths.insert(f.clone(), p.display().to_string().into());
             }
             let v = serde_json::json!({ "model": model.record(), "files": paths });

@@ -25,7 +25,13 @@ pub fn run(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
         return Ok(());
     }
     let photos = prompts.prompts.iter().filter(|p| p.photo.is_some()).count();
-    writeln!(out, "{}: {} phrases, {} with a real photo", file.display(), prompts.prompts.len(), photos)?;
+    writeln!(
+        out,
+        "{}: {} phrases, {} with a real photo",
+        file.display(),
+        prompts.prompts.len(),
+        photos
+    )?;
     for p in &prompts.prompts {
         match &p.photo {
             Some(photo) => writeln!(out, "{:>5}  {}  [photo: {}]", p.line, p.phrase, photo)?,

@@ -1,0 +1,314 @@
+//! End-to-end tests of the `roundtrip` binary: outputs, exit codes and error messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde::Deserialize;
+
+fn roundtrip() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_roundtrip"));
+    c.env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_HOME")
+        .env_remove("HF_HUB_CACHE");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    roundtrip().args(args).output().unwrap()
+}
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The `bleu --json` object as a script would read it.
+#[derive(Deserialize)]
+struct BleuJson {
+    bleu1: f64,
+    bleu2: f64,
+    bleu3: f64,
+    bleu4: f64,
+    precisions: Vec<Prec>,
+    hyp_len: u64,
+    ref_len: u64,
+    brevity_penalty: f64,
+    smooth: String,
+    tokenize: String,
+}
+
+#[derive(Deserialize)]
+struct Prec {
+    order: usize,
+    matched: u64,
+    total: u64,
+}
+
+#[test]
+fn bleu_json_reproduces_the_corpus_vector() {
+    let (h, r1, r2, r3) = (
+        data("bleu/hyps.txt"),
+        data("bleu/refs1.txt"),
+        data("bleu/refs2.txt"),
+        data("bleu/refs3.txt"),
+    );
+    let o = run(&[
+        "bleu",
+        &h,
+        &r1,
+        &r2,
+        &r3,
+        "--json",
+        "--tokenize",
+        "whitespace",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "exactly one JSON object on one line"
+    );
+    let j: BleuJson = serde_json::from_str(&text).unwrap();
+    let want = [
+        0.9444444444444444,
+        0.7934920476158722,
+        0.5942756934710404,
+        0.39077821812841235,
+    ];
+    for (g, w) in [j.bleu1, j.bleu2, j.bleu3, j.bleu4].iter().zip(want) {
+        assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+    }
+    let counts: Vec<_> = j
+        .precisions
+        .iter()
+        .map(|p| (p.order, p.matched, p.total))
+        .collect();
+    assert_eq!(counts, [(1, 17, 18), (2, 10, 15), (3, 4, 12), (4, 1, 9)]);
+    assert_eq!((j.hyp_len, j.ref_len, j.brevity_penalty), (18, 17, 1.0));
+    assert_eq!(
+        (j.smooth.as_str(), j.tokenize.as_str()),
+        ("none", "whitespace")
+    );
+}
+
+#[test]
+fn bleu_caption_tokenizer_drops_short_words_and_smoothing_is_reported() {
+    let o = run(&[
+        "bleu",
+        &data("bleu/hyps.txt"),
+        &data("bleu/refs1.txt"),
+        "--json",
+        "--smooth",
+        "method3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: BleuJson = serde_json::from_slice(&o.stdout).unwrap();
+    // "a" is dropped by the caption normalisation: 15 hypothesis tokens, not 18.
+    assert_eq!(
+        (j.hyp_len, j.tokenize.as_str(), j.smooth.as_str()),
+        (15, "caption", "method3")
+    );
+    assert!(j.bleu4 > 0.0 && j.bleu4 < j.bleu1);
+}
+
+fn tmp_file(dir: &Path, name: &str, body: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn bleu_bad_input_exits_2_naming_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let h = tmp_file(d.path(), "h.txt", b"a dog\na cat\n");
+    let cases = [
+        (
+            vec![h.clone(), d.path().join("none.txt").display().to_string()],
+            "none.txt",
+        ),
+        (
+            vec![h.clone(), tmp_file(d.path(), "short.txt", b"a dog\n")],
+            "short.txt has 1 lines but",
+        ),
+        (
+            vec![h.clone(), tmp_file(d.path(), "gap.txt", b"a dog\n\n")],
+            "h.txt:2: hypothesis has no reference",
+        ),
+        (
+            vec![h.clone(), tmp_file(d.path(), "bad.txt", b"ok\n\xff\n")],
+            "bad.txt:2: invalid UTF-8",
+        ),
+        (
+            vec![tmp_file(d.path(), "empty.txt", b""), h.clone()],
+            "empty.txt: no hypotheses",
+        ),
+    ];
+    for (files, want) in cases {
+        let mut args = vec!["bleu".to_string()];
+        args.extend(files);
+        let o = roundtrip().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{want:?} not in {}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(run(&["bleu", "only-hyps.txt"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["bleu", "h", "r", "--smooth", "method9"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(run(&["no-such-command"]).status.code(), Some(2));
+}
+
+#[test]
+fn prompts_check_lists_phrases_and_rejects_bad_lines() {
+    let seed = format!("{}/prompts/seed.txt", env!("CARGO_MANIFEST_DIR"));
+    let o = run(&["prompts", "check", &seed]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.contains("10 phrases") && out.contains("two guys playing chess"),
+        "{out}"
+    );
+
+    let d = tempfile::tempdir().unwrap();
+    let bad = tmp_file(d.path(), "p.txt", b"a cat\n\tphoto.jpg\n");
+    let o = run(&["prompts", "check", &bad]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("p.txt:2: empty phrase"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn broken_pipe_on_stdout_is_not_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let body: String = (0..20_000)
+        .map(|i| format!("phrase number {i}\n"))
+        .collect();
+    let p = tmp_file(d.path(), "many.txt", body.as_bytes());
+    let mut child = roundtrip()
+        .args(["prompts", "check", &p])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+}
+
+/// A hub cache in Python's layout: models--org--name/refs/REV and snapshots/COMMIT/FILE.
+fn fake_hub(home: &Path, repo: &str, commit: &str, files: &[&str]) -> PathBuf {
+    let dir = home
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(dir.join("refs")).unwrap();
+    std::fs::write(dir.join("refs/main"), commit).unwrap();
+    let snap = dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in files {
+        std::fs::write(snap.join(f), "{}").unwrap();
+    }
+    snap
+}
+
+#[derive(Deserialize)]
+struct Resolved {
+    model: Record,
+    files: std::collections::HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Record {
+    source: String,
+    repo: Option<String>,
+    revision: Option<String>,
+    commit: Option<String>,
+}
+
+#[test]
+fn models_resolve_reads_the_hub_cache_under_hf_home_offline() {
+    let home = tempfile::tempdir().unwrap();
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    let snap = fake_hub(
+        home.path(),
+        "org/tiny-clip",
+        commit,
+        &["config.json", "model.safetensors"],
+    );
+    let o = roundtrip()
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9") // never contacted
+        .args([
+            "models",
+            "resolve",
+            "org/tiny-clip",
+            "--file",
+            "config.json",
+            "--file",
+            "model.safetensors",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Resolved = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r.model.source, "hub");
+    assert_eq!(r.model.repo.as_deref(), Some("org/tiny-clip"));
+    assert_eq!(r.model.revision.as_deref(), Some("main"));
+    assert_eq!(r.model.commit.as_deref(), Some(commit));
+    assert_eq!(
+        PathBuf::from(&r.files["config.json"]),
+        snap.join("config.json")
+    );
+
+    let o = roundtrip()
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "models",
+            "resolve",
+            "org/tiny-clip",
+            "--file",
+            "tokenizer.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    for part in [
+        "org/tiny-clip",
+        "tokenizer.json",
+        "HF_HUB_OFFLINE",
+        "network",
+        "folder",
+    ] {
+        assert!(e.contains(part), "{part:?} not in {e}");
+    }
+}
+
+#[test]
+fn models_resolve_accepts_a_folder() {
+    let d = tempfile::tempdir().unwrap();
+    tmp_file(d.path(), "config.json", b"{}");
+    let o = run(&["models", "resolve", &d.path().display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Resolved = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r.model.source, "folder");
+    let o = run(&["models", "resolve", "./no/such/model"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist"));
+}
