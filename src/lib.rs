@@ -7,5 +7,6 @@ pub mod bleu;
 pub mod cli;
 pub mod error;
 pub mod hub;
+pub mod models;
 pub mod prompts;
 pub mod text;
