@@ -6,7 +6,10 @@
 pub mod bleu;
 pub mod cli;
 pub mod error;
+pub mod fsutil;
+pub mod generate;
 pub mod hub;
+pub mod imageops;
 pub mod models;
 pub mod prompts;
 pub mod text;

@@ -2,3 +2,4 @@
 //! checkpoint's tensor names, and `forward`. Errors inside models are `candle_core::Result`.
 
 pub mod clip;
+pub mod siren;

@@ -1,0 +1,88 @@
+//! SIREN, bilinear resize (values and gradients) and deep-daze's loss against PyTorch
+//! (fixtures from tests/fixtures/make_siren_fixtures.py).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use roundtrip::generate::{deep_daze_loss, l2_normalize};
+use roundtrip::imageops::resize_bilinear;
+use roundtrip::models::siren::{coord_grid, Config, Siren};
+
+fn fixture() -> HashMap<String, Tensor> {
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/siren_tiny/reference.safetensors"
+    );
+    candle_core::safetensors::load(p, &Device::Cpu).unwrap()
+}
+
+/// max |a - b| / max |b|
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    diff / scale.max(1e-12)
+}
+
+#[test]
+fn siren_matches_pytorch() {
+    let fx = fixture();
+    let vb = VarBuilder::from_tensors(fx.clone(), DType::F32, &Device::Cpu);
+    let net = Siren::new(
+        vb,
+        &Config {
+            layers: 3,
+            hidden: 16,
+            w0: 30.0,
+            w0_initial: 30.0,
+        },
+    )
+    .unwrap();
+    let coords = coord_grid(6, 6, &Device::Cpu).unwrap();
+    assert!(rel_err(&coords, &fx["coords"]) < 1e-7);
+    let img = net.render(&coords, 6, 6).unwrap();
+    let e = rel_err(&img, &fx["image"]);
+    assert!(e < 1e-4, "SIREN image rel err {e}");
+}
+
+#[test]
+fn bilinear_resize_and_its_gradient_match_pytorch() {
+    let fx = fixture();
+    let x = Var::from_tensor(&fx["resize_in"]).unwrap();
+    for (name, size) in [("down", 7), ("up", 32)] {
+        let y = resize_bilinear(x.as_tensor(), size, size).unwrap();
+        let e = rel_err(&y, &fx[&format!("resize_{name}")]);
+        assert!(e < 1e-5, "resize {name} rel err {e}");
+        let loss = (y * &fx[&format!("resize_weight_{name}")])
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap();
+        let e = rel_err(g, &fx[&format!("resize_grad_{name}")]);
+        assert!(e < 1e-5, "resize {name} gradient rel err {e}");
+    }
+}
+
+#[test]
+fn deep_daze_loss_matches_pytorch() {
+    let fx = fixture();
+    let text = l2_normalize(&fx["loss_text"]).unwrap();
+    let (loss, _) = deep_daze_loss(&text, &fx["loss_images"], 0.3).unwrap();
+    let e = rel_err(&loss.reshape(1).unwrap(), &fx["loss_value"]);
+    assert!(e < 1e-5, "loss rel err {e}");
+}
