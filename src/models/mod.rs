@@ -3,3 +3,36 @@
 
 pub mod clip;
 pub mod siren;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand_distr::Distribution;
+
+/// Seeded random weights for any model: builds it once to learn its tensor names and shapes,
+/// then fills each tensor from N(0, std) drawn on the host (candle's CPU RNG cannot be seeded).
+/// Used for benchmarks and tests that need full-size geometry without a checkpoint.
+pub fn seeded_random_weights<T>(
+    build: impl Fn(VarBuilder) -> Result<T>,
+    seed: u64,
+    std: f32,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let varmap = VarMap::new();
+    build(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0f32, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    names
+        .into_iter()
+        .map(|name| {
+            let shape = data[name].shape().clone();
+            let v: Vec<f32> = (0..shape.elem_count()).map(|_| normal.sample(&mut rng)).collect();
+            Ok((name.clone(), Tensor::from_vec(v, shape, device)?))
+        })
+        .collect()
+}

@@ -1,0 +1,31 @@
+//! W1: one SIREN guidance step (deep-daze's loss, Adam) at 224 px with SIREN 8 x 256, 8 cutouts
+//! and CLIP ViT-B/32 geometry with seeded random weights. Compare with
+//! `python3 ../shared/bench/torch_step.py` run in the same session (its first line is W1).
+//! Run: `cargo bench --bench guidance`.
+
+use std::hint::black_box;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use criterion::{criterion_group, criterion_main, Criterion};
+use roundtrip::generate::siren::{Settings, SirenRun};
+use roundtrip::models::clip::{ClipConfig, ClipModel};
+use roundtrip::models::seeded_random_weights;
+
+fn bench(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let cfg = ClipConfig::vit_b32();
+    let weights = seeded_random_weights(|vb| ClipModel::new(vb, &cfg), 0, 0.02, &dev).unwrap();
+    let clip = ClipModel::new(VarBuilder::from_tensors(weights, DType::F32, &dev), &cfg).unwrap();
+    let text = Tensor::ones((1, cfg.projection_dim), DType::F32, &dev).unwrap();
+    let settings = Settings { size: 224, layers: 8, hidden: 256, cutouts: 8, ..Settings::default() };
+    let mut run = SirenRun::new(&settings, &clip, &text, 0, &dev).unwrap();
+    run.step().unwrap(); // warm-up outside the measurement
+    let mut g = c.benchmark_group("w1");
+    g.sample_size(10);
+    g.bench_function("siren8x256_224px_8cutouts_vitb32_step", |b| b.iter(|| black_box(run.step().unwrap())));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

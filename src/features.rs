@@ -1,0 +1,79 @@
+//! Raw encoder features of texts and images (`roundtrip features`), and CLIPScore.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::generate::l2_normalize;
+use crate::hub::ModelRecord;
+use crate::models::clip::{preprocess_image, Clip};
+
+#[derive(Debug, Serialize)]
+pub struct Item {
+    pub input: String,
+    pub kind: &'static str,
+    pub features: Vec<f32>,
+}
+
+/// The `features --json` object.
+#[derive(Debug, Serialize)]
+pub struct FeaturesOutput {
+    pub model: ModelRecord,
+    pub items: Vec<Item>,
+    /// CLIPScore, rows = images, columns = texts (in input order), when both were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_score: Option<Vec<Vec<f32>>>,
+}
+
+/// CLIPScore (Hessel et al. 2021): 2.5 * max(cos, 0) for every (image, text) pair.
+pub fn clip_score_matrix(images: &Tensor, texts: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    let cos = l2_normalize(images)?.matmul(&l2_normalize(texts)?.t()?)?;
+    (cos.relu()? * 2.5)?.to_vec2()
+}
+
+/// CLIP features of each text and image (projected, unnormalised, as transformers'
+/// `get_text_features` / `get_image_features` return them).
+pub fn clip_features(clip: &Clip, texts: &[String], images: &[PathBuf], device: &Device) -> anyhow::Result<FeaturesOutput> {
+    let mut items = Vec::new();
+    let text_feats = if texts.is_empty() {
+        None
+    } else {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let ids = clip.tokenizer.encode_batch(&refs, device)?;
+        Some(clip.model.text_features(&ids)?)
+    };
+    let size = clip.model.config().vision.image_size;
+    let image_feats = if images.is_empty() {
+        None
+    } else {
+        let pixels = images
+            .iter()
+            .map(|p| {
+                let img = image::ImageReader::open(p)
+                    .map_err(|e| crate::input_err!("cannot open image {}: {e}", p.display()))?
+                    .with_guessed_format()
+                    .map_err(|e| crate::input_err!("cannot read image {}: {e}", p.display()))?
+                    .decode()
+                    .map_err(|e| crate::input_err!("{} is not a readable image: {e}", p.display()))?;
+                preprocess_image(&img, size, device)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Some(clip.model.image_features(&Tensor::stack(&pixels, 0)?)?)
+    };
+    if let Some(f) = &text_feats {
+        for (t, v) in texts.iter().zip(f.to_vec2::<f32>()?) {
+            items.push(Item { input: t.clone(), kind: "text", features: v });
+        }
+    }
+    if let Some(f) = &image_feats {
+        for (p, v) in images.iter().zip(f.to_vec2::<f32>()?) {
+            items.push(Item { input: p.display().to_string(), kind: "image", features: v });
+        }
+    }
+    let clip_score = match (&image_feats, &text_feats) {
+        (Some(i), Some(t)) => Some(clip_score_matrix(i, t)?),
+        _ => None,
+    };
+    Ok(FeaturesOutput { model: clip.record.clone(), items, clip_score })
+}
