@@ -18,12 +18,20 @@ fn bench(c: &mut Criterion) {
     let weights = seeded_random_weights(|vb| ClipModel::new(vb, &cfg), 0, 0.02, &dev).unwrap();
     let clip = ClipModel::new(VarBuilder::from_tensors(weights, DType::F32, &dev), &cfg).unwrap();
     let text = Tensor::ones((1, cfg.projection_dim), DType::F32, &dev).unwrap();
-    let settings = Settings { size: 224, layers: 8, hidden: 256, cutouts: 8, ..Settings::default() };
+    let settings = Settings {
+        size: 224,
+        layers: 8,
+        hidden: 256,
+        cutouts: 8,
+        ..Settings::default()
+    };
     let mut run = SirenRun::new(&settings, &clip, &text, 0, &dev).unwrap();
     run.step().unwrap(); // warm-up outside the measurement
     let mut g = c.benchmark_group("w1");
     g.sample_size(10);
-    g.bench_function("siren8x256_224px_8cutouts_vitb32_step", |b| b.iter(|| black_box(run.step().unwrap())));
+    g.bench_function("siren8x256_224px_8cutouts_vitb32_step", |b| {
+        b.iter(|| black_box(run.step().unwrap()))
+    });
     g.finish();
 }
 

@@ -34,7 +34,12 @@ pub fn clip_score_matrix(images: &Tensor, texts: &Tensor) -> candle_core::Result
 
 /// CLIP features of each text and image (projected, unnormalised, as transformers'
 /// `get_text_features` / `get_image_features` return them).
-pub fn clip_features(clip: &Clip, texts: &[String], images: &[PathBuf], device: &Device) -> anyhow::Result<FeaturesOutput> {
+pub fn clip_features(
+    clip: &Clip,
+    texts: &[String],
+    images: &[PathBuf],
+    device: &Device,
+) -> anyhow::Result<FeaturesOutput> {
     let mut items = Vec::new();
     let text_feats = if texts.is_empty() {
         None
@@ -55,7 +60,9 @@ pub fn clip_features(clip: &Clip, texts: &[String], images: &[PathBuf], device: 
                     .with_guessed_format()
                     .map_err(|e| crate::input_err!("cannot read image {}: {e}", p.display()))?
                     .decode()
-                    .map_err(|e| crate::input_err!("{} is not a readable image: {e}", p.display()))?;
+                    .map_err(|e| {
+                        crate::input_err!("{} is not a readable image: {e}", p.display())
+                    })?;
                 preprocess_image(&img, size, device)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -63,17 +70,29 @@ pub fn clip_features(clip: &Clip, texts: &[String], images: &[PathBuf], device: 
     };
     if let Some(f) = &text_feats {
         for (t, v) in texts.iter().zip(f.to_vec2::<f32>()?) {
-            items.push(Item { input: t.clone(), kind: "text", features: v });
+            items.push(Item {
+                input: t.clone(),
+                kind: "text",
+                features: v,
+            });
         }
     }
     if let Some(f) = &image_feats {
         for (p, v) in images.iter().zip(f.to_vec2::<f32>()?) {
-            items.push(Item { input: p.display().to_string(), kind: "image", features: v });
+            items.push(Item {
+                input: p.display().to_string(),
+                kind: "image",
+                features: v,
+            });
         }
     }
     let clip_score = match (&image_feats, &text_feats) {
         (Some(i), Some(t)) => Some(clip_score_matrix(i, t)?),
         _ => None,
     };
-    Ok(FeaturesOutput { model: clip.record.clone(), items, clip_score })
+    Ok(FeaturesOutput {
+        model: clip.record.clone(),
+        items,
+        clip_score,
+    })
 }

@@ -6,10 +6,12 @@
 pub mod bleu;
 pub mod cli;
 pub mod error;
+pub mod features;
 pub mod fsutil;
 pub mod generate;
 pub mod hub;
 pub mod imageops;
 pub mod models;
+pub mod progress;
 pub mod prompts;
 pub mod text;

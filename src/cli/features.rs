@@ -34,13 +34,16 @@ pub struct Args {
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     if a.texts.is_empty() && a.images.is_empty() {
-        return Err(crate::input_err!("nothing to embed: give --text PHRASE and/or IMAGE paths"));
+        return Err(crate::input_err!(
+            "nothing to embed: give --text PHRASE and/or IMAGE paths"
+        ));
     }
     let device = candle_core::Device::Cpu;
     let Encoder::Clip = a.encoder;
     let locator = Locator::from_env();
     let model = locator.open(&ModelRef::parse(&a.weights)?)?;
-    let clip = Clip::load(&model, &device).with_context(|| format!("loading CLIP `{}`", a.weights))?;
+    let clip =
+        Clip::load(&model, &device).with_context(|| format!("loading CLIP `{}`", a.weights))?;
     let f = clip_features(&clip, &a.texts, &a.images, &device)?;
     if a.json {
         serde_json::to_writer(&mut *out, &f)?;
@@ -48,8 +51,20 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         return Ok(());
     }
     for item in &f.items {
-        let head: Vec<String> = item.features.iter().take(6).map(|v| format!("{v:.4}")).collect();
-        writeln!(out, "{}\t{}\t[{}, ...] ({} dims)", item.kind, item.input, head.join(", "), item.features.len())?;
+        let head: Vec<String> = item
+            .features
+            .iter()
+            .take(6)
+            .map(|v| format!("{v:.4}"))
+            .collect();
+        writeln!(
+            out,
+            "{}\t{}\t[{}, ...] ({} dims)",
+            item.kind,
+            item.input,
+            head.join(", "),
+            item.features.len()
+        )?;
     }
     if let Some(m) = &f.clip_score {
         writeln!(out, "CLIPScore (rows: images, columns: texts)")?;

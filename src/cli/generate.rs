@@ -7,6 +7,7 @@ use crate::generate::job::{generate, GenerateRequest};
 use crate::generate::siren::Settings;
 
 #[derive(Debug, clap::Args)]
+#[command(args_override_self = true)]
 pub struct Args {
     /// The phrase to draw.
     phrase: String,

@@ -6,6 +6,8 @@ use std::io::Write;
 use clap::{Parser, Subcommand};
 
 mod bleu;
+mod features;
+mod generate;
 mod models;
 mod prompts;
 
@@ -24,6 +26,10 @@ pub struct Cli {
 enum Command {
     /// Corpus BLEU-1..4 of line-aligned hypotheses against reference streams (nltk semantics).
     Bleu(bleu::Args),
+    /// Draw a phrase: optimise a SIREN so that CLIP finds the image similar to the phrase.
+    Generate(generate::Args),
+    /// Raw encoder features of texts and images, and their CLIPScore matrix.
+    Features(features::Args),
     /// Work with prompts files.
     #[command(subcommand)]
     Prompts(prompts::Command),
@@ -36,6 +42,8 @@ enum Command {
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Bleu(a) => bleu::run(a, out),
+        Command::Generate(a) => generate::run(a, out),
+        Command::Features(a) => features::run(a, out),
         Command::Prompts(c) => prompts::run(c, out),
         Command::Models(c) => models::run(c, out),
     }?;

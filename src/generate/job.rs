@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::siren::{SirenRun, Settings};
+use super::siren::{Settings, SirenRun};
 use super::{ImageEncoder, StepRecord};
 use crate::fsutil::{slug, write_json};
 use crate::hub::{Locator, ModelRecord, ModelRef};
@@ -69,7 +69,8 @@ pub fn generate_siren(
         progress.set_message(format!("sim {:.4}", rec.similarity));
         progress.inc(1);
         if save_every > 0 && rec.step % save_every == 0 && rec.step < settings.steps {
-            std::fs::create_dir_all(frames_dir).with_context(|| format!("cannot create {}", frames_dir.display()))?;
+            std::fs::create_dir_all(frames_dir)
+                .with_context(|| format!("cannot create {}", frames_dir.display()))?;
             let p = frames_dir.join(format!("step-{:06}.png", rec.step));
             save_png(&run.image()?, &p)?;
             frames.push(p);
@@ -77,7 +78,12 @@ pub fn generate_siren(
         steps.push(rec);
     }
     progress.finish_and_clear();
-    Ok(Generated { image: run.image()?, steps, frames, seconds: t0.elapsed().as_secs_f64() })
+    Ok(Generated {
+        image: run.image()?,
+        steps,
+        frames,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// A request for `roundtrip generate`.
@@ -125,14 +131,19 @@ pub struct GenerateOutput {
 }
 
 fn relative(path: &Path, base: &Path) -> String {
-    path.strip_prefix(base).unwrap_or(path).display().to_string()
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// Validates everything, then generates and writes the image, frames and record.
 pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
     let phrase = req.phrase.trim();
     if phrase.is_empty() {
-        return Err(input_err!("the phrase is empty: expected some words to draw"));
+        return Err(input_err!(
+            "the phrase is empty: expected some words to draw"
+        ));
     }
     req.settings.validate()?;
     let name = slug(phrase);
@@ -142,20 +153,28 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
     if !req.force {
         for p in [&image_path, &record_path, &frames_dir] {
             if p.exists() {
-                return Err(input_err!("{} already exists: pass --force to overwrite it", p.display()));
+                return Err(input_err!(
+                    "{} already exists: pass --force to overwrite it",
+                    p.display()
+                ));
             }
         }
     }
     std::fs::create_dir_all(&req.out_dir)
         .map_err(|e| input_err!("cannot create output folder {}: {e}", req.out_dir.display()))?;
     let probe = req.out_dir.join(format!(".{name}.probe"));
-    std::fs::write(&probe, b"")
-        .map_err(|e| input_err!("output folder {} is not writable: {e}", req.out_dir.display()))?;
+    std::fs::write(&probe, b"").map_err(|e| {
+        input_err!(
+            "output folder {} is not writable: {e}",
+            req.out_dir.display()
+        )
+    })?;
     let _ = std::fs::remove_file(&probe);
 
     let locator = Locator::from_env();
     let model = locator.open(&ModelRef::parse(&req.clip)?)?;
-    let clip = Clip::load(&model, &req.device).with_context(|| format!("loading CLIP `{}`", req.clip))?;
+    let clip =
+        Clip::load(&model, &req.device).with_context(|| format!("loading CLIP `{}`", req.clip))?;
     let (seed, seed_source) = match req.seed {
         Some(s) => (s, "given"),
         None => (rand::random::<u64>() >> 11, "random"),
@@ -186,17 +205,30 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
         device: format!("{:?}", req.device),
         threads: candle_core::utils::get_num_threads(),
         image: relative(&image_path, &req.out_dir),
-        frames: out.frames.iter().map(|f| relative(f, &req.out_dir)).collect(),
+        frames: out
+            .frames
+            .iter()
+            .map(|f| relative(f, &req.out_dir))
+            .collect(),
         final_similarity,
         seconds: out.seconds,
         steps: &out.steps,
     };
     write_json(&record_path, &record)?;
-    Ok(GenerateOutput { image: image_path, record: record_path, final_similarity, seed })
+    Ok(GenerateOutput {
+        image: image_path,
+        record: record_path,
+        final_similarity,
+        seed,
+    })
 }
 
 /// Cosine similarity between a phrase embedding and a whole image resized to the encoder's input.
-pub fn whole_image_similarity(encoder: &dyn ImageEncoder, image: &Tensor, text: &Tensor) -> anyhow::Result<f32> {
+pub fn whole_image_similarity(
+    encoder: &dyn ImageEncoder,
+    image: &Tensor,
+    text: &Tensor,
+) -> anyhow::Result<f32> {
     let s = encoder.input_size();
     let x = crate::imageops::resize_bilinear(image, s, s)?.unsqueeze(0)?;
     let e = super::l2_normalize(&encoder.encode_images(&x)?)?;

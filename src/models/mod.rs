@@ -22,16 +22,22 @@ pub fn seeded_random_weights<T>(
 ) -> Result<HashMap<String, Tensor>> {
     let varmap = VarMap::new();
     build(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let normal = rand_distr::Normal::new(0f32, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let normal =
+        rand_distr::Normal::new(0f32, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     names
         .into_iter()
         .map(|name| {
             let shape = data[name].shape().clone();
-            let v: Vec<f32> = (0..shape.elem_count()).map(|_| normal.sample(&mut rng)).collect();
+            let v: Vec<f32> = (0..shape.elem_count())
+                .map(|_| normal.sample(&mut rng))
+                .collect();
             Ok((name.clone(), Tensor::from_vec(v, shape, device)?))
         })
         .collect()
