@@ -154,7 +154,7 @@ fn same_seed_same_bytes_and_a_drawn_seed_is_recorded() {
 }
 
 fn expect_input_error(o: &Output, want: &str) {
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
     assert!(stderr(o).contains(want), "{want:?} not in: {}", stderr(o));
 }
 
