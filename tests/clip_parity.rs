@@ -633,3 +633,40 @@ fn clip_load_names_a_missing_file() {
     let e = Clip::load(&m, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("model.safetensors"), "{e}");
 }
+
+/// Weights that are `Var`s (training a CLIP) still get gradients; only frozen weights skip them.
+#[test]
+fn trainable_weights_get_gradients() {
+    let mut varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = ClipModel::new(vb, &config()).unwrap();
+    // Values set after construction (as an optimiser step does) are used by the model.
+    varmap.load(fixtures().join("model.safetensors")).unwrap();
+    let r = reference();
+    check(
+        "image_embeds (Var weights)",
+        &model.image_features(&r["pixel_values"]).unwrap(),
+        &r["image_embeds"],
+    );
+    let loss = model
+        .logits_per_image(&r["pixel_values"], &ids(&r))
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    for name in [
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        "vision_model.encoder.layers.1.mlp.fc2.weight",
+        "visual_projection.weight",
+        "text_model.encoder.layers.0.self_attn.v_proj.bias",
+        "text_projection.weight",
+    ] {
+        let g = grads
+            .get(data[name].as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(n > 0.0, "zero gradient for {name}");
+    }
+}

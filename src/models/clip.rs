@@ -324,7 +324,9 @@ impl ClipConfig {
 
 /// `y = x W^T + b` over the last dimension. Leading dimensions are flattened so that the forward
 /// and backward are single matrix products (a broadcast weight would make the backward compute
-/// one weight gradient per batch item).
+/// one weight gradient per batch item). A weight that is not trained (loaded from a file, not a
+/// `Var`) goes through [`FrozenMatmul`], whose backward skips the weight gradient that candle's
+/// matmul always computes: that is about half of the image tower's backward work.
 #[derive(Debug, Clone)]
 struct Linear {
     weight: Tensor,
@@ -348,7 +350,7 @@ impl Linear {
             .split_last()
             .ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
         let rows = lead.iter().product::<usize>();
-        let ys = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let ys = matmul_wt(&xs.reshape((rows, in_dim))?, &self.weight)?;
         let ys = match &self.bias {
             Some(b) => ys.broadcast_add(b)?,
             None => ys,
@@ -356,6 +358,86 @@ impl Linear {
         let mut out_dims = lead.to_vec();
         out_dims.push(self.weight.dim(0)?);
         ys.reshape(out_dims)
+    }
+}
+
+/// `x [rows, in] @ w^T` for `w [out, in]`, skipping the weight gradient when `w` is frozen.
+fn matmul_wt(xs: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if w.track_op() {
+        xs.matmul(&w.t()?)
+    } else {
+        xs.apply_op2(w, FrozenMatmul)
+    }
+}
+
+/// `x @ w^T` whose backward returns only the input gradient `grad @ w`. Only for weights that
+/// need no gradient (see [`matmul_wt`]); the forward is candle's own matmul on any backend.
+struct FrozenMatmul;
+
+impl FrozenMatmul {
+    fn fwd<S: candle_core::backend::BackendStorage>(
+        x: &S,
+        lx: &candle_core::Layout,
+        w: &S,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<(S, candle_core::Shape)> {
+        let (rows, k) = lx.shape().dims2()?;
+        let (out, k2) = lw.shape().dims2()?;
+        if k != k2 {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: lx.shape().clone(),
+                rhs: lw.shape().clone(),
+                op: "frozen-matmul",
+            });
+        }
+        let y = x.matmul(w, (1, rows, out, k), lx, &lw.transpose(0, 1)?)?;
+        Ok((y, (rows, out).into()))
+    }
+}
+
+impl candle_core::CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        lx: &candle_core::Layout,
+        w: &candle_core::CpuStorage,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        Self::fwd(x, lx, w, lw)
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &candle_core::Layout,
+        w: &candle_core::CudaStorage,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        Self::fwd(x, lx, w, lw)
+    }
+
+    fn metal_fwd(
+        &self,
+        x: &candle_core::MetalStorage,
+        lx: &candle_core::Layout,
+        w: &candle_core::MetalStorage,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::MetalStorage, candle_core::Shape)> {
+        Self::fwd(x, lx, w, lw)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad_res.matmul(w)?), None))
     }
 }
 
@@ -397,10 +479,16 @@ fn softmax_last(xs: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Multi-head self-attention. q, k and v are computed by one matrix product with the three
-/// weights stacked (one GEMM instead of three, forward and backward).
+/// weights stacked (one GEMM instead of three, forward and backward). Frozen weights are stacked
+/// once; trainable ones (`Var`s) at every call, so that optimiser updates are seen and gradients
+/// reach each of them.
 #[derive(Debug, Clone)]
 struct Attention {
-    qkv: Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    /// The three stacked, when none of them is trainable.
+    frozen_qkv: Option<Linear>,
     out_proj: Linear,
     heads: usize,
     head_dim: usize,
@@ -409,27 +497,38 @@ struct Attention {
 
 impl Attention {
     fn new(vb: VarBuilder, hidden: usize, heads: usize) -> candle_core::Result<Self> {
-        let q = Linear::new(vb.pp("q_proj"), hidden, hidden, true)?;
-        let k = Linear::new(vb.pp("k_proj"), hidden, hidden, true)?;
-        let v = Linear::new(vb.pp("v_proj"), hidden, hidden, true)?;
-        let stack = |f: fn(&Linear) -> Option<&Tensor>| -> candle_core::Result<Tensor> {
-            let parts = [&q, &k, &v].map(|l| f(l).cloned());
-            let parts: Option<Vec<Tensor>> = parts.into_iter().collect();
-            let parts =
-                parts.ok_or_else(|| candle_core::Error::Msg("attention without bias".into()))?;
-            Tensor::cat(&parts, 0)
-        };
-        let qkv = Linear {
-            weight: stack(|l| Some(&l.weight))?,
-            bias: Some(stack(|l| l.bias.as_ref())?),
-        };
+        let q_proj = Linear::new(vb.pp("q_proj"), hidden, hidden, true)?;
+        let k_proj = Linear::new(vb.pp("k_proj"), hidden, hidden, true)?;
+        let v_proj = Linear::new(vb.pp("v_proj"), hidden, hidden, true)?;
+        let trainable = [&q_proj, &k_proj, &v_proj]
+            .iter()
+            .any(|l| l.weight.track_op() || l.bias.as_ref().is_some_and(Tensor::track_op));
         let head_dim = hidden / heads;
-        Ok(Self {
-            qkv,
+        let mut attn = Self {
+            q_proj,
+            k_proj,
+            v_proj,
+            frozen_qkv: None,
             out_proj: Linear::new(vb.pp("out_proj"), hidden, hidden, true)?,
             heads,
             head_dim,
             scale: (head_dim as f64).powf(-0.5),
+        };
+        if !trainable {
+            attn.frozen_qkv = Some(attn.stacked_qkv()?);
+        }
+        Ok(attn)
+    }
+
+    fn stacked_qkv(&self) -> candle_core::Result<Linear> {
+        let (q, k, v) = (&self.q_proj, &self.k_proj, &self.v_proj);
+        let bias = match (&q.bias, &k.bias, &v.bias) {
+            (Some(qb), Some(kb), Some(vb)) => Some(Tensor::cat(&[qb, kb, vb], 0)?),
+            _ => None,
+        };
+        Ok(Linear {
+            weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+            bias,
         })
     }
 
@@ -437,9 +536,11 @@ impl Attention {
     fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, n, hidden) = xs.dims3()?;
         // [B, N, 3D] -> [3, B, H, N, hd]
-        let qkv = self
-            .qkv
-            .forward(xs)?
+        let qkv = match &self.frozen_qkv {
+            Some(l) => l.forward(xs)?,
+            None => self.stacked_qkv()?.forward(xs)?,
+        };
+        let qkv = qkv
             .reshape((b, n, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
@@ -588,9 +689,7 @@ impl VisionTower {
             .reshape((b, ch, g, p, g, p))?
             .permute([0, 2, 4, 1, 3, 5])?
             .reshape((b * g * g, ch * p * p))?;
-        let patch_embeds = patches
-            .matmul(&self.patch_weight.t()?)?
-            .reshape((b, g * g, d))?;
+        let patch_embeds = matmul_wt(&patches, &self.patch_weight)?.reshape((b, g * g, d))?;
         let class = self
             .class_embedding
             .reshape((1, 1, d))?
