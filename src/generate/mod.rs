@@ -7,11 +7,12 @@
 pub mod job;
 pub mod siren;
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use rand::Rng;
 use serde::Serialize;
 
 use crate::imageops::resize_bilinear;
+pub use crate::models::clip::l2_normalize;
 
 /// An image encoder that guides generation (CLIP's image tower).
 pub trait ImageEncoder {
@@ -19,11 +20,6 @@ pub trait ImageEncoder {
     fn input_size(&self) -> usize;
     /// [N, 3, S, S] images in [0, 1] -> [N, D] raw embeddings, differentiable w.r.t. the images.
     fn encode_images(&self, images: &Tensor) -> Result<Tensor>;
-}
-
-/// Rows scaled to unit L2 norm.
-pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
 }
 
 /// deep-daze's loss for one batch of cutout embeddings `emb` [N, D] and the normalised phrase
