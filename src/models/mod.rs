@@ -2,6 +2,7 @@
 //! checkpoint's tensor names, and `forward`. Errors inside models are `candle_core::Result`.
 
 pub mod clip;
+pub mod lstm_decoder;
 pub mod siren;
 
 use std::collections::HashMap;
