@@ -5,6 +5,7 @@
 
 pub mod bleu;
 pub mod cli;
+pub mod dataset;
 pub mod error;
 pub mod features;
 pub mod fsutil;
