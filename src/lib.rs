@@ -4,6 +4,7 @@
 //! holds everything but argument parsing and process exit, which live in `src/main.rs` and `cli`.
 
 pub mod bleu;
+pub mod captioner;
 pub mod cli;
 pub mod dataset;
 pub mod error;
