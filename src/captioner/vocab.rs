@@ -121,7 +121,7 @@ mod tests {
         // startseq/endseq 3 each, then dog 2, runs 2 (dog first), then cat, the, sleeps.
         let words: Vec<&str> = (0..v.len()).map(|i| v.words[i].as_str()).collect();
         assert_eq!(words, ["<pad>", "startseq", "endseq", "dog", "runs", "cat", "the", "sleeps"]);
-        assert_eq!(v.max_length, 4);
+        assert_eq!(v.max_length, 5);
         assert_eq!(v.encode("The DOG runs, a zebra!"), [1, 6, 3, 4, 2]);
         assert_eq!(v.decode(&[1, 6, 3, 4, 2, 0]), "the dog runs");
     }
