@@ -6,10 +6,13 @@ use std::io::Write;
 use clap::{Parser, Subcommand};
 
 mod bleu;
+mod caption;
+mod eval;
 mod features;
 mod generate;
 mod models;
 mod prompts;
+mod train;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +33,12 @@ enum Command {
     Generate(generate::Args),
     /// Raw encoder features of texts and images, and their CLIPScore matrix.
     Features(features::Args),
+    /// Train a captioner (VGG16 or Xception features + LSTM decoder) on a Flickr8k-style dataset.
+    Train(train::Args),
+    /// Corpus BLEU-1..4 and caption diversity of a captioner on a dataset split.
+    Eval(eval::Args),
+    /// Caption images with a trained captioner.
+    Caption(caption::Args),
     /// Work with prompts files.
     #[command(subcommand)]
     Prompts(prompts::Command),
@@ -44,6 +53,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bleu(a) => bleu::run(a, out),
         Command::Generate(a) => generate::run(a, out),
         Command::Features(a) => features::run(a, out),
+        Command::Train(a) => train::run(a, out),
+        Command::Eval(a) => eval::run(a, out),
+        Command::Caption(a) => caption::run(a, out),
         Command::Prompts(c) => prompts::run(c, out),
         Command::Models(c) => models::run(c, out),
     }?;

@@ -1,0 +1,99 @@
+//! `roundtrip eval`: corpus BLEU-1..4 of a captioner on a dataset split, as the original
+//! experiment reported it (every reference caption of an image, normalised; startseq/endseq left
+//! out), plus caption diversity.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::Serialize;
+
+use super::features::{CacheStats, FeatureCache};
+use super::model::Captioner;
+use crate::bleu::{corpus_stats, Smoothing};
+use crate::dataset::{Dataset, Split};
+use crate::hub::Locator;
+use crate::text::normalize;
+
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub captioner: String,
+    pub encoder: serde_json::Value,
+    pub dataset: String,
+    pub split: Split,
+    pub beam: usize,
+    pub images: usize,
+    pub bleu1: f64,
+    pub bleu2: f64,
+    pub bleu3: f64,
+    pub bleu4: f64,
+    /// Distinct captions / images.
+    pub diversity: f64,
+    pub distinct_captions: usize,
+    pub most_common_caption: String,
+    pub most_common_count: usize,
+    pub dataset_problems: usize,
+    pub features: CacheStats,
+}
+
+/// Corpus figures of captions against reference sets (shared with `run`'s corpus report).
+pub fn diversity(captions: &[String]) -> (usize, String, usize) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for c in captions {
+        *counts.entry(c.as_str()).or_default() += 1;
+    }
+    let (top, n) = counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(c, n)| (c.to_string(), *n))
+        .unwrap_or_default();
+    (counts.len(), top, n)
+}
+
+pub fn evaluate(
+    dir: &Path,
+    dataset: &Path,
+    split: Split,
+    beam: usize,
+    cache_dir: &Path,
+    quiet: bool,
+    device: &Device,
+) -> anyhow::Result<(EvalReport, Vec<(String, String)>)> {
+    let locator = Locator::from_env();
+    let captioner = Captioner::load(dir, &locator, device)?;
+    let ds = Dataset::load(dataset)?;
+    let names = ds.split(split).to_vec();
+    if names.is_empty() {
+        return Err(crate::input_err!("{}: the {split:?} split is empty", dataset.display()));
+    }
+    let paths: Vec<PathBuf> = names.iter().map(|n| ds.image_path(n)).collect();
+    let bar = crate::progress::bar(paths.len() as u64, "features", quiet);
+    let cache = FeatureCache::new(cache_dir, &captioner.encoder);
+    let (feats, stats) = cache.features(&captioner.encoder, &paths, 16, device, &bar)?;
+    bar.finish_and_clear();
+    let captions = captioner.caption_features(&feats, beam)?;
+    let hyps: Vec<Vec<String>> = captions.iter().map(|c| normalize(c)).collect();
+    let refs: Vec<Vec<Vec<String>>> =
+        names.iter().map(|n| ds.captions[n].iter().map(|c| normalize(c)).collect()).collect();
+    let [bleu1, bleu2, bleu3, bleu4] = corpus_stats(&hyps, &refs).scores(Smoothing::None);
+    let (distinct, top, top_n) = diversity(&captions);
+    let report = EvalReport {
+        captioner: dir.display().to_string(),
+        encoder: captioner.config.encoder.record.clone(),
+        dataset: dataset.display().to_string(),
+        split,
+        beam,
+        images: names.len(),
+        bleu1,
+        bleu2,
+        bleu3,
+        bleu4,
+        diversity: distinct as f64 / names.len() as f64,
+        distinct_captions: distinct,
+        most_common_caption: top,
+        most_common_count: top_n,
+        dataset_problems: ds.problems.len(),
+        features: stats,
+    };
+    Ok((report, names.into_iter().zip(captions).collect()))
+}

@@ -1,0 +1,147 @@
+//! A trained captioner folder: `config.json`, `vocab.json`, `model.safetensors` (the decoder with
+//! the best dev loss), `checkpoint.safetensors` (the last epoch, for `--resume`) and
+//! `train_log.jsonl`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::encoder::{load_encoder, EncoderKind, LoadedEncoder};
+use super::vocab::Vocab;
+use crate::hub::Locator;
+use crate::input_err;
+use crate::models::lstm_decoder::{Config as DecoderConfig, LstmDecoder};
+
+pub const FORMAT: &str = "roundtrip-captioner";
+
+/// The encoder a captioner was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncoderSpec {
+    pub kind: EncoderKind,
+    /// Model reference as resolved at training time (absolute for folders).
+    pub reference: String,
+    /// What the locator recorded (repository, revision, commit or folder).
+    pub record: serde_json::Value,
+}
+
+/// Training settings, all recorded in `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainSettings {
+    /// Most epochs (early stopping may end sooner).
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// Epochs without a better dev loss before stopping.
+    pub patience: usize,
+    pub embed: usize,
+    pub hidden: usize,
+    pub dropout: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainSettings {
+    /// The original merge model: 256-wide embedding and LSTM, dropout 0.5, Adam 1e-3 (Keras' default).
+    fn default() -> Self {
+        Self { epochs: 20, batch_size: 64, lr: 1e-3, patience: 3, embed: 256, hidden: 256, dropout: 0.5, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CaptionerConfig {
+    pub format: String,
+    pub version: u32,
+    pub architecture: String,
+    pub encoder: EncoderSpec,
+    pub decoder: DecoderConfig,
+    pub training: TrainSettings,
+    /// The dataset it was trained on: folder, layout and split sizes.
+    pub dataset: serde_json::Value,
+}
+
+/// A loaded captioner, ready to caption images.
+pub struct Captioner {
+    pub dir: PathBuf,
+    pub config: CaptionerConfig,
+    pub vocab: Vocab,
+    pub decoder: LstmDecoder,
+    pub encoder: LoadedEncoder,
+}
+
+/// Reads and checks `config.json` of a captioner folder.
+pub fn read_config(dir: &Path) -> anyhow::Result<CaptionerConfig> {
+    let path = dir.join("config.json");
+    if !dir.is_dir() {
+        return Err(input_err!("captioner folder {} does not exist", dir.display()));
+    }
+    let bytes = std::fs::read(&path)
+        .map_err(|e| input_err!("{} is not a captioner folder: cannot read config.json: {e}", dir.display()))?;
+    let cfg: CaptionerConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| input_err!("{}: not a roundtrip captioner config: {e}", path.display()))?;
+    if cfg.format != FORMAT {
+        return Err(input_err!("{}: format is `{}`, expected `{FORMAT}`", path.display(), cfg.format));
+    }
+    Ok(cfg)
+}
+
+impl Captioner {
+    pub fn load(dir: &Path, locator: &Locator, device: &Device) -> anyhow::Result<Self> {
+        let config = read_config(dir)?;
+        let vocab = Vocab::load(&dir.join("vocab.json"))?;
+        if vocab.len() != config.decoder.vocab_size {
+            return Err(input_err!(
+                "{}: vocab.json has {} words but config.json says {}",
+                dir.display(),
+                vocab.len(),
+                config.decoder.vocab_size
+            ));
+        }
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(input_err!("{} has no model.safetensors: is its training finished?", dir.display()));
+        }
+        let tensors = candle_core::safetensors::load(&weights, device)
+            .map_err(|e| input_err!("{} is not a valid safetensors file: {e}", weights.display()))?;
+        let decoder = LstmDecoder::new(VarBuilder::from_tensors(tensors, DType::F32, device), &config.decoder)
+            .map_err(|e| input_err!("{}: {e}", weights.display()))?;
+        let encoder = load_encoder(config.encoder.kind, &config.encoder.reference, locator, device)?;
+        if encoder.encoder.feature_dim() != config.decoder.feature_dim {
+            return Err(input_err!(
+                "{}: the encoder gives {}-d features but the decoder expects {}",
+                dir.display(),
+                encoder.encoder.feature_dim(),
+                config.decoder.feature_dim
+            ));
+        }
+        Ok(Self { dir: dir.to_path_buf(), config, vocab, decoder, encoder })
+    }
+
+    /// Captions of features [N, F]: greedy with `beam` <= 1, else beam search.
+    pub fn caption_features(&self, features: &Tensor, beam: usize) -> anyhow::Result<Vec<String>> {
+        let (s, e) = (self.vocab.start(), self.vocab.end());
+        let ids = if beam <= 1 {
+            self.decoder.greedy(features, s, e)?
+        } else {
+            (0..features.dim(0)?)
+                .map(|i| self.decoder.beam(&features.narrow(0, i, 1)?, s, e, beam))
+                .collect::<candle_core::Result<Vec<_>>>()?
+        };
+        Ok(ids.iter().map(|c| self.vocab.decode(c)).collect())
+    }
+
+    /// Captions of image files (features through the cache when one is given).
+    pub fn caption_images(&self, images: &[PathBuf], beam: usize, device: &Device) -> anyhow::Result<Vec<String>> {
+        let mut pixels = Vec::with_capacity(images.len());
+        for p in images {
+            let img = image::open(p).map_err(|e| input_err!("{} is not a readable image: {e}", p.display()))?;
+            pixels.push(self.encoder.encoder.preprocess(&img.to_rgb8(), device)?);
+        }
+        let mut out = Vec::new();
+        for chunk in pixels.chunks(8) {
+            let feats = self.encoder.encoder.forward(&Tensor::stack(chunk, 0)?)?;
+            out.extend(self.caption_features(&feats, beam)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,41 @@
+//! `roundtrip caption --captioner MODEL_DIR [--beam K] IMAGE... [--json]`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::captioner::model::Captioner;
+use crate::hub::Locator;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    captioner: PathBuf,
+    /// Beam width (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let device = candle_core::Device::Cpu;
+    let c = Captioner::load(&a.captioner, &Locator::from_env(), &device)?;
+    let captions = c.caption_images(&a.images, a.beam, &device)?;
+    if a.json {
+        let items: Vec<_> = a
+            .images
+            .iter()
+            .zip(&captions)
+            .map(|(i, c)| serde_json::json!({"image": i.display().to_string(), "caption": c}))
+            .collect();
+        serde_json::to_writer(&mut *out, &serde_json::json!({"captioner": a.captioner.display().to_string(), "beam": a.beam, "items": items}))?;
+        writeln!(out)?;
+    } else {
+        for (i, c) in a.images.iter().zip(&captions) {
+            writeln!(out, "{}\t{}", i.display(), c)?;
+        }
+    }
+    Ok(())
+}

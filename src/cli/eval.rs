@@ -1,0 +1,56 @@
+//! `roundtrip eval --captioner MODEL_DIR --dataset DIR [--split test] [--beam K] [--json]`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::captioner::eval::evaluate;
+use crate::captioner::features::default_cache_dir;
+use crate::dataset::Split;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    captioner: PathBuf,
+    #[arg(long)]
+    dataset: PathBuf,
+    /// train, dev or test.
+    #[arg(long, default_value = "test")]
+    split: Split,
+    /// Beam width (1: greedy, as the original).
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
+    #[arg(long)]
+    json: bool,
+    /// Also print each image's caption (text output).
+    #[arg(long)]
+    captions: bool,
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let cache = a.cache.unwrap_or_else(default_cache_dir);
+    let (r, captions) = evaluate(&a.captioner, &a.dataset, a.split, a.beam, &cache, a.quiet, &candle_core::Device::Cpu)?;
+    if a.json {
+        serde_json::to_writer(&mut *out, &r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{} on {} ({:?}, {} images, beam {})", r.captioner, r.dataset, r.split, r.images, r.beam)?;
+    for (n, b) in [r.bleu1, r.bleu2, r.bleu3, r.bleu4].iter().enumerate() {
+        writeln!(out, "BLEU-{}  {:.6}", n + 1, b)?;
+    }
+    writeln!(
+        out,
+        "diversity {:.3} ({} distinct captions); most common ({}x): {}",
+        r.diversity, r.distinct_captions, r.most_common_count, r.most_common_caption
+    )?;
+    if a.captions {
+        for (img, c) in captions {
+            writeln!(out, "{img}\t{c}")?;
+        }
+    }
+    Ok(())
+}
