@@ -3,6 +3,8 @@
 
 pub mod clip;
 pub mod siren;
+pub mod vgg16;
+pub mod xception;
 
 use std::collections::HashMap;
 
