@@ -4,6 +4,8 @@
 pub mod clip;
 pub mod lstm_decoder;
 pub mod siren;
+pub mod vgg16;
+pub mod xception;
 
 use std::collections::HashMap;
 
