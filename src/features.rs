@@ -96,3 +96,39 @@ pub fn clip_features(
         clip_score,
     })
 }
+
+/// Raw features of images from a captioner's encoder (VGG16 fc2 or Xception pool).
+pub fn encoder_features(
+    encoder: &crate::captioner::encoder::LoadedEncoder,
+    images: &[PathBuf],
+    device: &Device,
+) -> anyhow::Result<FeaturesOutput> {
+    let mut items = Vec::new();
+    for chunk in images.chunks(8) {
+        let pixels = chunk
+            .iter()
+            .map(|p| {
+                let img = image::open(p).map_err(|e| {
+                    crate::input_err!("{} is not a readable image: {e}", p.display())
+                })?;
+                Ok(encoder.encoder.preprocess(&img.to_rgb8(), device)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let feats: Vec<Vec<f32>> = encoder
+            .encoder
+            .forward(&Tensor::stack(&pixels, 0)?)?
+            .to_vec2()?;
+        for (p, f) in chunk.iter().zip(feats) {
+            items.push(Item {
+                input: p.display().to_string(),
+                kind: "image",
+                features: f,
+            });
+        }
+    }
+    Ok(FeaturesOutput {
+        model: encoder.record.clone(),
+        items,
+        clip_score: None,
+    })
+}

@@ -12,7 +12,12 @@ use roundtrip::text::normalize;
 use serde::Deserialize;
 
 const ENCODER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vgg16_tiny");
-const COLOURS: [(&str, [u8; 3]); 4] = [("red", [220, 30, 30]), ("green", [30, 180, 40]), ("blue", [30, 60, 220]), ("yellow", [230, 210, 30])];
+const COLOURS: [(&str, [u8; 3]); 4] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 180, 40]),
+    ("blue", [30, 60, 220]),
+    ("yellow", [230, 210, 30]),
+];
 const SHAPES: [&str; 2] = ["square", "circle"];
 
 fn draw(colour: [u8; 3], shape: &str, jitter: u32) -> RgbImage {
@@ -21,7 +26,11 @@ fn draw(colour: [u8; 3], shape: &str, jitter: u32) -> RgbImage {
     for y in 0..32u32 {
         for x in 0..32u32 {
             let (dx, dy) = (x as i64 - cx as i64, y as i64 - cy as i64);
-            let inside = if shape == "square" { dx.abs() <= r && dy.abs() <= r } else { dx * dx + dy * dy <= r * r };
+            let inside = if shape == "square" {
+                dx.abs() <= r && dy.abs() <= r
+            } else {
+                dx * dx + dy * dy <= r * r
+            };
             if inside {
                 img.put_pixel(x, y, Rgb(colour));
             }
@@ -36,7 +45,8 @@ fn dataset(root: &Path) -> PathBuf {
     let text = root.join("Flickr8k_text");
     std::fs::create_dir_all(&imgs).unwrap();
     std::fs::create_dir_all(&text).unwrap();
-    let (mut tokens, mut train, mut dev, mut test) = (String::new(), String::new(), String::new(), String::new());
+    let (mut tokens, mut train, mut dev, mut test) =
+        (String::new(), String::new(), String::new(), String::new());
     let mut n = 0;
     for jitter in 0..8u32 {
         for (cname, c) in COLOURS {
@@ -70,14 +80,42 @@ fn dataset(root: &Path) -> PathBuf {
 }
 
 fn roundtrip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roundtrip")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn train_args<'a>(ds: &'a str, out: &'a str, cache: &'a str, epochs: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--encoder", "vgg16", "--weights", ENCODER, "--dataset", ds, "--out", out, "--cache", cache,
-        "--epochs", epochs, "--embed", "32", "--hidden", "32", "--batch-size", "16", "--lr", "0.01",
-        "--dropout", "0.1", "--patience", "100", "--seed", "5", "--quiet",
+        "train",
+        "--encoder",
+        "vgg16",
+        "--weights",
+        ENCODER,
+        "--dataset",
+        ds,
+        "--out",
+        out,
+        "--cache",
+        cache,
+        "--epochs",
+        epochs,
+        "--embed",
+        "32",
+        "--hidden",
+        "32",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.01",
+        "--dropout",
+        "0.1",
+        "--patience",
+        "100",
+        "--seed",
+        "5",
+        "--quiet",
     ]
 }
 
@@ -101,33 +139,64 @@ fn learns_beats_a_blind_baseline_and_reuses_features() {
     let cache = d.path().join("cache").display().to_string();
     let out = d.path().join("cap").display().to_string();
     let first = ok(&roundtrip(&train_args(&ds, &out, &cache, "12")));
-    assert!(first.contains("features computed 64 cached 0"), "{first}");
-    for f in ["config.json", "vocab.json", "model.safetensors", "checkpoint.safetensors", "train_log.jsonl"] {
+    assert!(first.contains("features computed 56 cached 0"), "{first}");
+    for f in [
+        "config.json",
+        "vocab.json",
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "train_log.jsonl",
+    ] {
         assert!(Path::new(&out).join(f).is_file(), "{f} missing");
     }
 
-    let e: Eval = serde_json::from_str(&ok(&roundtrip(&["eval", "--captioner", &out, "--dataset", &ds, "--json", "--cache", &cache, "--quiet"]))).unwrap();
+    let e: Eval = serde_json::from_str(&ok(&roundtrip(&[
+        "eval",
+        "--captioner",
+        &out,
+        "--dataset",
+        &ds,
+        "--json",
+        "--cache",
+        &cache,
+        "--quiet",
+    ])))
+    .unwrap();
     assert_eq!(e.images, 8);
     // Caption-blind baseline: the same (most frequent training) caption for every test image.
     let refs: Vec<Vec<Vec<String>>> = (0..8)
         .map(|i| {
             let (cname, _) = COLOURS[(i / 2) % 4];
             let shape = SHAPES[i % 2];
-            vec![normalize(&format!("a {cname} {shape}")), normalize(&format!("there is a {cname} {shape}")), normalize(&format!("the {shape} is {cname}"))]
+            vec![
+                normalize(&format!("a {cname} {shape}")),
+                normalize(&format!("there is a {cname} {shape}")),
+                normalize(&format!("the {shape} is {cname}")),
+            ]
         })
         .collect();
     let blind: Vec<Vec<String>> = vec![normalize("a red square on a white background"); 8];
     let base = corpus_bleu(&blind, &refs, Smoothing::None);
-    assert!(e.bleu1 > base[0] + 0.2, "BLEU-1 {} vs blind {}", e.bleu1, base[0]);
+    assert!(
+        e.bleu1 > base[0] + 0.2,
+        "BLEU-1 {} vs blind {}",
+        e.bleu1,
+        base[0]
+    );
     assert!(e.bleu4 > 0.3, "BLEU-4 {}", e.bleu4);
     assert!(e.diversity > 0.25, "diversity {}", e.diversity);
 
     // A second training of the same encoder on the same images reads every feature from the cache.
     let out2 = d.path().join("cap2").display().to_string();
     let second = ok(&roundtrip(&train_args(&ds, &out2, &cache, "1")));
-    assert!(second.contains("features computed 0 cached 64"), "{second}");
+    assert!(second.contains("features computed 0 cached 56"), "{second}");
 
-    let caps = ok(&roundtrip(&["caption", "--captioner", &out, &format!("{ds}/Flicker8k_Dataset/0000.png")]));
+    let caps = ok(&roundtrip(&[
+        "caption",
+        "--captioner",
+        &out,
+        &format!("{ds}/Flicker8k_Dataset/0000.png"),
+    ]));
     assert!(caps.contains("0000.png\t"), "{caps}");
 }
 
@@ -141,7 +210,10 @@ fn a_killed_training_resumes_to_the_same_model() {
 
     let killed = d.path().join("killed");
     let killed_s = killed.display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roundtrip")).args(train_args(&ds, &killed_s, &cache, "6")).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+        .args(train_args(&ds, &killed_s, &cache, "6"))
+        .spawn()
+        .unwrap();
     let ckpt = killed.join("checkpoint.safetensors");
     let t0 = std::time::Instant::now();
     while !ckpt.exists() && t0.elapsed().as_secs() < 120 {
@@ -150,10 +222,18 @@ fn a_killed_training_resumes_to_the_same_model() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ckpt.exists(), "no checkpoint was written");
-    ok(&roundtrip(&[train_args(&ds, &killed_s, &cache, "6"), vec!["--resume"]].concat()));
+    ok(&roundtrip(
+        &[train_args(&ds, &killed_s, &cache, "6"), vec!["--resume"]].concat(),
+    ));
     let bytes = |dir: &str, f: &str| std::fs::read(Path::new(dir).join(f)).unwrap();
-    assert_eq!(bytes(&straight, "model.safetensors"), bytes(&killed_s, "model.safetensors"));
-    assert_eq!(bytes(&straight, "checkpoint.safetensors"), bytes(&killed_s, "checkpoint.safetensors"));
+    assert_eq!(
+        bytes(&straight, "model.safetensors"),
+        bytes(&killed_s, "model.safetensors")
+    );
+    assert_eq!(
+        bytes(&straight, "checkpoint.safetensors"),
+        bytes(&killed_s, "checkpoint.safetensors")
+    );
     let log = String::from_utf8(bytes(&killed_s, "train_log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 6, "{log}");
 
@@ -166,10 +246,25 @@ fn a_killed_training_resumes_to_the_same_model() {
 #[test]
 fn malformed_datasets_and_captioner_folders_fail_clearly() {
     let d = tempfile::tempdir().unwrap();
-    let o = roundtrip(&["train", "--encoder", "vgg16", "--weights", ENCODER, "--dataset", d.path().to_str().unwrap(), "--out", d.path().join("o").to_str().unwrap()]);
+    let o = roundtrip(&[
+        "train",
+        "--encoder",
+        "vgg16",
+        "--weights",
+        ENCODER,
+        "--dataset",
+        d.path().to_str().unwrap(),
+        "--out",
+        d.path().join("o").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a Flickr8k-style dataset"));
-    let o = roundtrip(&["caption", "--captioner", d.path().to_str().unwrap(), "x.png"]);
+    let o = roundtrip(&[
+        "caption",
+        "--captioner",
+        d.path().to_str().unwrap(),
+        "x.png",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a captioner folder"));
 }

@@ -112,3 +112,55 @@ fn nothing_to_embed_or_a_bad_image_is_an_input_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.png"));
 }
+
+#[test]
+fn vgg16_and_xception_features_equal_the_library_forward() {
+    use roundtrip::captioner::encoder::{load_encoder, EncoderKind};
+    let root = env!("CARGO_MANIFEST_DIR");
+    let image = format!("{CLIP}/raw_48x40.png");
+    for (kind, dir) in [
+        (EncoderKind::Vgg16, "vgg16_tiny"),
+        (EncoderKind::Xception, "xception_tiny"),
+    ] {
+        let weights = format!("{root}/tests/fixtures/{dir}");
+        let o = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+            .args([
+                "features",
+                "--encoder",
+                kind.name(),
+                "--weights",
+                &weights,
+                "--json",
+                &image,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out: Out = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(out.clip_score.is_none());
+        let enc = load_encoder(
+            kind,
+            &weights,
+            &roundtrip::hub::Locator::from_env(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let img = image::open(&image).unwrap().to_rgb8();
+        let x = enc
+            .encoder
+            .preprocess(&img, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let want: Vec<f32> = enc
+            .encoder
+            .forward(&x)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(out.items[0].features, want, "{}", kind.name());
+        assert_eq!(want.len(), enc.encoder.feature_dim());
+    }
+}

@@ -21,9 +21,24 @@ impl Adam {
     pub fn new(mut params: Vec<(String, Var)>, lr: f64) -> Result<Self> {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let zeros = |p: &Var| p.as_tensor().zeros_like();
-        let m = params.iter().map(|(_, p)| zeros(p)).collect::<Result<Vec<_>>>()?;
-        let v = params.iter().map(|(_, p)| zeros(p)).collect::<Result<Vec<_>>>()?;
-        Ok(Self { params, m, v, t: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 })
+        let m = params
+            .iter()
+            .map(|(_, p)| zeros(p))
+            .collect::<Result<Vec<_>>>()?;
+        let v = params
+            .iter()
+            .map(|(_, p)| zeros(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            params,
+            m,
+            v,
+            t: 0,
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        })
     }
 
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
@@ -31,7 +46,9 @@ impl Adam {
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         for (i, (_, p)) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(p.as_tensor()) else { continue };
+            let Some(g) = grads.get(p.as_tensor()) else {
+                continue;
+            };
             self.m[i] = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             self.v[i] = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&self.m[i] / bc1)? / ((&self.v[i] / bc2)?.sqrt()? + self.eps)?)?;
@@ -48,23 +65,45 @@ impl Adam {
             out.insert(format!("m.{name}"), self.m[i].clone());
             out.insert(format!("v.{name}"), self.v[i].clone());
         }
-        out.insert("adam.t".into(), Tensor::new(&[self.t as f64], self.params.first().map(|p| p.1.device()).unwrap_or(&candle_core::Device::Cpu))?);
+        out.insert(
+            "adam.t".into(),
+            Tensor::new(
+                &[self.t as f64],
+                self.params
+                    .first()
+                    .map(|p| p.1.device())
+                    .unwrap_or(&candle_core::Device::Cpu),
+            )?,
+        );
         Ok(out)
     }
 
     /// Restores what [`Adam::state`] saved; every parameter must be present with its shape.
     pub fn restore(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
-        let get = |k: String| state.get(&k).cloned().ok_or_else(|| candle_core::Error::Msg(format!("checkpoint has no `{k}`")));
+        let get = |k: String| {
+            state
+                .get(&k)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint has no `{k}`")))
+        };
         for (i, (name, p)) in self.params.iter().enumerate() {
             let value = get(format!("param.{name}"))?;
             if value.shape() != p.shape() {
-                candle_core::bail!("checkpoint `param.{name}` has shape {:?}, expected {:?}", value.shape(), p.shape())
+                candle_core::bail!(
+                    "checkpoint `param.{name}` has shape {:?}, expected {:?}",
+                    value.shape(),
+                    p.shape()
+                )
             }
             p.set(&value)?;
             self.m[i] = get(format!("m.{name}"))?;
             self.v[i] = get(format!("v.{name}"))?;
         }
-        self.t = get("adam.t".into())?.to_vec1::<f64>()?.first().copied().unwrap_or(0.0) as usize;
+        self.t = get("adam.t".into())?
+            .to_vec1::<f64>()?
+            .first()
+            .copied()
+            .unwrap_or(0.0) as usize;
         Ok(())
     }
 }

@@ -102,7 +102,12 @@ fn folder_key(weights: &Path) -> String {
 }
 
 /// Loads an encoder of `kind` from a model reference.
-pub fn load_encoder(kind: EncoderKind, reference: &str, locator: &Locator, device: &Device) -> anyhow::Result<LoadedEncoder> {
+pub fn load_encoder(
+    kind: EncoderKind,
+    reference: &str,
+    locator: &Locator,
+    device: &Device,
+) -> anyhow::Result<LoadedEncoder> {
     let model = locator.open(&ModelRef::parse(reference)?)?;
     let encoder: Box<dyn FeatureEncoder> = match kind {
         EncoderKind::Vgg16 => Box::new(crate::models::vgg16::Vgg16::load(&model, device)?),
@@ -111,7 +116,16 @@ pub fn load_encoder(kind: EncoderKind, reference: &str, locator: &Locator, devic
     let record = model.record();
     let cache_key = match &record.commit {
         Some(c) => format!("{}-{}", kind.name(), c),
-        None => format!("{}-{}", kind.name(), folder_key(&model.file("model.safetensors")?)),
+        None => format!(
+            "{}-{}",
+            kind.name(),
+            folder_key(&model.file("model.safetensors")?)
+        ),
     };
-    Ok(LoadedEncoder { kind, encoder, record, cache_key })
+    Ok(LoadedEncoder {
+        kind,
+        encoder,
+        record,
+        cache_key,
+    })
 }

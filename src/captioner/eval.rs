@@ -64,7 +64,10 @@ pub fn evaluate(
     let ds = Dataset::load(dataset)?;
     let names = ds.split(split).to_vec();
     if names.is_empty() {
-        return Err(crate::input_err!("{}: the {split:?} split is empty", dataset.display()));
+        return Err(crate::input_err!(
+            "{}: the {split:?} split is empty",
+            dataset.display()
+        ));
     }
     let paths: Vec<PathBuf> = names.iter().map(|n| ds.image_path(n)).collect();
     let bar = crate::progress::bar(paths.len() as u64, "features", quiet);
@@ -73,8 +76,10 @@ pub fn evaluate(
     bar.finish_and_clear();
     let captions = captioner.caption_features(&feats, beam)?;
     let hyps: Vec<Vec<String>> = captions.iter().map(|c| normalize(c)).collect();
-    let refs: Vec<Vec<Vec<String>>> =
-        names.iter().map(|n| ds.captions[n].iter().map(|c| normalize(c)).collect()).collect();
+    let refs: Vec<Vec<Vec<String>>> = names
+        .iter()
+        .map(|n| ds.captions[n].iter().map(|c| normalize(c)).collect())
+        .collect();
     let [bleu1, bleu2, bleu3, bleu4] = corpus_stats(&hyps, &refs).scores(Smoothing::None);
     let (distinct, top, top_n) = diversity(&captions);
     let report = EvalReport {

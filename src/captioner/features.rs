@@ -12,7 +12,11 @@ use super::encoder::LoadedEncoder;
 use crate::fsutil::write_atomic;
 
 pub fn hex_digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().take(16).map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Where features are cached: `--cache`, else `$ROUNDTRIP_CACHE`, else `$XDG_CACHE_HOME/roundtrip`,
@@ -24,7 +28,9 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(d).join("roundtrip");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("roundtrip")
 }
 
@@ -41,7 +47,9 @@ pub struct FeatureCache {
 
 impl FeatureCache {
     pub fn new(root: &Path, encoder: &LoadedEncoder) -> Self {
-        Self { dir: root.join("features").join(&encoder.cache_key) }
+        Self {
+            dir: root.join("features").join(&encoder.cache_key),
+        }
     }
 
     /// Features [N, F] of the images, from the cache where present, else computed in batches
@@ -59,31 +67,44 @@ impl FeatureCache {
         let mut keys = Vec::with_capacity(images.len());
         let mut todo = Vec::new();
         for (i, p) in images.iter().enumerate() {
-            let bytes = std::fs::read(p).map_err(|e| crate::input_err!("cannot read image {}: {e}", p.display()))?;
+            let bytes = std::fs::read(p)
+                .map_err(|e| crate::input_err!("cannot read image {}: {e}", p.display()))?;
             let key = hex_digest(&bytes);
             match std::fs::read(self.dir.join(format!("{key}.f32"))) {
                 Ok(b) if b.len() == dim * 4 => {
-                    rows[i] = Some(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+                    rows[i] = Some(
+                        b.chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect(),
+                    );
                     progress.inc(1);
                 }
                 _ => todo.push((i, bytes)),
             }
             keys.push(key);
         }
-        let stats = CacheStats { computed: todo.len(), cached: images.len() - todo.len() };
+        let stats = CacheStats {
+            computed: todo.len(),
+            cached: images.len() - todo.len(),
+        };
         if !todo.is_empty() {
-            std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+            std::fs::create_dir_all(&self.dir)
+                .with_context(|| format!("cannot create {}", self.dir.display()))?;
         }
         for chunk in todo.chunks(batch.max(1)) {
             let pixels = chunk
                 .iter()
                 .map(|(i, bytes)| {
-                    let img = image::load_from_memory(bytes)
-                        .map_err(|e| crate::input_err!("{} is not a readable image: {e}", images[*i].display()))?;
+                    let img = image::load_from_memory(bytes).map_err(|e| {
+                        crate::input_err!("{} is not a readable image: {e}", images[*i].display())
+                    })?;
                     Ok(encoder.encoder.preprocess(&img.to_rgb8(), device)?)
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let feats: Vec<Vec<f32>> = encoder.encoder.forward(&Tensor::stack(&pixels, 0)?)?.to_vec2()?;
+            let feats: Vec<Vec<f32>> = encoder
+                .encoder
+                .forward(&Tensor::stack(&pixels, 0)?)?
+                .to_vec2()?;
             for ((i, _), f) in chunk.iter().zip(feats) {
                 let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
                 write_atomic(&self.dir.join(format!("{}.f32", keys[*i])), &bytes)?;

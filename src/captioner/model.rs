@@ -44,7 +44,16 @@ pub struct TrainSettings {
 impl Default for TrainSettings {
     /// The original merge model: 256-wide embedding and LSTM, dropout 0.5, Adam 1e-3 (Keras' default).
     fn default() -> Self {
-        Self { epochs: 20, batch_size: 64, lr: 1e-3, patience: 3, embed: 256, hidden: 256, dropout: 0.5, seed: 0 }
+        Self {
+            epochs: 20,
+            batch_size: 64,
+            lr: 1e-3,
+            patience: 3,
+            embed: 256,
+            hidden: 256,
+            dropout: 0.5,
+            seed: 0,
+        }
     }
 }
 
@@ -73,14 +82,25 @@ pub struct Captioner {
 pub fn read_config(dir: &Path) -> anyhow::Result<CaptionerConfig> {
     let path = dir.join("config.json");
     if !dir.is_dir() {
-        return Err(input_err!("captioner folder {} does not exist", dir.display()));
+        return Err(input_err!(
+            "captioner folder {} does not exist",
+            dir.display()
+        ));
     }
-    let bytes = std::fs::read(&path)
-        .map_err(|e| input_err!("{} is not a captioner folder: cannot read config.json: {e}", dir.display()))?;
+    let bytes = std::fs::read(&path).map_err(|e| {
+        input_err!(
+            "{} is not a captioner folder: cannot read config.json: {e}",
+            dir.display()
+        )
+    })?;
     let cfg: CaptionerConfig = serde_json::from_slice(&bytes)
         .map_err(|e| input_err!("{}: not a roundtrip captioner config: {e}", path.display()))?;
     if cfg.format != FORMAT {
-        return Err(input_err!("{}: format is `{}`, expected `{FORMAT}`", path.display(), cfg.format));
+        return Err(input_err!(
+            "{}: format is `{}`, expected `{FORMAT}`",
+            path.display(),
+            cfg.format
+        ));
     }
     Ok(cfg)
 }
@@ -99,13 +119,25 @@ impl Captioner {
         }
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
-            return Err(input_err!("{} has no model.safetensors: is its training finished?", dir.display()));
+            return Err(input_err!(
+                "{} has no model.safetensors: is its training finished?",
+                dir.display()
+            ));
         }
-        let tensors = candle_core::safetensors::load(&weights, device)
-            .map_err(|e| input_err!("{} is not a valid safetensors file: {e}", weights.display()))?;
-        let decoder = LstmDecoder::new(VarBuilder::from_tensors(tensors, DType::F32, device), &config.decoder)
-            .map_err(|e| input_err!("{}: {e}", weights.display()))?;
-        let encoder = load_encoder(config.encoder.kind, &config.encoder.reference, locator, device)?;
+        let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| {
+            input_err!("{} is not a valid safetensors file: {e}", weights.display())
+        })?;
+        let decoder = LstmDecoder::new(
+            VarBuilder::from_tensors(tensors, DType::F32, device),
+            &config.decoder,
+        )
+        .map_err(|e| input_err!("{}: {e}", weights.display()))?;
+        let encoder = load_encoder(
+            config.encoder.kind,
+            &config.encoder.reference,
+            locator,
+            device,
+        )?;
         if encoder.encoder.feature_dim() != config.decoder.feature_dim {
             return Err(input_err!(
                 "{}: the encoder gives {}-d features but the decoder expects {}",
@@ -114,7 +146,13 @@ impl Captioner {
                 config.decoder.feature_dim
             ));
         }
-        Ok(Self { dir: dir.to_path_buf(), config, vocab, decoder, encoder })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            vocab,
+            decoder,
+            encoder,
+        })
     }
 
     /// Captions of features [N, F]: greedy with `beam` <= 1, else beam search.
@@ -131,10 +169,16 @@ impl Captioner {
     }
 
     /// Captions of image files (features through the cache when one is given).
-    pub fn caption_images(&self, images: &[PathBuf], beam: usize, device: &Device) -> anyhow::Result<Vec<String>> {
+    pub fn caption_images(
+        &self,
+        images: &[PathBuf],
+        beam: usize,
+        device: &Device,
+    ) -> anyhow::Result<Vec<String>> {
         let mut pixels = Vec::with_capacity(images.len());
         for p in images {
-            let img = image::open(p).map_err(|e| input_err!("{} is not a readable image: {e}", p.display()))?;
+            let img = image::open(p)
+                .map_err(|e| input_err!("{} is not a readable image: {e}", p.display()))?;
             pixels.push(self.encoder.encoder.preprocess(&img.to_rgb8(), device)?);
         }
         let mut out = Vec::new();

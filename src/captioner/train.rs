@@ -60,7 +60,9 @@ pub struct TrainSummary {
 
 fn validate(s: &TrainSettings) -> anyhow::Result<()> {
     if s.epochs == 0 || s.batch_size == 0 || s.embed == 0 || s.hidden == 0 {
-        return Err(input_err!("--epochs, --batch-size, --embed and --hidden must be at least 1"));
+        return Err(input_err!(
+            "--epochs, --batch-size, --embed and --hidden must be at least 1"
+        ));
     }
     if !(s.lr.is_finite() && s.lr > 0.0) {
         return Err(input_err!("--lr {} must be a positive number", s.lr));
@@ -76,31 +78,60 @@ fn validate(s: &TrainSettings) -> anyhow::Result<()> {
 fn init_decoder(cfg: &DecoderConfig, seed: u64, device: &Device) -> candle_core::Result<VarMap> {
     let varmap = VarMap::new();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let normal = rand_distr::Normal::new(0f32, 1.0).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let normal =
+        rand_distr::Normal::new(0f32, 1.0).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let shapes = [
-        ("image_dense.weight", vec![cfg.hidden, cfg.feature_dim], cfg.feature_dim),
+        (
+            "image_dense.weight",
+            vec![cfg.hidden, cfg.feature_dim],
+            cfg.feature_dim,
+        ),
         ("image_dense.bias", vec![cfg.hidden], cfg.feature_dim),
         ("embedding.weight", vec![cfg.vocab_size, cfg.embed], 0),
-        ("lstm.weight_ih_l0", vec![4 * cfg.hidden, cfg.embed], cfg.hidden),
-        ("lstm.weight_hh_l0", vec![4 * cfg.hidden, cfg.hidden], cfg.hidden),
+        (
+            "lstm.weight_ih_l0",
+            vec![4 * cfg.hidden, cfg.embed],
+            cfg.hidden,
+        ),
+        (
+            "lstm.weight_hh_l0",
+            vec![4 * cfg.hidden, cfg.hidden],
+            cfg.hidden,
+        ),
         ("lstm.bias_ih_l0", vec![4 * cfg.hidden], cfg.hidden),
         ("lstm.bias_hh_l0", vec![4 * cfg.hidden], cfg.hidden),
-        ("decoder_dense.weight", vec![cfg.hidden, cfg.hidden], cfg.hidden),
+        (
+            "decoder_dense.weight",
+            vec![cfg.hidden, cfg.hidden],
+            cfg.hidden,
+        ),
         ("decoder_dense.bias", vec![cfg.hidden], cfg.hidden),
-        ("output.weight", vec![cfg.vocab_size, cfg.hidden], cfg.hidden),
+        (
+            "output.weight",
+            vec![cfg.vocab_size, cfg.hidden],
+            cfg.hidden,
+        ),
         ("output.bias", vec![cfg.vocab_size], cfg.hidden),
     ];
     {
-        let mut data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
         for (name, shape, fan) in shapes {
             let n: usize = shape.iter().product();
             let v: Vec<f32> = if fan == 0 {
-                (0..n).map(|_| rand_distr::Distribution::sample(&normal, &mut rng)).collect()
+                (0..n)
+                    .map(|_| rand_distr::Distribution::sample(&normal, &mut rng))
+                    .collect()
             } else {
                 let b = 1.0 / (fan as f32).sqrt();
                 (0..n).map(|_| rng.random_range(-b..b)).collect()
             };
-            data.insert(name.to_owned(), Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?);
+            data.insert(
+                name.to_owned(),
+                Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?,
+            );
         }
     }
     Ok(varmap)
@@ -116,8 +147,15 @@ fn samples(ds: &Dataset, names: &[String], vocab: &Vocab) -> Vec<(usize, Vec<u32
 }
 
 /// A padded batch: image rows, inputs ids[..-1] and targets ids[1..], post-padded with 0.
-fn batch(items: &[&(usize, Vec<u32>)], device: &Device) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-    let t = items.iter().map(|(_, ids)| ids.len() - 1).max().unwrap_or(1);
+fn batch(
+    items: &[&(usize, Vec<u32>)],
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let t = items
+        .iter()
+        .map(|(_, ids)| ids.len() - 1)
+        .max()
+        .unwrap_or(1);
     let mut inp = Vec::with_capacity(items.len() * t);
     let mut tgt = Vec::with_capacity(items.len() * t);
     for (_, ids) in items {
@@ -169,7 +207,10 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     let checkpoint = out.join("checkpoint.safetensors");
     if req.resume {
         if !checkpoint.is_file() {
-            return Err(input_err!("{} has no checkpoint.safetensors to resume from", out.display()));
+            return Err(input_err!(
+                "{} has no checkpoint.safetensors to resume from",
+                out.display()
+            ));
         }
     } else if out.join("config.json").exists() {
         return Err(input_err!(
@@ -177,7 +218,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             out.display()
         ));
     }
-    std::fs::create_dir_all(out).map_err(|e| input_err!("cannot create output folder {}: {e}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| input_err!("cannot create output folder {}: {e}", out.display()))?;
 
     let ds = Dataset::load(&req.dataset)?;
     if !req.quiet {
@@ -185,13 +227,23 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             eprintln!("warning: {p}");
         }
         if ds.problems.len() > 10 {
-            eprintln!("warning: ... {} more dataset problems (see config.json)", ds.problems.len() - 10);
+            eprintln!(
+                "warning: ... {} more dataset problems (see config.json)",
+                ds.problems.len() - 10
+            );
         }
     }
     if ds.train.is_empty() || ds.dev.is_empty() {
-        return Err(input_err!("{}: the train and dev splits must not be empty", req.dataset.display()));
+        return Err(input_err!(
+            "{}: the train and dev splits must not be empty",
+            req.dataset.display()
+        ));
     }
-    let vocab = Vocab::build(ds.train.iter().flat_map(|n| ds.captions[n].iter().map(String::as_str)));
+    let vocab = Vocab::build(
+        ds.train
+            .iter()
+            .flat_map(|n| ds.captions[n].iter().map(String::as_str)),
+    );
 
     let locator = Locator::from_env();
     let encoder = load_encoder(req.encoder, &req.weights, &locator, &req.device)?;
@@ -212,7 +264,11 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         format: FORMAT.into(),
         version: 1,
         architecture: "merge-lstm".into(),
-        encoder: EncoderSpec { kind: req.encoder, reference, record: serde_json::to_value(&encoder.record)? },
+        encoder: EncoderSpec {
+            kind: req.encoder,
+            reference,
+            record: serde_json::to_value(&encoder.record)?,
+        },
         decoder: decoder_cfg.clone(),
         training: s.clone(),
         dataset: serde_json::json!({
@@ -224,7 +280,10 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     };
     if req.resume {
         let old = read_config(out)?;
-        if old.decoder != config.decoder || old.encoder.kind != config.encoder.kind || old.training.seed != s.seed {
+        if old.decoder != config.decoder
+            || old.encoder.kind != config.encoder.kind
+            || old.training.seed != s.seed
+        {
             return Err(input_err!(
                 "{}: --resume needs the same encoder, dataset vocabulary and settings as the interrupted run",
                 out.display()
@@ -247,9 +306,15 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     let dev_data = samples(&ds, &ds.dev, &vocab);
 
     let varmap = init_decoder(&decoder_cfg, s.seed, &req.device)?;
-    let decoder = LstmDecoder::new(VarBuilder::from_varmap(&varmap, DType::F32, &req.device), &decoder_cfg)?;
+    let decoder = LstmDecoder::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &req.device),
+        &decoder_cfg,
+    )?;
     let params: Vec<(String, Var)> = {
-        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("poisoned var map"))?;
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
         data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
     let mut adam = Adam::new(params.clone(), s.lr)?;
@@ -265,7 +330,11 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         since_best = scalar(&state, "epochs_since_best")? as usize;
         // Keep the log lines of the epochs the checkpoint holds.
         if let Ok(text) = std::fs::read_to_string(&log_path) {
-            log_lines = text.lines().take(start_epoch - 1).map(str::to_owned).collect();
+            log_lines = text
+                .lines()
+                .take(start_epoch - 1)
+                .map(str::to_owned)
+                .collect();
         }
     }
     let ep_bar = crate::progress::bar(s.epochs as u64, "epochs", req.quiet);
@@ -286,7 +355,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         for chunk in order.chunks(s.batch_size) {
             let items: Vec<&(usize, Vec<u32>)> = chunk.iter().map(|&i| &train_data[i]).collect();
             let (rows, inp, tgt) = batch(&items, &req.device)?;
-            let logits = decoder.forward(&train_feats.index_select(&rows, 0)?, &inp, Some(&mut rng))?;
+            let logits =
+                decoder.forward(&train_feats.index_select(&rows, 0)?, &inp, Some(&mut rng))?;
             let loss = decoder.loss(&logits, &tgt)?;
             adam.step(&loss.backward()?)?;
             total += loss.to_scalar::<f32>()? * chunk.len() as f32;
@@ -298,8 +368,10 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         if improved {
             best = dev_loss;
             since_best = 0;
-            let weights: HashMap<String, Tensor> =
-                params.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+            let weights: HashMap<String, Tensor> = params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+                .collect();
             let tmp = out.join(".model.safetensors.tmp");
             candle_core::safetensors::save(&weights, &tmp)?;
             std::fs::rename(&tmp, out.join("model.safetensors"))?;
@@ -307,22 +379,40 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             since_best += 1;
         }
         let mut state = adam.state()?;
-        for (k, v) in [("epoch", epoch as f64), ("best_dev_loss", best as f64), ("epochs_since_best", since_best as f64)] {
+        for (k, v) in [
+            ("epoch", epoch as f64),
+            ("best_dev_loss", best as f64),
+            ("epochs_since_best", since_best as f64),
+        ] {
             state.insert(k.into(), Tensor::new(&[v], &req.device)?);
         }
         let tmp = out.join(".checkpoint.safetensors.tmp");
         candle_core::safetensors::save(&state, &tmp)?;
         std::fs::rename(&tmp, &checkpoint)?;
-        let line = EpochLog { epoch, train_loss, dev_loss, best: improved, seconds: t0.elapsed().as_secs_f64() };
+        let line = EpochLog {
+            epoch,
+            train_loss,
+            dev_loss,
+            best: improved,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
         log_lines.push(serde_json::to_string(&line)?);
         write_atomic(&log_path, (log_lines.join("\n") + "\n").as_bytes())?;
         ep_bar.set_message(format!("loss {train_loss:.3} dev {dev_loss:.3}"));
         ep_bar.inc(1);
         if !req.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            let _ = writeln!(std::io::stderr(), "epoch {epoch}: loss {train_loss:.4} dev {dev_loss:.4}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "epoch {epoch}: loss {train_loss:.4} dev {dev_loss:.4}"
+            );
         }
         epochs_run = epoch;
     }
     ep_bar.finish_and_clear();
-    Ok(TrainSummary { epochs_run, best_dev_loss: best, features: stats, problems: ds.problems.len() })
+    Ok(TrainSummary {
+        epochs_run,
+        best_dev_loss: best,
+        features: stats,
+        problems: ds.problems.len(),
+    })
 }

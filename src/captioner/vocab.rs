@@ -36,7 +36,10 @@ impl Vocab {
         for cap in captions {
             let toks = normalize(cap);
             max_length = max_length.max(toks.len() + 2);
-            for w in std::iter::once(START.to_owned()).chain(toks).chain(std::iter::once(END.to_owned())) {
+            for w in std::iter::once(START.to_owned())
+                .chain(toks)
+                .chain(std::iter::once(END.to_owned()))
+            {
                 let c = counts.entry(w.clone()).or_insert(0);
                 if *c == 0 {
                     order.push(w);
@@ -52,8 +55,16 @@ impl Vocab {
     }
 
     fn from_words(words: Vec<String>, max_length: usize) -> Self {
-        let index = words.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
-        Self { words, index, max_length }
+        let index = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.clone(), i as u32))
+            .collect();
+        Self {
+            words,
+            index,
+            max_length,
+        }
     }
 
     /// Number of entries, padding included (the decoder's output size).
@@ -97,15 +108,27 @@ impl Vocab {
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        crate::fsutil::write_json(path, &VocabFile { words: self.words.clone(), max_length: self.max_length })
+        crate::fsutil::write_json(
+            path,
+            &VocabFile {
+                words: self.words.clone(),
+                max_length: self.max_length,
+            },
+        )
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let bytes = crate::error::read_input_file(path)?;
         let f: VocabFile = serde_json::from_slice(&bytes)
             .map_err(|e| crate::input_err!("{} is not a vocabulary file: {e}", path.display()))?;
-        if f.words.first().map(String::as_str) != Some(PAD) || !f.words.iter().any(|w| w == START) || !f.words.iter().any(|w| w == END) {
-            return Err(crate::input_err!("{}: expected `{PAD}` first and the words `{START}` and `{END}`", path.display()));
+        if f.words.first().map(String::as_str) != Some(PAD)
+            || !f.words.iter().any(|w| w == START)
+            || !f.words.iter().any(|w| w == END)
+        {
+            return Err(crate::input_err!(
+                "{}: expected `{PAD}` first and the words `{START}` and `{END}`",
+                path.display()
+            ));
         }
         Ok(Self::from_words(f.words, f.max_length))
     }
@@ -120,7 +143,10 @@ mod tests {
         let v = Vocab::build(["A dog runs.", "A cat runs", "The dog sleeps"]);
         // startseq/endseq 3 each, then dog 2, runs 2 (dog first), then cat, the, sleeps.
         let words: Vec<&str> = (0..v.len()).map(|i| v.words[i].as_str()).collect();
-        assert_eq!(words, ["<pad>", "startseq", "endseq", "dog", "runs", "cat", "the", "sleeps"]);
+        assert_eq!(
+            words,
+            ["<pad>", "startseq", "endseq", "dog", "runs", "cat", "the", "sleeps"]
+        );
         assert_eq!(v.max_length, 5);
         assert_eq!(v.encode("The DOG runs, a zebra!"), [1, 6, 3, 4, 2]);
         assert_eq!(v.decode(&[1, 6, 3, 4, 2, 0]), "the dog runs");
@@ -141,7 +167,11 @@ mod tests {
         let v = Vocab::build(["two guys playing chess"]);
         v.save(&d.path().join("vocab.json")).unwrap();
         assert_eq!(Vocab::load(&d.path().join("vocab.json")).unwrap(), v);
-        std::fs::write(d.path().join("bad.json"), r#"{"words": ["x"], "max_length": 3}"#).unwrap();
+        std::fs::write(
+            d.path().join("bad.json"),
+            r#"{"words": ["x"], "max_length": 3}"#,
+        )
+        .unwrap();
         assert!(Vocab::load(&d.path().join("bad.json")).is_err());
     }
 }

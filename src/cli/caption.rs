@@ -30,7 +30,10 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             .zip(&captions)
             .map(|(i, c)| serde_json::json!({"image": i.display().to_string(), "caption": c}))
             .collect();
-        serde_json::to_writer(&mut *out, &serde_json::json!({"captioner": a.captioner.display().to_string(), "beam": a.beam, "items": items}))?;
+        serde_json::to_writer(
+            &mut *out,
+            &serde_json::json!({"captioner": a.captioner.display().to_string(), "beam": a.beam, "items": items}),
+        )?;
         writeln!(out)?;
     } else {
         for (i, c) in a.images.iter().zip(&captions) {

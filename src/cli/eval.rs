@@ -32,13 +32,25 @@ pub struct Args {
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let cache = a.cache.unwrap_or_else(default_cache_dir);
-    let (r, captions) = evaluate(&a.captioner, &a.dataset, a.split, a.beam, &cache, a.quiet, &candle_core::Device::Cpu)?;
+    let (r, captions) = evaluate(
+        &a.captioner,
+        &a.dataset,
+        a.split,
+        a.beam,
+        &cache,
+        a.quiet,
+        &candle_core::Device::Cpu,
+    )?;
     if a.json {
         serde_json::to_writer(&mut *out, &r)?;
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{} on {} ({:?}, {} images, beam {})", r.captioner, r.dataset, r.split, r.images, r.beam)?;
+    writeln!(
+        out,
+        "{} on {} ({:?}, {} images, beam {})",
+        r.captioner, r.dataset, r.split, r.images, r.beam
+    )?;
     for (n, b) in [r.bleu1, r.bleu2, r.bleu3, r.bleu4].iter().enumerate() {
         writeln!(out, "BLEU-{}  {:.6}", n + 1, b)?;
     }

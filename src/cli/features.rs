@@ -5,13 +5,16 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::features::clip_features;
+use crate::captioner::encoder::{load_encoder, EncoderKind};
+use crate::features::{clip_features, encoder_features};
 use crate::hub::{Locator, ModelRef};
 use crate::models::clip::Clip;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Encoder {
     Clip,
+    Vgg16,
+    Xception,
 }
 
 #[derive(Debug, clap::Args)]
@@ -19,9 +22,10 @@ pub struct Args {
     /// Which encoder.
     #[arg(long, value_enum, default_value = "clip")]
     encoder: Encoder,
-    /// Weights: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout.
-    #[arg(long, default_value = "clip-vit-b32")]
-    weights: String,
+    /// Weights: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout
+    /// (default: the encoder's preset).
+    #[arg(long)]
+    weights: Option<String>,
     /// A text to embed (repeatable).
     #[arg(long = "text")]
     texts: Vec<String>,
@@ -39,12 +43,34 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         ));
     }
     let device = candle_core::Device::Cpu;
-    let Encoder::Clip = a.encoder;
     let locator = Locator::from_env();
-    let model = locator.open(&ModelRef::parse(&a.weights)?)?;
-    let clip =
-        Clip::load(&model, &device).with_context(|| format!("loading CLIP `{}`", a.weights))?;
-    let f = clip_features(&clip, &a.texts, &a.images, &device)?;
+    let f = match a.encoder {
+        Encoder::Clip => {
+            let weights = a.weights.unwrap_or_else(|| "clip-vit-b32".into());
+            let model = locator.open(&ModelRef::parse(&weights)?)?;
+            let clip =
+                Clip::load(&model, &device).with_context(|| format!("loading CLIP `{weights}`"))?;
+            clip_features(&clip, &a.texts, &a.images, &device)?
+        }
+        Encoder::Vgg16 | Encoder::Xception => {
+            let kind = if matches!(a.encoder, Encoder::Vgg16) {
+                EncoderKind::Vgg16
+            } else {
+                EncoderKind::Xception
+            };
+            if !a.texts.is_empty() {
+                return Err(crate::input_err!(
+                    "--text needs --encoder clip: {} encodes images only",
+                    kind.name()
+                ));
+            }
+            let weights = a
+                .weights
+                .unwrap_or_else(|| kind.default_weights().to_owned());
+            let enc = load_encoder(kind, &weights, &locator, &device)?;
+            encoder_features(&enc, &a.images, &device)?
+        }
+    };
     if a.json {
         serde_json::to_writer(&mut *out, &f)?;
         writeln!(out)?;

@@ -52,7 +52,9 @@ pub struct Args {
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let req = TrainRequest {
         encoder: a.encoder,
-        weights: a.weights.unwrap_or_else(|| a.encoder.default_weights().to_owned()),
+        weights: a
+            .weights
+            .unwrap_or_else(|| a.encoder.default_weights().to_owned()),
         dataset: a.dataset,
         out: a.out,
         settings: TrainSettings {
