@@ -101,3 +101,38 @@ fn greedy_and_width_one_beam_decode_as_pytorch() {
         );
     }
 }
+
+#[test]
+fn updating_trainable_parameters_changes_the_output() {
+    // Every parameter, the LSTM biases included, must act through its Var at each forward.
+    let weights = load("model.safetensors");
+    let r = load("reference.safetensors");
+    let words = r["words"].to_dtype(DType::U32).unwrap();
+    for name in [
+        "lstm.bias_ih_l0",
+        "lstm.bias_hh_l0",
+        "lstm.weight_hh_l0",
+        "output.bias",
+    ] {
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().unwrap();
+            for (k, v) in &weights {
+                data.insert(k.clone(), Var::from_tensor(v).unwrap());
+            }
+        }
+        let dec = LstmDecoder::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            &cfg(),
+        )
+        .unwrap();
+        let before = dec.forward(&r["features"], &words, None).unwrap();
+        let var = varmap.data().lock().unwrap()[name].clone();
+        var.set(&(var.as_tensor() + 0.5).unwrap()).unwrap();
+        let after = dec.forward(&r["features"], &words, None).unwrap();
+        assert!(
+            rel_err(&after, &before) > 1e-3,
+            "changing {name} did not change the logits"
+        );
+    }
+}

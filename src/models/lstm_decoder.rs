@@ -35,7 +35,8 @@ pub struct Config {
 struct Lstm {
     w_ih: Tensor,
     w_hh: Tensor,
-    bias: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
     hidden: usize,
 }
 
@@ -50,11 +51,13 @@ impl Lstm {
     fn new(vb: VarBuilder, input: usize, hidden: usize) -> Result<Self> {
         let w_ih = vb.get((4 * hidden, input), "weight_ih_l0")?;
         let w_hh = vb.get((4 * hidden, hidden), "weight_hh_l0")?;
-        let bias = (vb.get(4 * hidden, "bias_ih_l0")? + vb.get(4 * hidden, "bias_hh_l0")?)?;
+        let b_ih = vb.get(4 * hidden, "bias_ih_l0")?;
+        let b_hh = vb.get(4 * hidden, "bias_hh_l0")?;
         Ok(Self {
             w_ih,
             w_hh,
-            bias,
+            b_ih,
+            b_hh,
             hidden,
         })
     }
@@ -77,10 +80,11 @@ impl Lstm {
         Ok(State { h, c })
     }
 
-    /// Input projections of every step at once: [B, T, E] -> [B, T, 4H].
+    /// Input projections of every step at once: [B, T, E] -> [B, T, 4H]. Both biases are added
+    /// on every call, so that updates of the trainable parameters are seen.
     fn input_gates(&self, x: &Tensor) -> Result<Tensor> {
         x.broadcast_matmul(&self.w_ih.t()?)?
-            .broadcast_add(&self.bias)
+            .broadcast_add(&(&self.b_ih + &self.b_hh)?)
     }
 
     /// Runs over a whole sequence: [B, T, E] -> hidden states [B, T, H].
