@@ -55,14 +55,7 @@ pub fn clip_features(
         let pixels = images
             .iter()
             .map(|p| {
-                let img = image::ImageReader::open(p)
-                    .map_err(|e| crate::input_err!("cannot open image {}: {e}", p.display()))?
-                    .with_guessed_format()
-                    .map_err(|e| crate::input_err!("cannot read image {}: {e}", p.display()))?
-                    .decode()
-                    .map_err(|e| {
-                        crate::input_err!("{} is not a readable image: {e}", p.display())
-                    })?;
+                let img = image::DynamicImage::ImageRgb8(crate::imageops::open_rgb(p)?);
                 preprocess_image(&img, size, device)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -105,19 +98,11 @@ pub fn encoder_features(
 ) -> anyhow::Result<FeaturesOutput> {
     let mut items = Vec::new();
     for chunk in images.chunks(8) {
-        let pixels = chunk
+        let imgs = chunk
             .iter()
-            .map(|p| {
-                let img = image::open(p).map_err(|e| {
-                    crate::input_err!("{} is not a readable image: {e}", p.display())
-                })?;
-                Ok(encoder.encoder.preprocess(&img.to_rgb8(), device)?)
-            })
+            .map(|p| crate::imageops::open_rgb(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let feats: Vec<Vec<f32>> = encoder
-            .encoder
-            .forward(&Tensor::stack(&pixels, 0)?)?
-            .to_vec2()?;
+        let feats: Vec<Vec<f32>> = encoder.encoder.encode_rgb(&imgs, device)?.to_vec2()?;
         for (p, f) in chunk.iter().zip(feats) {
             items.push(Item {
                 input: p.display().to_string(),

@@ -44,15 +44,23 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
     rh.broadcast_matmul(&cols) // [.., out_h, out_w]
 }
 
+/// Decodes image bytes (any format the `image` crate reads) to RGB; `path` names it in errors.
+pub fn decode_rgb(path: &Path, bytes: &[u8]) -> anyhow::Result<image::RgbImage> {
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| crate::input_err!("{} is not a readable image: {e}", path.display()))?;
+    Ok(img.to_rgb8())
+}
+
+/// Reads and decodes an image file to RGB, naming the file in errors.
+pub fn open_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| crate::input_err!("cannot read image {}: {e}", path.display()))?;
+    decode_rgb(path, &bytes)
+}
+
 /// Loads an image file as [3, H, W] f32 in [0, 1].
 pub fn load_image(path: &Path, device: &Device) -> anyhow::Result<Tensor> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .decode()
-        .map_err(|e| crate::input_err!("{} is not a readable image: {e}", path.display()))?;
-    rgb_to_tensor(&img.to_rgb8(), device)
+    rgb_to_tensor(&open_rgb(path)?, device)
 }
 
 /// An RGB image as [3, H, W] f32 in [0, 1].

@@ -1,6 +1,9 @@
 //! The merge-model LSTM decoder against its torch.nn twin (tests/fixtures/make_decoder_fixtures.py):
 //! logits, masked cross-entropy, every parameter's gradient, and greedy decoding.
 
+mod common;
+use common::rel_err;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -11,26 +14,6 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/decoder_t
 
 fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(format!("{DIR}/{name}"), &Device::Cpu).unwrap()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-12)
 }
 
 fn cfg() -> Config {

@@ -1,6 +1,9 @@
 //! SIREN, bilinear resize (values and gradients) and deep-daze's loss against PyTorch
 //! (fixtures from tests/fixtures/make_siren_fixtures.py).
 
+mod common;
+use common::rel_err;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -15,27 +18,6 @@ fn fixture() -> HashMap<String, Tensor> {
         "/tests/fixtures/siren_tiny/reference.safetensors"
     );
     candle_core::safetensors::load(p, &Device::Cpu).unwrap()
-}
-
-/// max |a - b| / max |b|
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale.max(1e-12)
 }
 
 #[test]

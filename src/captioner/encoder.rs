@@ -47,6 +47,19 @@ pub trait FeatureEncoder {
     fn preprocess(&self, img: &image::RgbImage, device: &Device) -> candle_core::Result<Tensor>;
     /// [B, 3, S, S] -> [B, feature_dim].
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// Features [N, feature_dim] of RGB images, preprocessed and encoded as one batch.
+    fn encode_rgb(
+        &self,
+        images: &[image::RgbImage],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let pixels = images
+            .iter()
+            .map(|i| self.preprocess(i, device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.forward(&Tensor::stack(&pixels, 0)?)
+    }
 }
 
 impl FeatureEncoder for crate::models::vgg16::Vgg16 {

@@ -92,19 +92,11 @@ impl FeatureCache {
                 .with_context(|| format!("cannot create {}", self.dir.display()))?;
         }
         for chunk in todo.chunks(batch.max(1)) {
-            let pixels = chunk
+            let imgs = chunk
                 .iter()
-                .map(|(i, bytes)| {
-                    let img = image::load_from_memory(bytes).map_err(|e| {
-                        crate::input_err!("{} is not a readable image: {e}", images[*i].display())
-                    })?;
-                    Ok(encoder.encoder.preprocess(&img.to_rgb8(), device)?)
-                })
+                .map(|(i, bytes)| crate::imageops::decode_rgb(&images[*i], bytes))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let feats: Vec<Vec<f32>> = encoder
-                .encoder
-                .forward(&Tensor::stack(&pixels, 0)?)?
-                .to_vec2()?;
+            let feats: Vec<Vec<f32>> = encoder.encoder.encode_rgb(&imgs, device)?.to_vec2()?;
             for ((i, _), f) in chunk.iter().zip(feats) {
                 let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
                 write_atomic(&self.dir.join(format!("{}.f32", keys[*i])), &bytes)?;

@@ -175,15 +175,13 @@ impl Captioner {
         beam: usize,
         device: &Device,
     ) -> anyhow::Result<Vec<String>> {
-        let mut pixels = Vec::with_capacity(images.len());
-        for p in images {
-            let img = image::open(p)
-                .map_err(|e| input_err!("{} is not a readable image: {e}", p.display()))?;
-            pixels.push(self.encoder.encoder.preprocess(&img.to_rgb8(), device)?);
-        }
-        let mut out = Vec::new();
-        for chunk in pixels.chunks(8) {
-            let feats = self.encoder.encoder.forward(&Tensor::stack(chunk, 0)?)?;
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(8) {
+            let imgs = chunk
+                .iter()
+                .map(|p| crate::imageops::open_rgb(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let feats = self.encoder.encoder.encode_rgb(&imgs, device)?;
             out.extend(self.caption_features(&feats, beam)?);
         }
         Ok(out)
