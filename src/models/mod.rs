@@ -3,6 +3,7 @@
 
 pub mod clip;
 pub mod lstm_decoder;
+pub mod sine;
 pub mod siren;
 
 use std::collections::HashMap;
