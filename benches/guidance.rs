@@ -13,6 +13,7 @@ use roundtrip::models::clip::{ClipConfig, ClipModel};
 use roundtrip::models::seeded_random_weights;
 
 fn bench(c: &mut Criterion) {
+    roundtrip::tune_allocator();
     let dev = Device::Cpu;
     let cfg = ClipConfig::vit_b32();
     let weights = seeded_random_weights(|vb| ClipModel::new(vb, &cfg), 0, 0.02, &dev).unwrap();

@@ -7,6 +7,7 @@ use roundtrip::cli::{self, Cli};
 use roundtrip::error::{exit_code, is_broken_pipe};
 
 fn main() -> ExitCode {
+    roundtrip::tune_allocator();
     let args = Cli::parse();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use candle_core::{backprop::GradStore, Device, Result, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_core::{backprop::GradStore, Device, Result, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -116,7 +116,6 @@ pub struct SirenRun<'a> {
     settings: Settings,
     encoder: &'a dyn ImageEncoder,
     text: Tensor,
-    varmap: VarMap,
     net: Siren,
     opt: AdamW,
     rng: ChaCha8Rng,
@@ -151,7 +150,6 @@ impl<'a> SirenRun<'a> {
             settings: settings.clone(),
             encoder,
             text: l2_normalize(&text.detach())?,
-            varmap,
             net,
             opt,
             rng,
@@ -161,37 +159,48 @@ impl<'a> SirenRun<'a> {
     }
 
     /// One optimiser step (with gradient accumulation); returns its record.
+    ///
+    /// candle's autograd runs only from the loss back to the image (cutouts, resize, CLIP); the
+    /// SIREN's backward is hand-written ([`SirenTape`]), which is where most of the work is.
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let s = &self.settings;
         let accum = s.grad_accum;
-        let mut total: Option<GradStore> = None;
+        let params = self.net.parameters();
+        let mut total: Option<(GradStore, Vec<Tensor>)> = None;
         let (mut loss_sum, mut sim_sum) = (0f32, 0f32);
         for _ in 0..accum {
-            let image = self.net.render(&self.coords, s.size, s.size)?;
+            let (image, tape) = self.net.render_taped(&self.coords, s.size, s.size)?;
+            let image = Var::from_tensor(&image)?;
             let cuts = sample_cutouts(&mut self.rng, s.cutouts, s.size, s.lower, s.upper);
-            let batch = cutout_batch(&image, &cuts, self.encoder.input_size())?;
+            let batch = cutout_batch(image.as_tensor(), &cuts, self.encoder.input_size())?;
             let emb = self.encoder.encode_images(&batch)?;
             let (loss, sim) = deep_daze_loss(&self.text, &emb, s.averaging_weight)?;
             let loss = (loss / accum as f64)?;
             loss_sum += loss.to_scalar::<f32>()?;
             sim_sum += sim.to_scalar::<f32>()? / accum as f32;
-            let grads = loss.backward()?;
+            let store = loss.backward()?;
+            let grad_image = store
+                .get(image.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("no gradient reached the image".into()))?;
+            let grads = tape.backward(&self.net, grad_image)?;
             total = Some(match total {
-                None => grads,
-                Some(mut acc) => {
-                    for var in self.varmap.all_vars() {
-                        if let (Some(a), Some(g)) = (acc.get(&var), grads.get(&var)) {
-                            let sum = (a + g)?;
-                            acc.insert(&var, sum);
-                        }
-                    }
-                    acc
+                None => (store, grads),
+                Some((store, acc)) => {
+                    let acc = acc
+                        .iter()
+                        .zip(&grads)
+                        .map(|(a, g)| a + g)
+                        .collect::<Result<Vec<_>>>()?;
+                    (store, acc)
                 }
             });
         }
-        if let Some(grads) = total {
-            self.opt.step(&grads)?;
+        if let Some((mut store, grads)) = total {
+            for (p, g) in params.iter().zip(grads) {
+                store.insert(p, g);
+            }
+            self.opt.step(&store)?;
         }
         self.step += 1;
         Ok(StepRecord {

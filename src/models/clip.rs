@@ -534,6 +534,18 @@ impl Attention {
 
     /// `mask`, if any, is added to the scores: [L, L] with 0 or a large negative value.
     fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.forward_queries(xs, mask, None)
+    }
+
+    /// With `queries = Some(q)`, only the first q positions attend (keys and values are still
+    /// every position): [B, q, D]. The pooled image embedding needs only the class token of the
+    /// last layer.
+    fn forward_queries(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        queries: Option<usize>,
+    ) -> candle_core::Result<Tensor> {
         let (b, n, hidden) = xs.dims3()?;
         // [B, N, 3D] -> [3, B, H, N, hd]
         let qkv = match &self.frozen_qkv {
@@ -544,16 +556,25 @@ impl Attention {
             .reshape((b, n, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
-        let q = (qkv.get(0)? * self.scale)?;
+        let q = qkv.get(0)?;
+        let (q, mask, nq) = match queries {
+            Some(nq) => (
+                q.narrow(2, 0, nq)?.contiguous()?,
+                mask.map(|m| m.narrow(0, 0, nq)).transpose()?,
+                nq,
+            ),
+            None => (q, mask.cloned(), n),
+        };
+        let q = (q * self.scale)?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
+            Some(m) => scores.broadcast_add(&m)?,
             None => scores,
         };
         let attn = softmax_last(&scores)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, hidden))?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, nq, hidden))?;
         self.out_proj.forward(&out)
     }
 }
@@ -600,6 +621,17 @@ impl EncoderLayer {
         let h = self.fc2.forward(&self.act.forward(&h)?)?;
         xs + h
     }
+
+    /// The output at the first position only, [B, 1, D] (it attends to every position).
+    fn forward_first(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward_queries(&self.layer_norm1.forward(xs)?, mask, Some(1))?;
+        let xs = (xs.narrow(1, 0, 1)? + h)?;
+        let h = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
+        let h = self.fc2.forward(&self.act.forward(&h)?)?;
+        xs + h
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -620,6 +652,20 @@ impl Encoder {
         self.layers
             .iter()
             .try_fold(xs.clone(), |xs, l| l.forward(&xs, mask))
+    }
+
+    /// The output at the first position only, [B, 1, D]: the last layer computes its MLP and
+    /// output projection for that position alone (~1/12 of the image tower's work saved).
+    fn forward_first(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        match self.layers.split_last() {
+            None => xs.narrow(1, 0, 1),
+            Some((last, rest)) => {
+                let xs = rest
+                    .iter()
+                    .try_fold(xs.clone(), |xs, l| l.forward(&xs, mask))?;
+                last.forward_first(&xs, mask)
+            }
+        }
     }
 }
 
@@ -672,6 +718,26 @@ impl VisionTower {
     }
 
     fn forward(&self, pixel_values: &Tensor) -> candle_core::Result<TowerOutput> {
+        let last = self.encoder.forward(&self.embed(pixel_values)?, None)?;
+        let pooled = self
+            .post_layernorm
+            .forward(&last.narrow(1, 0, 1)?.squeeze(1)?)?;
+        Ok(TowerOutput {
+            last_hidden_state: last,
+            pooler_output: pooled,
+        })
+    }
+
+    /// `forward(..).pooler_output` without the rest of the last layer's output.
+    fn pooled(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        let first = self
+            .encoder
+            .forward_first(&self.embed(pixel_values)?, None)?;
+        self.post_layernorm.forward(&first.squeeze(1)?)
+    }
+
+    /// Patch and position embeddings, then `pre_layrnorm`: the encoder's input [B, 1 + g*g, D].
+    fn embed(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let (b, ch, h, w) = pixel_values.dims4()?;
         if ch != c.num_channels || h != c.image_size || w != c.image_size {
@@ -696,15 +762,7 @@ impl VisionTower {
             .broadcast_as((b, 1, d))?;
         let xs =
             Tensor::cat(&[&class, &patch_embeds], 1)?.broadcast_add(&self.position_embedding)?;
-        let xs = self.pre_layrnorm.forward(&xs)?;
-        let last = self.encoder.forward(&xs, None)?;
-        let pooled = self
-            .post_layernorm
-            .forward(&last.narrow(1, 0, 1)?.squeeze(1)?)?;
-        Ok(TowerOutput {
-            last_hidden_state: last,
-            pooler_output: pooled,
-        })
+        self.pre_layrnorm.forward(&xs)
     }
 }
 
@@ -869,8 +927,8 @@ impl ClipModel {
     /// projected, unnormalised embedding [B, projection_dim] (= transformers
     /// `get_image_features`). Differentiable w.r.t. pixel_values.
     pub fn image_features(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
-        let out = self.vision.forward(pixel_values)?;
-        self.visual_projection.forward(&out.pooler_output)
+        self.visual_projection
+            .forward(&self.vision.pooled(pixel_values)?)
     }
 
     /// input_ids [B, L] (u32; i64 accepted), returns the projected unnormalised [B,

@@ -3,6 +3,7 @@
 
 pub mod clip;
 pub mod lstm_decoder;
+pub mod sine;
 pub mod siren;
 pub mod vgg16;
 pub mod xception;

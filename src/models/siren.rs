@@ -9,6 +9,8 @@ use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use super::sine::{sine_backward, sine_forward};
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// Sine layers, the first one included (deep-daze's `num_layers`).
@@ -115,6 +117,99 @@ impl Siren {
     pub fn render(&self, coords: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let out = self.forward(coords)?;
         ((out.reshape((h, w, 3))?.permute((2, 0, 1))? + 1.0)? / 2.0)?.clamp(0f32, 1f32)
+    }
+
+    /// The trainable tensors in backward order of [`SirenTape::backward`]'s gradients:
+    /// `layers.{i}.weight`, `layers.{i}.bias` for each layer, then `last_layer`'s.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut ps = Vec::with_capacity(2 * self.layers.len() + 2);
+        for l in self.layers.iter().chain([&self.last]) {
+            ps.push(l.weight().clone());
+            if let Some(b) = l.bias() {
+                ps.push(b.clone());
+            }
+        }
+        ps
+    }
+
+    /// [`Self::render`] without candle's autograd (the result is detached), keeping what
+    /// [`SirenTape::backward`] needs. The sine layers run as fused kernels ([`sine_forward`]):
+    /// autograd over the plain ops spends most of a guidance step on elementwise passes,
+    /// allocations and zero-filled gradient accumulators over [pixels, hidden] tensors.
+    pub fn render_taped(&self, coords: &Tensor, h: usize, w: usize) -> Result<(Tensor, SirenTape)> {
+        let mut inputs = Vec::with_capacity(self.layers.len() + 1);
+        let mut derivs = Vec::with_capacity(self.layers.len());
+        let mut x = coords.detach();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let w0 = if i == 0 {
+                self.cfg.w0_initial
+            } else {
+                self.cfg.w0
+            };
+            let b = layer
+                .bias()
+                .ok_or_else(|| candle_core::Error::Msg("SIREN layer without bias".into()))?;
+            let z = x.matmul(&layer.weight().detach().t()?)?;
+            let (y, d) = sine_forward(&z, &b.detach(), w0)?;
+            inputs.push(x);
+            derivs.push(d);
+            x = y;
+        }
+        let out = self.last.forward(&x)?.detach();
+        inputs.push(x);
+        let image = ((out.reshape((h, w, 3))?.permute((2, 0, 1))? + 1.0)? / 2.0)?;
+        // Clamp's gradient passes where min <= v <= max, as PyTorch's and candle's.
+        let pass = image
+            .ge(0f32)?
+            .mul(&image.le(1f32)?)?
+            .to_dtype(image.dtype())?;
+        let image = image.clamp(0f32, 1f32)?.contiguous()?;
+        Ok((
+            image,
+            SirenTape {
+                inputs,
+                derivs,
+                pass,
+                hw: (h, w),
+            },
+        ))
+    }
+}
+
+/// What [`Siren::render_taped`] keeps for the backward: each layer's input and each sine
+/// layer's derivative w.r.t. its pre-activation.
+pub struct SirenTape {
+    inputs: Vec<Tensor>,
+    derivs: Vec<Tensor>,
+    /// 1 where the clamp passed the gradient, 0 where it clipped: [3, h, w].
+    pass: Tensor,
+    hw: (usize, usize),
+}
+
+impl SirenTape {
+    /// Gradients of the loss w.r.t. [`Siren::parameters`] (same order), given its gradient
+    /// w.r.t. the rendered image [3, h, w].
+    pub fn backward(&self, net: &Siren, grad_image: &Tensor) -> Result<Vec<Tensor>> {
+        let (h, w) = self.hw;
+        let n = h * w;
+        let g = (grad_image.detach().mul(&self.pass)? * 0.5)?;
+        let g_out = g.permute((1, 2, 0))?.reshape((n, 3))?.contiguous()?;
+        let last_in = &self.inputs[net.layers.len()];
+        let mut grads = Vec::with_capacity(2 * net.layers.len() + 2);
+        // Collected last to first, reversed at the end: bias then weight of each layer.
+        grads.push(g_out.sum(0)?);
+        grads.push(g_out.t()?.matmul(last_in)?);
+        let mut g = g_out.matmul(&net.last.weight().detach())?;
+        for (i, layer) in net.layers.iter().enumerate().rev() {
+            let (gz, gb) = sine_backward(&g, &self.derivs[i])?;
+            grads.push(gb);
+            grads.push(gz.t()?.matmul(&self.inputs[i])?);
+            if i > 0 {
+                g = gz.matmul(&layer.weight().detach())?;
+            }
+        }
+        grads.reverse();
+        Ok(grads)
     }
 }
 
