@@ -8,12 +8,14 @@
 //! Outputs match transformers 5 (eager attention) to about 1e-6 relative in f32.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use serde_json::{Map, Value};
 
+use super::fused::{FusedLayerNorm, FusedQuickGelu};
 use crate::input_err;
 
 /// Activation of the MLP blocks (`hidden_act` in config.json).
@@ -41,6 +43,9 @@ impl HiddenAct {
     /// `gelu` are unary ops with gradients).
     fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Self::QuickGelu if xs.dtype() == DType::F32 && xs.device().is_cpu() => {
+                xs.contiguous()?.apply_op1(FusedQuickGelu)
+            }
             Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
             Self::Gelu => xs.gelu_erf(),
             Self::GeluTanh => xs.gelu(),
@@ -441,24 +446,56 @@ impl candle_core::CustomOp2 for FrozenMatmul {
     }
 }
 
-/// LayerNorm from basic ops (mean, sub, sqr, sqrt, div, affine), which all have a backward.
-#[derive(Debug, Clone)]
+/// LayerNorm from basic ops (mean, sub, sqr, sqrt, div, affine), which all have a backward; with
+/// frozen f32 weights on the CPU, one fused kernel each way instead ([`FusedLayerNorm`]).
+#[derive(Clone)]
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
+    fused: Option<FusedLayerNorm>,
+}
+
+impl std::fmt::Debug for LayerNorm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerNorm")
+            .field("weight", &self.weight)
+            .field("bias", &self.bias)
+            .field("eps", &self.eps)
+            .field("fused", &self.fused.is_some())
+            .finish()
+    }
 }
 
 impl LayerNorm {
     fn new(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Self> {
+        let weight = vb.get(dim, "weight")?;
+        let bias = vb.get(dim, "bias")?;
+        let frozen_f32 =
+            |t: &Tensor| !t.track_op() && t.dtype() == DType::F32 && t.device().is_cpu();
+        let fused = if frozen_f32(&weight) && frozen_f32(&bias) {
+            Some(FusedLayerNorm {
+                weight: Arc::new(weight.to_vec1()?),
+                bias: Arc::new(bias.to_vec1()?),
+                eps: eps as f32,
+            })
+        } else {
+            None
+        };
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
+            weight,
+            bias,
             eps,
+            fused,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(op) = &self.fused {
+            if xs.dtype() == DType::F32 && xs.device().is_cpu() {
+                return xs.contiguous()?.apply_op1(op.clone());
+            }
+        }
         let mean = xs.mean_keepdim(D::Minus1)?;
         let centred = xs.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;

@@ -2,6 +2,7 @@
 //! checkpoint's tensor names, and `forward`. Errors inside models are `candle_core::Result`.
 
 pub mod clip;
+pub mod fused;
 pub mod lstm_decoder;
 pub mod sine;
 pub mod siren;
