@@ -595,3 +595,20 @@ fn seeded_random_weights_build_the_full_models() {
     let v = flat(&f);
     assert!(v.iter().all(|x| x.is_finite() && *x >= 0.0));
 }
+
+/// The encoders are frozen feature extractors: their kernels have no backward, and a gradient
+/// that reaches them is an error (not a silently missing input gradient).
+#[test]
+fn backward_through_the_encoders_is_an_error() {
+    let r = reference("vgg16_tiny");
+    let x = candle_core::Var::from_tensor(&r["pixel_values"]).unwrap();
+    let f = vgg_tiny().forward(x.as_tensor()).unwrap();
+    match f.sum_all().unwrap().backward() {
+        Ok(_) => panic!("backward through VGG16 should fail"),
+        Err(e) => assert!(e.to_string().contains("backward"), "{e}"),
+    }
+    let r = reference("xception_tiny");
+    let x = candle_core::Var::from_tensor(&r["pixel_values"]).unwrap();
+    let f = xception_tiny().forward(x.as_tensor()).unwrap();
+    assert!(f.sum_all().unwrap().backward().is_err());
+}

@@ -275,7 +275,7 @@ impl Vgg16 {
                 bias: pending.take(),
                 relu: true,
             };
-            x = x.apply_op1_no_bwd(&nhwc::MaxPool {
+            x = x.apply_op1(nhwc::MaxPool {
                 k: 2,
                 stride: 2,
                 pad: 0,
@@ -438,7 +438,9 @@ pub fn pil_resize_nearest(img: &image::RgbImage, new_w: usize, new_h: usize) -> 
 /// Each kernel reads its operand through a [`Pre`] transform (add a pending per-channel bias,
 /// then ReLU), so that a layer's bias and activation cost no pass of their own: they are applied
 /// by whichever kernel reads the layer's output next. Work is split over candle's thread count
-/// with scoped threads. The ops have no backward (`apply_op*_no_bwd`).
+/// with scoped threads. The ops have no backward: they are applied with `apply_op1` / `apply_op2`,
+/// so that a gradient reaching them is an error (`BackwardNotSupported`) rather than silently
+/// dropped (`apply_op*_no_bwd` would cut the graph).
 pub(crate) mod nhwc {
     use std::sync::Arc;
 
@@ -618,7 +620,7 @@ pub(crate) mod nhwc {
         let mut r = 0;
         while r < total {
             let end = (r + band).min(total);
-            let cols = x.apply_op1_no_bwd(&Im2col {
+            let cols = x.apply_op1(Im2col {
                 k,
                 stride,
                 pad,
@@ -931,14 +933,14 @@ pub(crate) mod nhwc {
         let mut r = 0;
         while r < total {
             let end = (r + band).min(total);
-            let v = x.apply_op1_no_bwd(&WinogradIn {
+            let v = x.apply_op1(WinogradIn {
                 m,
                 rows: r..end,
                 pre: pre.clone(),
             })?;
             // [tiles, n^2, C] viewed as [n^2, tiles, C] (strided; the GEMM reads it in place).
             let prod = v.transpose(0, 1)?.matmul(u)?;
-            parts.push(prod.apply_op1_no_bwd(&WinogradOut { m, w })?);
+            parts.push(prod.apply_op1(WinogradOut { m, w })?);
             r = end;
         }
         let y = if parts.len() == 1 {

@@ -21,7 +21,8 @@
 //! input; a pointwise convolution is one GEMM over all pixels of the batch. Pending BatchNorm biases
 //! are applied by the next kernel that reads the tensor (depthwise, max pool, the residual add), so
 //! they cost no pass of their own. The kernels live in [`super::vgg16::nhwc`]; they are f32, CPU
-//! only, without a backward (frozen encoder).
+//! only, without a backward (frozen encoder): `backward` through them is an error, not a silently
+//! cut gradient.
 
 use std::sync::Arc;
 
@@ -169,7 +170,7 @@ impl SepConv {
 
     /// Depthwise (input read through `pre`) then pointwise: [B, H, W, O] without the bias.
     fn forward(&self, x: &Tensor, pre: Pre) -> candle_core::Result<Tensor> {
-        let d = x.apply_op1_no_bwd(&nhwc::Depthwise3x3 {
+        let d = x.apply_op1(nhwc::Depthwise3x3 {
             taps: self.taps.clone(),
             pre,
         })?;
@@ -263,7 +264,7 @@ impl Block {
                     relu: false,
                 },
             };
-            (y.apply_op1_no_bwd(&pool)?, None)
+            (y.apply_op1(pool)?, None)
         } else {
             (y, last)
         };
@@ -275,9 +276,9 @@ impl Block {
                 Some(b.clone()),
             ),
         };
-        y.apply_op2_no_bwd(
+        y.apply_op2(
             &s,
-            &nhwc::AddBiased {
+            nhwc::AddBiased {
                 bias_a: y_bias,
                 bias_b: s_bias,
             },
@@ -365,7 +366,7 @@ impl Xception {
             relu: true,
         };
         let y = nhwc::conv_im2col(&y, &self.conv2.0, 3, 1, 0, &pre)?;
-        let mut x = y.apply_op1_no_bwd(&nhwc::Apply(Pre {
+        let mut x = y.apply_op1(nhwc::Apply(Pre {
             bias: Some(self.conv2.1.clone()),
             relu: true,
         }))?;
@@ -378,7 +379,7 @@ impl Xception {
             relu: true,
         };
         let y = self.conv4.forward(&y, pre)?;
-        y.apply_op1_no_bwd(&nhwc::Apply(Pre {
+        y.apply_op1(nhwc::Apply(Pre {
             bias: Some(self.conv4.bias.clone()),
             relu: true,
         }))
