@@ -5,6 +5,9 @@
 //! Tolerance: max |ours - reference| / max |reference| per tensor <= 1e-4 (float32 transformers is
 //! itself ~3e-7 from float64, meta.json).
 
+mod common;
+use common::{flat, rel};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -49,30 +52,6 @@ fn offline_locator(cache: &Path) -> Locator {
         offline: true,
         progress: false,
     })
-}
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// max |a - b| / max |b|, shapes checked.
-fn rel(name: &str, ours: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(ours.dims(), reference.dims(), "{name}: shape");
-    let (a, b) = (flat(ours), flat(reference));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    let r = diff / scale;
-    eprintln!("{name:<34} max rel err {r:.3e}");
-    r
 }
 
 fn check(name: &str, ours: &Tensor, reference: &Tensor) {

@@ -7,6 +7,9 @@
 //! Tolerance: max |ours - timm| / max |timm| per tensor <= 1e-4 (float32 timm is ~1e-6 from
 //! float64 on these fixtures, see their config.json).
 
+mod common;
+use common::{flat, rel};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -56,31 +59,6 @@ fn vgg_tiny() -> Vgg16 {
 
 fn xception_tiny() -> Xception {
     load_from(&fixtures("xception_tiny"), Xception::load).unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// max |a - b| / max |b|, shapes checked.
-fn rel(name: &str, ours: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(ours.dims(), reference.dims(), "{name}: shape");
-    let (a, b) = (flat(ours), flat(reference));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    assert!(scale > 0.0, "{name}: all-zero reference");
-    let r = diff / scale;
-    eprintln!("{name:<34} max rel err {r:.3e}");
-    r
 }
 
 fn check(name: &str, ours: &Tensor, reference: &Tensor, tol: f64) {
