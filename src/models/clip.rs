@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use serde_json::{Map, Value};
 
-use super::fused::{FusedLayerNorm, FusedQuickGelu};
+use super::fused::{FusedAttention, FusedLayerNorm, FusedQuickGelu};
 use crate::input_err;
 
 /// Activation of the MLP blocks (`hidden_act` in config.json).
@@ -589,6 +589,14 @@ impl Attention {
             Some(l) => l.forward(xs)?,
             None => self.stacked_qkv()?.forward(xs)?,
         };
+        if mask.is_none() && qkv.dtype() == DType::F32 && qkv.device().is_cpu() {
+            let op = FusedAttention {
+                heads: self.heads,
+                queries: queries.unwrap_or(n),
+                scale: self.scale as f32,
+            };
+            return self.out_proj.forward(&qkv.contiguous()?.apply_op1(op)?);
+        }
         let qkv = qkv
             .reshape((b, n, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?

@@ -1,4 +1,4 @@
-//! Fused, differentiable f32 CPU kernels for CLIP's LayerNorm and QuickGELU.
+//! Fused, differentiable f32 CPU kernels for CLIP's LayerNorm, QuickGELU and attention.
 //!
 //! Written with basic candle ops, a LayerNorm is ~9 tensor passes forward and ~20 backward
 //! (each allocating, plus a zero-filled accumulator per gradient); QuickGELU is 3 and ~8. In
@@ -195,6 +195,174 @@ impl CustomOp2 for QuickGeluGrad {
     }
 }
 
+/// Dot product with eight independent accumulators, so that it vectorises (a fixed order, hence
+/// deterministic).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y += a * x`.
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Multi-head self-attention core, softmax(q k^T * scale) v, on the stacked projection output
+/// `qkv` [B, N, 3, H, hd] (f32, contiguous) -> [B, nq, H * hd], for the first `queries`
+/// positions. Written with basic ops this is a permute copy, two batched matmuls of tiny
+/// matrices and ~6 softmax passes forward, twice that backward; here it is one pass per batch
+/// element each way (the probabilities are recomputed in the backward rather than stored).
+/// Batch elements are split between threads, never shared, so results do not depend on
+/// scheduling. No mask: the image tower has none.
+#[derive(Clone)]
+pub struct FusedAttention {
+    pub heads: usize,
+    pub queries: usize,
+    pub scale: f32,
+}
+
+impl FusedAttention {
+    /// (B, N, H, hd) of a [B, N, 3 * H * hd] input, checked.
+    fn dims(&self, l: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
+        let (b, n, three_d) = l.shape().dims3()?;
+        let h = self.heads;
+        if h == 0 || three_d % (3 * h) != 0 || self.queries > n {
+            candle_core::bail!(
+                "{op}: bad shape {:?} for {h} heads, {} queries",
+                l.dims(),
+                self.queries
+            )
+        }
+        Ok((b, n, h, three_d / (3 * h)))
+    }
+
+    /// Softmax probabilities of query row `i` of head `h` in batch element `x` ([N, 3, H, hd]).
+    fn probs(&self, x: &[f32], i: usize, h: usize, hd: usize, p: &mut [f32]) {
+        let row = 3 * self.heads * hd;
+        let q = &x[i * row + h * hd..][..hd];
+        let mut max = f32::NEG_INFINITY;
+        for (j, p) in p.iter_mut().enumerate() {
+            let k = &x[j * row + (self.heads + h) * hd..][..hd];
+            *p = dot(q, k) * self.scale;
+            max = max.max(*p);
+        }
+        let mut sum = 0f32;
+        for p in p.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        for p in p.iter_mut() {
+            *p /= sum;
+        }
+    }
+}
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (b, n, h, hd) = self.dims(l, self.name())?;
+        let (nq, d) = (self.queries, h * hd);
+        let mut y = vec![0f32; b * nq * d];
+        y.par_chunks_mut(nq * d)
+            .zip(x.par_chunks(n * 3 * d))
+            .for_each(|(y, x)| {
+                let mut p = vec![0f32; n];
+                for hh in 0..h {
+                    for i in 0..nq {
+                        self.probs(x, i, hh, hd, &mut p);
+                        let o = &mut y[i * d + hh * hd..][..hd];
+                        for (j, &pj) in p.iter().enumerate() {
+                            axpy(o, pj, &x[j * 3 * d + (2 * h + hh) * hd..][..hd]);
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((b, nq, d))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&g, &AttentionGrad(self.clone()))?))
+    }
+}
+
+/// `[qkv, g] -> d qkv` for [`FusedAttention`]. Per query row i, with p its probabilities:
+/// dv_j += p_j g_i, ds_j = p_j (g_i.v_j - sum_k p_k g_i.v_k), dq_i = scale sum_j ds_j k_j,
+/// dk_j += scale ds_j q_i.
+struct AttentionGrad(FusedAttention);
+
+impl CustomOp2 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "fused-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        lx: &Layout,
+        gs: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = &self.0;
+        let x = f32_slice(xs, lx, self.name())?;
+        let g = f32_slice(gs, lg, self.name())?;
+        let (b, n, h, hd) = op.dims(lx, self.name())?;
+        let (nq, d) = (op.queries, h * hd);
+        if g.len() != b * nq * d {
+            candle_core::bail!("{}: gradient has the wrong size", self.name())
+        }
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(n * 3 * d)
+            .zip(x.par_chunks(n * 3 * d).zip(g.par_chunks(nq * d)))
+            .for_each(|(dx, (x, g))| {
+                let (mut p, mut ds) = (vec![0f32; n], vec![0f32; n]);
+                for hh in 0..h {
+                    let (qo, ko, vo) = (hh * hd, (h + hh) * hd, (2 * h + hh) * hd);
+                    for i in 0..nq {
+                        op.probs(x, i, hh, hd, &mut p);
+                        let gi = &g[i * d + hh * hd..][..hd];
+                        let mut pdp = 0f32;
+                        for j in 0..n {
+                            ds[j] = dot(gi, &x[j * 3 * d + vo..][..hd]);
+                            pdp += p[j] * ds[j];
+                            axpy(&mut dx[j * 3 * d + vo..][..hd], p[j], gi);
+                        }
+                        for (ds, &pj) in ds.iter_mut().zip(&p) {
+                            *ds = pj * (*ds - pdp) * op.scale;
+                        }
+                        let qi = i * 3 * d + qo;
+                        for (j, &dsj) in ds.iter().enumerate() {
+                            let kj = j * 3 * d + ko;
+                            axpy(&mut dx[qi..][..hd], dsj, &x[kj..][..hd]);
+                            axpy(&mut dx[kj..][..hd], dsj, &x[qi..][..hd]);
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), lx.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +429,59 @@ mod tests {
             |x| x.apply_op1(FusedQuickGelu).unwrap(),
             |x| (x * candle_nn::ops::sigmoid(&(x * 1.702).unwrap()).unwrap()).unwrap(),
         );
+    }
+    /// softmax(q k^T * scale) v with basic ops, as `Attention::forward_queries` computes it.
+    fn plain_attention(x: &Tensor, heads: usize, nq: usize, scale: f64) -> Tensor {
+        let (b, n, three_d) = x.dims3().unwrap();
+        let hd = three_d / 3 / heads;
+        let qkv = x
+            .reshape((b, n, 3, heads, hd))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let q = qkv.get(0).unwrap().narrow(2, 0, nq).unwrap();
+        let q = (q.contiguous().unwrap() * scale).unwrap();
+        let (k, v) = (qkv.get(1).unwrap(), qkv.get(2).unwrap());
+        let s = q.matmul(&k.t().unwrap()).unwrap();
+        let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+        p.matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, nq, heads * hd))
+            .unwrap()
+    }
+
+    #[test]
+    fn attention_matches_basic_ops() {
+        let dev = Device::Cpu;
+        // hd = 11: one 8-wide chunk plus a tail in `dot`.
+        let (b, n, heads, hd) = (2, 7, 3, 11);
+        let len = b * n * 3 * heads * hd;
+        let x: Vec<f32> = (0..len)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+            .collect();
+        let x = Var::from_vec(x, (b, n, 3 * heads * hd), &dev).unwrap();
+        for nq in [n, 1] {
+            let scale = (hd as f64).powf(-0.5);
+            let op = FusedAttention {
+                heads,
+                queries: nq,
+                scale: scale as f32,
+            };
+            let a = x.as_tensor().apply_op1(op).unwrap();
+            let p = plain_attention(x.as_tensor(), heads, nq, scale);
+            assert!(rel_err(&a, &p) < 1e-5);
+            let wts: Vec<f32> = (0..b * nq * heads * hd)
+                .map(|i| (i % 5) as f32 - 2.0)
+                .collect();
+            let wts = Tensor::from_vec(wts, (b, nq, heads * hd), &dev).unwrap();
+            let ga = (a * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+            let gp = (p * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+            let e = rel_err(ga.get(&x).unwrap(), gp.get(&x).unwrap());
+            assert!(e < 1e-5, "gradient rel err {e} ({nq} queries)");
+        }
     }
 }
