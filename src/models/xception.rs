@@ -50,8 +50,8 @@ pub struct Config {
     pub exit_convs: [usize; 2],
     /// Side S of the square input.
     pub image_size: usize,
-    /// BatchNorm epsilon (timm's `nn.BatchNorm2d` default; the Keras original used 1e-3, the
-    /// port's running variances were converted for 1e-5).
+    /// BatchNorm epsilon: 1e-5, timm's `nn.BatchNorm2d` default, which is what timm runs the
+    /// ported weights with (the Keras original used 1e-3).
     pub bn_eps: f64,
 }
 
