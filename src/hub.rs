@@ -270,6 +270,17 @@ impl Locator {
         Self::new(HubSettings::from_env())
     }
 
+    /// Cache-only resolution from `cache_dir` (as `HF_HUB_OFFLINE=1`), without progress bars.
+    pub fn offline(cache_dir: &Path) -> Self {
+        Self::new(HubSettings {
+            cache_dir: cache_dir.to_path_buf(),
+            endpoint: None,
+            token: None,
+            offline: true,
+            progress: false,
+        })
+    }
+
     pub fn settings(&self) -> &HubSettings {
         &self.settings
     }
@@ -533,22 +544,12 @@ mod tests {
         }
     }
 
-    fn offline(cache: &Path) -> Locator {
-        Locator::new(HubSettings {
-            cache_dir: cache.into(),
-            endpoint: None,
-            token: None,
-            offline: true,
-            progress: false,
-        })
-    }
-
     #[test]
     fn resolves_from_a_fake_cache_offline_and_records_the_commit() {
         let tmp = tempfile::tempdir().unwrap();
         let commit = "0123456789abcdef0123456789abcdef01234567";
         fake_cache(tmp.path(), "org/tiny", "main", commit, &["config.json"]);
-        let loc = offline(tmp.path());
+        let loc = Locator::offline(tmp.path());
         let model = loc.open(&ModelRef::parse("org/tiny").unwrap()).unwrap();
         assert_eq!(model.record().commit, None);
         let p = model.file("config.json").unwrap();
@@ -572,7 +573,7 @@ mod tests {
     fn offline_missing_file_names_repo_file_and_both_remedies() {
         let tmp = tempfile::tempdir().unwrap();
         fake_cache(tmp.path(), "org/tiny", "main", "abc", &["config.json"]);
-        let loc = offline(tmp.path());
+        let loc = Locator::offline(tmp.path());
         let model = loc.open(&ModelRef::parse("org/tiny").unwrap()).unwrap();
         let e = model.file("model.safetensors").unwrap_err().to_string();
         for part in [
@@ -597,7 +598,7 @@ mod tests {
     fn folder_models_resolve_files_and_name_missing_ones() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("config.json"), "{}").unwrap();
-        let loc = offline(tmp.path());
+        let loc = Locator::offline(tmp.path());
         let r = ModelRef::parse(tmp.path().to_str().unwrap()).unwrap();
         let model = loc.open(&r).unwrap();
         assert!(model.file("config.json").is_ok());

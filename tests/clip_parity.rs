@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
-use roundtrip::hub::{HubSettings, Locator, ModelRef};
+use roundtrip::hub::{Locator, ModelRef};
 use roundtrip::models::clip::{
     l2_normalize, load_weights, pil_resize_bicubic, preprocess_image, Clip, ClipConfig, ClipModel,
     ClipTokenizer, HiddenAct, CLIP_MEAN, CLIP_STD,
@@ -42,16 +42,6 @@ fn model(dtype: DType) -> ClipModel {
         &Device::Cpu,
     )
     .unwrap()
-}
-
-fn offline_locator(cache: &Path) -> Locator {
-    Locator::new(HubSettings {
-        cache_dir: cache.into(),
-        endpoint: None,
-        token: None,
-        offline: true,
-        progress: false,
-    })
 }
 
 fn check(name: &str, ours: &Tensor, reference: &Tensor) {
@@ -166,7 +156,7 @@ fn config_errors_name_the_key() {
 #[test]
 fn loads_through_the_model_locator_and_matches_transformers_embeddings() {
     let tmp = tempfile::tempdir().unwrap();
-    let loc = offline_locator(tmp.path());
+    let loc = Locator::offline(tmp.path());
     let dir = fixtures();
     let m = loc
         .open(&ModelRef::parse(dir.to_str().unwrap()).unwrap())
@@ -605,7 +595,7 @@ fn clip_load_names_a_missing_file() {
         tmp.path().join("config.json"),
     )
     .unwrap();
-    let loc = offline_locator(tmp.path());
+    let loc = Locator::offline(tmp.path());
     let m = loc
         .open(&ModelRef::parse(tmp.path().to_str().unwrap()).unwrap())
         .unwrap();

@@ -27,22 +27,25 @@ fn cfg() -> Config {
     }
 }
 
+/// The decoder with the fixture weights as trainable Vars (so gradients and updates reach them).
+fn trainable(weights: &HashMap<String, Tensor>) -> (VarMap, LstmDecoder) {
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        for (k, v) in weights {
+            data.insert(k.clone(), Var::from_tensor(v).unwrap());
+        }
+    }
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let dec = LstmDecoder::new(vb, &cfg()).unwrap();
+    (varmap, dec)
+}
+
 #[test]
 fn logits_loss_and_gradients_match_pytorch() {
     let weights = load("model.safetensors");
     let r = load("reference.safetensors");
-    let varmap = VarMap::new();
-    {
-        let mut data = varmap.data().lock().unwrap();
-        for (k, v) in &weights {
-            data.insert(k.clone(), Var::from_tensor(v).unwrap());
-        }
-    }
-    let dec = LstmDecoder::new(
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        &cfg(),
-    )
-    .unwrap();
+    let (varmap, dec) = trainable(&weights);
     let words = r["words"].to_dtype(DType::U32).unwrap();
     let targets = r["targets"].to_dtype(DType::U32).unwrap();
     let logits = dec.forward(&r["features"], &words, None).unwrap();
@@ -97,18 +100,7 @@ fn updating_trainable_parameters_changes_the_output() {
         "lstm.weight_hh_l0",
         "output.bias",
     ] {
-        let varmap = VarMap::new();
-        {
-            let mut data = varmap.data().lock().unwrap();
-            for (k, v) in &weights {
-                data.insert(k.clone(), Var::from_tensor(v).unwrap());
-            }
-        }
-        let dec = LstmDecoder::new(
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-            &cfg(),
-        )
-        .unwrap();
+        let (varmap, dec) = trainable(&weights);
         let before = dec.forward(&r["features"], &words, None).unwrap();
         let var = varmap.data().lock().unwrap()[name].clone();
         var.set(&(var.as_tensor() + 0.5).unwrap()).unwrap();

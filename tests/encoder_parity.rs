@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use roundtrip::hub::{HubSettings, Locator, ModelRef};
+use roundtrip::hub::{Locator, ModelRef};
 use roundtrip::models::vgg16::{self, pil_resize_nearest, Vgg16};
 use roundtrip::models::xception::{self, Xception};
 
@@ -32,23 +32,13 @@ fn reference(dir: &str) -> HashMap<String, Tensor> {
         .expect("reference.safetensors loads")
 }
 
-fn offline_locator(cache: &Path) -> Locator {
-    Locator::new(HubSettings {
-        cache_dir: cache.into(),
-        endpoint: None,
-        token: None,
-        offline: true,
-        progress: false,
-    })
-}
-
 /// Loads an encoder from a folder through the model locator, as the CLI does.
 fn load_from<T>(
     dir: &Path,
     load: impl Fn(&roundtrip::hub::Model, &Device) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let cache = tempfile::tempdir().unwrap();
-    let loc = offline_locator(cache.path());
+    let loc = Locator::offline(cache.path());
     let m = loc.open(&ModelRef::parse(dir.to_str().unwrap()).unwrap())?;
     load(&m, &Device::Cpu)
 }

@@ -47,3 +47,21 @@ pub fn seeded_random_weights<T>(
         })
         .collect()
 }
+
+/// The contiguous f32 data of a CPU tensor argument of a custom op, or an error naming the op.
+pub(crate) fn f32_slice<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = s else {
+        candle_core::bail!(
+            "{op}: expected f32, got {:?}",
+            candle_core::backend::BackendStorage::dtype(s)
+        )
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+    }
+}

@@ -9,9 +9,10 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use super::f32_slice;
 
 /// Rows per parallel work unit (and per partial bias-gradient sum).
 const ROW_BLOCK: usize = 128;
@@ -141,18 +142,6 @@ pub fn sin_cos(xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
         sine_rows(xs, &[0.0], 1.0, y, d)
     });
     (yd[..n].to_vec(), yd[n..].to_vec())
-}
-
-/// The contiguous f32 data of a CPU tensor argument, or an error naming the op.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{op}: expected f32, got {:?}", s.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: expected a contiguous tensor"),
-    }
 }
 
 /// `[z [N, H], b [H]] -> [2, N, H]`: `sin(w0 (z + b))` then its derivative w.r.t. z,

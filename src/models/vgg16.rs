@@ -442,9 +442,9 @@ pub fn pil_resize_nearest(img: &image::RgbImage, new_w: usize, new_h: usize) -> 
 /// so that a gradient reaching them is an error (`BackwardNotSupported`) rather than silently
 /// dropped (`apply_op*_no_bwd` would cut the graph).
 pub(crate) mod nhwc {
+    use crate::models::f32_slice;
     use std::sync::Arc;
 
-    use candle_core::backend::BackendStorage;
     use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
 
     /// Upper bound on the elements of one im2col band (16 MiB of f32): larger inputs are
@@ -508,17 +508,6 @@ pub(crate) mod nhwc {
         }
     }
 
-    /// The contiguous f32 data of a CPU operand.
-    fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("{op}: expected f32, got {:?}", s.dtype())
-        };
-        match l.contiguous_offsets() {
-            Some((a, b)) => Ok(&v[a..b]),
-            None => candle_core::bail!("{op}: the input must be contiguous"),
-        }
-    }
-
     /// Runs `f(first_row, rows)` over `out` split into bands of whole rows, one per thread.
     fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
         let rows = out.len() / row_len.max(1);
@@ -560,7 +549,7 @@ pub(crate) mod nhwc {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            let x = data(s, l, self.name())?;
+            let x = f32_slice(s, l, self.name())?;
             let (_, h, w, c) = l.shape().dims4()?;
             self.pre.check(c, self.name())?;
             let (k, st, pad) = (self.k, self.stride, self.pad);
@@ -761,7 +750,7 @@ pub(crate) mod nhwc {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            let x = data(s, l, self.name())?;
+            let x = f32_slice(s, l, self.name())?;
             let (_, h, w, c) = l.shape().dims4()?;
             self.pre.check(c, self.name())?;
             let (m, t) = (self.m, winograd(self.m)?);
@@ -851,7 +840,7 @@ pub(crate) mod nhwc {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            let mm = data(s, l, self.name())?;
+            let mm = f32_slice(s, l, self.name())?;
             let (nn, tiles, o) = l.shape().dims3()?;
             let (m, t, w) = (self.m, winograd(self.m)?, self.w);
             let n = m + 2;
@@ -966,7 +955,7 @@ pub(crate) mod nhwc {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            let x = data(s, l, self.name())?;
+            let x = f32_slice(s, l, self.name())?;
             let (b, h, w, c) = l.shape().dims4()?;
             self.pre.check(c, self.name())?;
             let (k, st, pad) = (self.k, self.stride, self.pad);
@@ -1021,7 +1010,7 @@ pub(crate) mod nhwc {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            let x = data(s, l, self.name())?;
+            let x = f32_slice(s, l, self.name())?;
             let (b, h, w, c) = l.shape().dims4()?;
             self.pre.check(c, self.name())?;
             if self.taps.len() != 9 * c {
@@ -1085,7 +1074,7 @@ pub(crate) mod nhwc {
         }
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            let x = data(s, l, self.name())?;
+            let x = f32_slice(s, l, self.name())?;
             let c = *l.dims().last().unwrap_or(&1);
             self.0.check(c, self.name())?;
             let mut out = vec![0f32; x.len()];
@@ -1116,8 +1105,8 @@ pub(crate) mod nhwc {
             s2: &CpuStorage,
             l2: &Layout,
         ) -> candle_core::Result<(CpuStorage, Shape)> {
-            let a = data(s1, l1, self.name())?;
-            let b = data(s2, l2, self.name())?;
+            let a = f32_slice(s1, l1, self.name())?;
+            let b = f32_slice(s2, l2, self.name())?;
             if l1.dims() != l2.dims() {
                 candle_core::bail!("add: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
             }
