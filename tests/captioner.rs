@@ -3,82 +3,17 @@
 //! encoder: it learns to beat a caption-blind baseline, resumes after a kill to the same model,
 //! reuses cached features, and rejects malformed datasets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use image::{Rgb, RgbImage};
 use roundtrip::bleu::{corpus_bleu, Smoothing};
 use roundtrip::text::normalize;
 use serde::Deserialize;
 
+mod common;
+use common::{toy_dataset as dataset, COLOURS, SHAPES};
+
 const ENCODER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vgg16_tiny");
-const COLOURS: [(&str, [u8; 3]); 4] = [
-    ("red", [220, 30, 30]),
-    ("green", [30, 180, 40]),
-    ("blue", [30, 60, 220]),
-    ("yellow", [230, 210, 30]),
-];
-const SHAPES: [&str; 2] = ["square", "circle"];
-
-fn draw(colour: [u8; 3], shape: &str, jitter: u32) -> RgbImage {
-    let mut img = RgbImage::from_pixel(32, 32, Rgb([245, 245, 245]));
-    let (cx, cy, r) = (12 + jitter % 8, 12 + (jitter / 8) % 8, 7i64);
-    for y in 0..32u32 {
-        for x in 0..32u32 {
-            let (dx, dy) = (x as i64 - cx as i64, y as i64 - cy as i64);
-            let inside = if shape == "square" {
-                dx.abs() <= r && dy.abs() <= r
-            } else {
-                dx * dx + dy * dy <= r * r
-            };
-            if inside {
-                img.put_pixel(x, y, Rgb(colour));
-            }
-        }
-    }
-    img
-}
-
-/// Writes the dataset; returns its folder.
-fn dataset(root: &Path) -> PathBuf {
-    let imgs = root.join("Flicker8k_Dataset");
-    let text = root.join("Flickr8k_text");
-    std::fs::create_dir_all(&imgs).unwrap();
-    std::fs::create_dir_all(&text).unwrap();
-    let (mut tokens, mut train, mut dev, mut test) =
-        (String::new(), String::new(), String::new(), String::new());
-    let mut n = 0;
-    for jitter in 0..8u32 {
-        for (cname, c) in COLOURS {
-            for shape in SHAPES {
-                let name = format!("{n:04}.png");
-                draw(c, shape, jitter * 7).save(imgs.join(&name)).unwrap();
-                let caps = [
-                    format!("A {cname} {shape}."),
-                    format!("a {cname} {shape} on a white background"),
-                    format!("There is a {cname} {shape}"),
-                    format!("the {shape} is {cname}"),
-                    format!("a {shape} coloured {cname}"),
-                ];
-                for (k, cap) in caps.iter().enumerate() {
-                    tokens += &format!("{name}#{k}\t{cap}\n");
-                }
-                match jitter {
-                    0..=5 => train += &format!("{name}\n"),
-                    6 => dev += &format!("{name}\n"),
-                    _ => test += &format!("{name}\n"),
-                }
-                n += 1;
-            }
-        }
-    }
-    std::fs::write(text.join("Flickr8k.token.txt"), tokens).unwrap();
-    std::fs::write(text.join("Flickr_8k.trainImages.txt"), train).unwrap();
-    std::fs::write(text.join("Flickr_8k.devImages.txt"), dev).unwrap();
-    std::fs::write(text.join("Flickr_8k.testImages.txt"), test).unwrap();
-    root.to_path_buf()
-}
-
 fn roundtrip(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_roundtrip"))
         .args(args)

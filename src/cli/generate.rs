@@ -17,6 +17,25 @@ pub struct Args {
     /// CLIP model: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout.
     #[arg(long, default_value = "clip-vit-b32")]
     clip: String,
+    #[command(flatten)]
+    siren: SirenArgs,
+    /// Seed of every random draw; without it one is drawn and recorded.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write a progress frame every N steps (0: none; deep-daze: 100).
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// Overwrite existing outputs.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// SIREN generator settings, shared by `generate` and `run`.
+#[derive(Debug, clap::Args)]
+pub struct SirenArgs {
     /// Optimiser steps (deep-daze: 21,000).
     #[arg(long, default_value_t = Settings::default().steps)]
     steps: usize,
@@ -50,34 +69,28 @@ pub struct Args {
     /// Weight of the averaged-embedding loss term (deep-daze: 0.3).
     #[arg(long, default_value_t = Settings::default().averaging_weight)]
     averaging_weight: f64,
-    /// Seed of every random draw; without it one is drawn and recorded.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Write a progress frame every N steps (0: none; deep-daze: 100).
-    #[arg(long, default_value_t = 50)]
-    save_every: usize,
-    /// Overwrite existing outputs.
-    #[arg(long)]
-    force: bool,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+}
+
+impl SirenArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            size: self.size,
+            layers: self.layers,
+            hidden: self.hidden,
+            w0: self.w0,
+            cutouts: self.cutouts,
+            lower: self.lower,
+            upper: self.upper,
+            lr: self.lr,
+            steps: self.steps,
+            grad_accum: self.grad_accum,
+            averaging_weight: self.averaging_weight,
+        }
+    }
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let settings = Settings {
-        size: a.size,
-        layers: a.layers,
-        hidden: a.hidden,
-        w0: a.w0,
-        cutouts: a.cutouts,
-        lower: a.lower,
-        upper: a.upper,
-        lr: a.lr,
-        steps: a.steps,
-        grad_accum: a.grad_accum,
-        averaging_weight: a.averaging_weight,
-    };
+    let settings = a.siren.settings();
     let req = GenerateRequest {
         phrase: a.phrase,
         out_dir: a.out,

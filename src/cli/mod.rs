@@ -10,8 +10,10 @@ mod caption;
 mod eval;
 mod features;
 mod generate;
+mod merge;
 mod models;
 mod prompts;
+mod run;
 mod train;
 
 #[derive(Debug, Parser)]
@@ -29,6 +31,10 @@ pub struct Cli {
 enum Command {
     /// Corpus BLEU-1..4 of line-aligned hypotheses against reference streams (nltk semantics).
     Bleu(bleu::Args),
+    /// The round trip for every phrase of a prompts file: generate, caption, score, report.
+    Run(run::Args),
+    /// Put the shard folders of one run back together into one run folder and report.
+    Merge(merge::Args),
     /// Draw a phrase: optimise a SIREN so that CLIP finds the image similar to the phrase.
     Generate(generate::Args),
     /// Raw encoder features of texts and images, and their CLIPScore matrix.
@@ -51,6 +57,8 @@ enum Command {
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Bleu(a) => bleu::run(a, out),
+        Command::Run(a) => run::run(a, out),
+        Command::Merge(a) => merge::run(a, out),
         Command::Generate(a) => generate::run(a, out),
         Command::Features(a) => features::run(a, out),
         Command::Train(a) => train::run(a, out),

@@ -15,7 +15,7 @@ use crate::models::siren::{coord_grid, Config as SirenConfig, Siren};
 
 /// Settings of a SIREN run. The defaults are sized for a 2-core CPU (a phrase in minutes);
 /// deep-daze's GPU defaults are given beside each field.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Settings {
     /// Image side in pixels (deep-daze: 512).
     pub size: usize,

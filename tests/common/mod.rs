@@ -1,7 +1,10 @@
-//! Helpers shared by the parity tests (each test crate uses a subset).
+//! Helpers shared by the test crates (each uses a subset).
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+
 use candle_core::{DType, Tensor};
+use image::{Rgb, RgbImage};
 
 pub fn flat(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
@@ -32,4 +35,72 @@ pub fn rel(name: &str, ours: &Tensor, reference: &Tensor) -> f64 {
 /// [`rel`] without a name.
 pub fn rel_err(ours: &Tensor, reference: &Tensor) -> f64 {
     rel("", ours, reference)
+}
+
+pub const COLOURS: [(&str, [u8; 3]); 4] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 180, 40]),
+    ("blue", [30, 60, 220]),
+    ("yellow", [230, 210, 30]),
+];
+pub const SHAPES: [&str; 2] = ["square", "circle"];
+
+pub fn draw(colour: [u8; 3], shape: &str, jitter: u32) -> RgbImage {
+    let mut img = RgbImage::from_pixel(32, 32, Rgb([245, 245, 245]));
+    let (cx, cy, r) = (12 + jitter % 8, 12 + (jitter / 8) % 8, 7i64);
+    for y in 0..32u32 {
+        for x in 0..32u32 {
+            let (dx, dy) = (x as i64 - cx as i64, y as i64 - cy as i64);
+            let inside = if shape == "square" {
+                dx.abs() <= r && dy.abs() <= r
+            } else {
+                dx * dx + dy * dy <= r * r
+            };
+            if inside {
+                img.put_pixel(x, y, Rgb(colour));
+            }
+        }
+    }
+    img
+}
+
+/// Writes a toy captioning dataset of coloured shapes in the original Flickr8k layout (64 images:
+/// 48 train, 8 dev, 8 test; five captions each); returns its folder.
+pub fn toy_dataset(root: &Path) -> PathBuf {
+    let imgs = root.join("Flicker8k_Dataset");
+    let text = root.join("Flickr8k_text");
+    std::fs::create_dir_all(&imgs).unwrap();
+    std::fs::create_dir_all(&text).unwrap();
+    let (mut tokens, mut train, mut dev, mut test) =
+        (String::new(), String::new(), String::new(), String::new());
+    let mut n = 0;
+    for jitter in 0..8u32 {
+        for (cname, c) in COLOURS {
+            for shape in SHAPES {
+                let name = format!("{n:04}.png");
+                draw(c, shape, jitter * 7).save(imgs.join(&name)).unwrap();
+                let caps = [
+                    format!("A {cname} {shape}."),
+                    format!("a {cname} {shape} on a white background"),
+                    format!("There is a {cname} {shape}"),
+                    format!("the {shape} is {cname}"),
+                    format!("a {shape} coloured {cname}"),
+                ];
+                for (k, cap) in caps.iter().enumerate() {
+                    tokens += &format!("{name}#{k}\t{cap}\n");
+                }
+                match jitter {
+                    0..=5 => train += &format!("{name}\n"),
+                    6 => dev += &format!("{name}\n"),
+                    _ => test += &format!("{name}\n"),
+                }
+                n += 1;
+            }
+        }
+    }
+    std::fs::write(text.join("Flickr8k.token.txt"), tokens).unwrap();
+    std::fs::write(text.join("Flickr_8k.trainImages.txt"), train).unwrap();
+    std::fs::write(text.join("Flickr_8k.devImages.txt"), dev).unwrap();
+    std::fs::write(text.join("Flickr_8k.testImages.txt"), test).unwrap();
+    root.to_path_buf()
 }

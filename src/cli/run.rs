@@ -1,0 +1,88 @@
+//! `roundtrip run PROMPTS --out DIR`: the whole round trip for every phrase.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::generate::SirenArgs;
+use crate::run::{parse_captioners, run as run_all, RunRequest, RunSettings, Shard};
+
+/// Where `roundtrip train` is told to put the two captioners in the README.
+pub const DEFAULT_CAPTIONERS: &str =
+    "vgg16=models/captioners/vgg16,xception=models/captioners/xception";
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GeneratorKind {
+    /// deep-daze: a SIREN optimised through CLIP.
+    Siren,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_override_self = true)]
+pub struct Args {
+    /// Prompts file: one phrase per line, optionally TAB and the path of a real photo of it.
+    prompts: PathBuf,
+    /// Run folder: report.json, report.html, report.md, run.json, images/, photos/, phrases/.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "siren")]
+    generator: GeneratorKind,
+    /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`).
+    #[arg(long, default_value = DEFAULT_CAPTIONERS)]
+    captioners: String,
+    /// CLIP model guiding generation and scoring: preset, hub id `org/name[@rev]` or folder.
+    #[arg(long, default_value = "clip-vit-b32")]
+    clip: String,
+    /// Run seed; each phrase's seed is derived from it and the phrase's text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    siren: SirenArgs,
+    /// Write a progress frame every N steps (0: none).
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// Beam width of the captioners (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
+    /// Run only the K-th of N stable shares of the phrases (merge the folders with `roundtrip merge`).
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// Discard the results in --out when its settings differ from these.
+    #[arg(long)]
+    force: bool,
+    /// No progress bars or log lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let settings = RunSettings {
+        generator: match a.generator {
+            GeneratorKind::Siren => "siren".into(),
+        },
+        siren: a.siren.settings(),
+        seed: a.seed,
+        save_every: a.save_every,
+        beam: a.beam,
+        clip: a.clip,
+        captioners: parse_captioners(&a.captioners)?,
+    };
+    let req = RunRequest {
+        prompts: a.prompts,
+        out: a.out,
+        settings,
+        shard: a.shard,
+        force: a.force,
+        quiet: a.quiet,
+        device: candle_core::Device::Cpu,
+    };
+    let s = run_all(&req)?;
+    writeln!(
+        out,
+        "{}\tphrases {}\tcomputed {}\treused {}",
+        s.report.display(),
+        s.phrases,
+        s.computed,
+        s.reused
+    )?;
+    Ok(())
+}

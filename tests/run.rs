@@ -1,0 +1,599 @@
+//! `roundtrip run` end to end with tiny models (the tiny CLIP fixture, and two captioners trained
+//! here on a toy dataset with the tiny VGG16 and Xception fixtures): the fixed-seed golden report,
+//! resume after a kill, shards merged to the single-run report, the HTML gallery, refused
+//! settings changes and bad input.
+//!
+//! Regenerate the golden report after an intended change with
+//! `ROUNDTRIP_BLESS=1 cargo test --release --test run golden` (see results/README.md).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+
+const CLIP: &str = "tests/fixtures/clip_tiny";
+const PROMPTS: &str = "tests/data/run/prompts.txt";
+const GOLDEN: &str = "results/golden/run-tiny.json";
+/// Numbers in the golden report must match to this relative tolerance (absolute below 1): the
+/// computation is deterministic, so this only absorbs floating-point differences between CPUs
+/// (SIMD widths) over the 30 guidance steps. Captions, ids, seeds and counts must match exactly.
+const TOLERANCE: f64 = 1e-3;
+
+fn roundtrip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn fails(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "expected exit 2, got {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+struct Fixture {
+    root: PathBuf,
+    /// `--captioners` value of the two trained captioners.
+    captioners: String,
+}
+
+/// Trains the two tiny captioners once per test binary.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-fixture");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let ds = common::toy_dataset(&root.join("toy"));
+        let mut caps = Vec::new();
+        for (kind, weights) in [("vgg16", "vgg16_tiny"), ("xception", "xception_tiny")] {
+            let out = root.join(kind);
+            let w = format!("tests/fixtures/{weights}");
+            ok(&roundtrip(&[
+                "train",
+                "--encoder",
+                kind,
+                "--weights",
+                &w,
+                "--dataset",
+                ds.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--cache",
+                root.join("cache").to_str().unwrap(),
+                "--epochs",
+                "6",
+                "--embed",
+                "32",
+                "--hidden",
+                "32",
+                "--batch-size",
+                "16",
+                "--lr",
+                "0.01",
+                "--dropout",
+                "0.1",
+                "--seed",
+                "3",
+                "--quiet",
+            ]));
+            caps.push(format!("{kind}={}", out.display()));
+        }
+        Fixture {
+            captioners: caps.join(","),
+            root,
+        }
+    })
+}
+
+fn run_args(prompts: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let f = fixture();
+    let mut v: Vec<String> = [
+        "run",
+        prompts,
+        "--out",
+        out.to_str().unwrap(),
+        "--clip",
+        CLIP,
+        "--captioners",
+        &f.captioners,
+        "--seed",
+        "11",
+        "--steps",
+        "30",
+        "--size",
+        "32",
+        "--layers",
+        "3",
+        "--hidden",
+        "32",
+        "--cutouts",
+        "4",
+        "--save-every",
+        "10",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run(prompts: &str, out: &Path, extra: &[&str]) -> Output {
+    let args = run_args(prompts, out, extra);
+    roundtrip(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// An uninterrupted run of the golden prompts, made once.
+fn complete_run() -> &'static Path {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        let out = fixture().root.join("complete");
+        let stdout = ok(&run(PROMPTS, &out, &[]));
+        assert!(
+            stdout.contains("phrases 4\tcomputed 4\treused 0"),
+            "{stdout}"
+        );
+        out
+    })
+}
+
+/// The number after `word ` in a run's summary line.
+fn count(stdout: &str, word: &str) -> usize {
+    stdout
+        .split(&format!("{word} "))
+        .nth(1)
+        .and_then(|s| s.split(['\t', '\n']).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no `{word}` in {stdout}"))
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A report without what legitimately differs between two executions of the same run: the
+/// `seconds` timings.
+fn without_timings(mut v: Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("seconds");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+/// The golden form: no timings, and nothing that names this machine's paths or this build.
+fn golden_form(report: Value) -> Value {
+    let mut v = without_timings(report);
+    let m = v.as_object_mut().unwrap();
+    m.remove("tool");
+    m.remove("models");
+    if let Some(caps) = m["settings"]["captioners"].as_array_mut() {
+        for c in caps {
+            c.as_object_mut().unwrap().remove("dir");
+        }
+    }
+    v
+}
+
+/// Compares JSON values: numbers within [`TOLERANCE`], everything else exactly.
+fn assert_close(path: &str, got: &Value, want: &Value) {
+    match (got, want) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= TOLERANCE * b.abs().max(1.0),
+                "{path}: {a} vs golden {b}"
+            );
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: length");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_close(&format!("{path}[{i}]"), x, y);
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            let (ka, kb): (Vec<_>, Vec<_>) = (a.keys().collect(), b.keys().collect());
+            assert_eq!(ka, kb, "{path}: keys");
+            for (k, x) in a {
+                assert_close(&format!("{path}.{k}"), x, &b[k]);
+            }
+        }
+        _ => assert_eq!(got, want, "{path}"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Report {
+    schema_version: u32,
+    phrases: Vec<Phrase>,
+    corpus: Corpus,
+}
+
+#[derive(serde::Deserialize)]
+struct Phrase {
+    line: usize,
+    phrase: String,
+    seed: u64,
+    image: String,
+    frames: Vec<String>,
+    photo: Option<Photo>,
+    clip_score: ClipScore,
+    captions: std::collections::BTreeMap<String, Captions>,
+    steps: Vec<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct Photo {
+    file: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ClipScore {
+    generated: f64,
+    photo: Option<f64>,
+}
+
+#[derive(serde::Deserialize)]
+struct Captions {
+    generated: Caption,
+    photo: Option<Caption>,
+}
+
+#[derive(serde::Deserialize)]
+struct Caption {
+    caption: String,
+    bleu: Bleu,
+    clip_text_similarity: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct Bleu {
+    unsmoothed: [f64; 4],
+    method1: [f64; 4],
+}
+
+#[derive(serde::Deserialize)]
+struct Corpus {
+    phrases: usize,
+    with_photo: usize,
+    captioners: std::collections::BTreeMap<String, CaptionerCorpus>,
+}
+
+#[derive(serde::Deserialize)]
+struct CaptionerCorpus {
+    generated: Figures,
+    generated_with_photo: Figures,
+    photo: Figures,
+}
+
+#[derive(serde::Deserialize)]
+struct Figures {
+    images: usize,
+    bleu: Bleu,
+    distinct_captions: usize,
+    most_common_count: usize,
+}
+
+#[test]
+fn golden_report_matches() {
+    let dir = complete_run();
+    let report = read_json(&dir.join("report.json"));
+    let r: Report = serde_json::from_value(report.clone()).unwrap();
+    assert_eq!(r.schema_version, 1);
+    let phrases: Vec<&str> = r.phrases.iter().map(|p| p.phrase.as_str()).collect();
+    assert_eq!(
+        phrases,
+        [
+            "a red square",
+            "a blue circle",
+            "a green square on a white background",
+            "a yellow circle"
+        ]
+    );
+    assert_eq!(
+        r.phrases.iter().map(|p| p.line).collect::<Vec<_>>(),
+        [2, 3, 4, 5]
+    );
+    for p in &r.phrases {
+        assert!(dir.join(&p.image).is_file(), "{}", p.image);
+        assert_eq!(p.frames.len(), 2, "frames at steps 10 and 20");
+        assert!(p.frames.iter().all(|f| dir.join(f).is_file()));
+        assert_eq!(p.steps.len(), 30);
+        assert_eq!(p.photo.is_some(), p.clip_score.photo.is_some());
+        assert!((0.0..=2.5).contains(&p.clip_score.generated));
+        assert_eq!(p.seed, { roundtrip::run::phrase_seed(11, &p.phrase) });
+        for (label, c) in &p.captions {
+            assert_eq!(c.photo.is_some(), p.photo.is_some(), "{label}");
+            for cap in std::iter::once(&c.generated).chain(&c.photo) {
+                // Recomputed BLEU agrees with the report's.
+                let b = roundtrip::run::stages::caption_bleu(&p.phrase, &cap.caption);
+                assert_eq!(b.unsmoothed, cap.bleu.unsmoothed);
+                assert_eq!(b.method1, cap.bleu.method1);
+                assert!((-1.0..=1.0).contains(&cap.clip_text_similarity));
+            }
+        }
+        if let Some(ph) = &p.photo {
+            assert!(dir.join(&ph.file).is_file());
+        }
+    }
+    assert_eq!((r.corpus.phrases, r.corpus.with_photo), (4, 2));
+    for label in ["vgg16", "xception"] {
+        let c = &r.corpus.captioners[label];
+        assert_eq!(
+            (
+                c.generated.images,
+                c.generated_with_photo.images,
+                c.photo.images
+            ),
+            (4, 2, 2)
+        );
+        assert!(c.generated.distinct_captions >= 1 && c.generated.most_common_count >= 1);
+        assert!(c.photo.bleu.method1[0] >= 0.0 && c.generated.bleu.unsmoothed[0] <= 1.0);
+    }
+
+    let got = golden_form(report);
+    if std::env::var_os("ROUNDTRIP_BLESS").is_some() {
+        std::fs::create_dir_all("results/golden").unwrap();
+        let mut text = serde_json::to_string_pretty(&got).unwrap();
+        text.push('\n');
+        std::fs::write(GOLDEN, text).unwrap();
+        eprintln!("wrote {GOLDEN}");
+        return;
+    }
+    let want: Value = read_json(Path::new(GOLDEN));
+    assert_close("report", &got, &want);
+}
+
+#[test]
+fn the_gallery_is_self_contained_and_escaped() {
+    let dir = complete_run();
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let doc = scraper::Html::parse_document(&html);
+    assert!(doc.errors.is_empty(), "HTML parse errors: {:?}", doc.errors);
+    let sel = |s: &str| scraper::Selector::parse(s).unwrap();
+    let rows: Vec<_> = doc.select(&sel("table.phrases > tbody > tr")).collect();
+    assert_eq!(rows.len(), 4);
+    let first = rows[0].text().collect::<String>();
+    assert!(first.contains("a red square"), "{first}");
+    let imgs: Vec<_> = doc.select(&sel("img")).collect();
+    assert_eq!(imgs.len(), 4 + 2, "four generated images and two photos");
+    for i in &imgs {
+        let src = i.value().attr("src").unwrap();
+        assert!(
+            src.starts_with("data:image/"),
+            "{}",
+            &src[..40.min(src.len())]
+        );
+    }
+    assert_eq!(
+        doc.select(&sel("svg polyline")).count(),
+        4,
+        "one chart per phrase"
+    );
+    assert_eq!(doc.select(&sel("script, link, iframe")).count(), 0);
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| vgg16 | real photo | 2 |"), "{md}");
+    assert!(md.contains("| xception | generated | 4 |"), "{md}");
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_report() {
+    let want = without_timings(read_json(&complete_run().join("report.json")));
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    let args = run_args(PROMPTS, &out, &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it as soon as the first phrase is finished: mid-way through the second.
+    let t0 = Instant::now();
+    let first = loop {
+        let done: Vec<PathBuf> = std::fs::read_dir(out.join("phrases"))
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if let Some(p) = done
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+        {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no phrase finished"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the run finished before it was killed: make its phrases slower"
+    );
+    assert!(!out.join("report.json").exists());
+    let before = std::fs::read(&first).unwrap();
+    let stdout = ok(&run(PROMPTS, &out, &[]));
+    let (computed, reused) = (count(&stdout, "computed"), count(&stdout, "reused"));
+    assert!(
+        reused >= 1 && computed >= 1 && computed + reused == 4,
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        before,
+        "the finished phrase is kept"
+    );
+    let got = without_timings(read_json(&out.join("report.json")));
+    assert_eq!(got, want);
+    // A third run has nothing left to do.
+    let again = ok(&run(PROMPTS, &out, &[]));
+    assert!(again.contains("computed 0\treused 4"), "{again}");
+}
+
+#[test]
+fn shards_merge_to_the_single_run_report() {
+    let whole = complete_run();
+    let d = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    let mut counts = 0;
+    for k in 1..=3 {
+        let out = d.path().join(format!("shard{k}"));
+        let stdout = ok(&run(PROMPTS, &out, &["--shard", &format!("{k}/3")]));
+        counts += count(&stdout, "phrases");
+        let shard_report = read_json(&out.join("report.json"));
+        assert_eq!(shard_report["shard"], format!("{k}/3"));
+        dirs.push(out.to_str().unwrap().to_owned());
+    }
+    assert_eq!(counts, 4, "the shards partition the phrases");
+
+    let merged = d.path().join("merged");
+    let missing = fails(&roundtrip(&[
+        "merge",
+        &dirs[0],
+        &dirs[2],
+        "--out",
+        merged.to_str().unwrap(),
+    ]));
+    assert!(missing.contains("shards 2/3 are missing"), "{missing}");
+    assert!(!merged.exists(), "nothing written on a refused merge");
+
+    let mut args = vec!["merge"];
+    args.extend(dirs.iter().map(String::as_str));
+    args.extend(["--out", merged.to_str().unwrap()]);
+    let stdout = ok(&roundtrip(&args));
+    assert!(stdout.contains("phrases 4\tshards 3"), "{stdout}");
+    assert_eq!(
+        without_timings(read_json(&merged.join("report.json"))),
+        without_timings(read_json(&whole.join("report.json")))
+    );
+    // The merged folder is a complete run: running it again recomputes nothing.
+    let again = ok(&run(PROMPTS, &merged, &[]));
+    assert!(again.contains("computed 0\treused 4"), "{again}");
+}
+
+#[test]
+fn changed_settings_are_refused_unless_forced() {
+    let d = tempfile::tempdir().unwrap();
+    let prompts = d.path().join("p.txt");
+    std::fs::write(&prompts, "a red <script>alert(1)</script> & \"square\"\n").unwrap();
+    let p = prompts.to_str().unwrap();
+    let out = d.path().join("run");
+    ok(&run(p, &out, &["--steps", "2"]));
+    let before = std::fs::read(out.join("report.json")).unwrap();
+    let err = fails(&run(p, &out, &["--steps", "3"]));
+    assert!(
+        err.contains("siren.steps: 2 -> 3") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("report.json")).unwrap(), before);
+    let stdout = ok(&run(p, &out, &["--steps", "3", "--force"]));
+    assert!(stdout.contains("computed 1\treused 0"), "{stdout}");
+
+    // The phrase is text in the gallery, never markup.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let doc = scraper::Html::parse_document(&html);
+    let script = scraper::Selector::parse("script").unwrap();
+    assert_eq!(doc.select(&script).count(), 0);
+    let td = scraper::Selector::parse("table.phrases td").unwrap();
+    let cell: String = doc.select(&td).next().unwrap().text().collect();
+    assert!(
+        cell.starts_with("a red <script>alert(1)</script> & \"square\""),
+        "{cell}"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("a red &lt;script&gt;alert(1)&lt;/script&gt; &amp; \"square\""),
+        "{md}"
+    );
+}
+
+#[test]
+fn bad_input_fails_before_any_work() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let o = out.as_path();
+    let write = |name: &str, text: &[u8]| {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let good = write("good.txt", b"a red square\n");
+
+    let e = fails(&run("no/such/prompts.txt", o, &[]));
+    assert!(e.contains("no/such/prompts.txt"), "{e}");
+    let e = fails(&run(&write("empty.txt", b"# nothing\n\n"), o, &[]));
+    assert!(e.contains("no phrases"), "{e}");
+    let e = fails(&run(&write("photo.txt", b"a cat\tmissing.jpg\n"), o, &[]));
+    assert!(
+        e.contains("photo.txt:1") && e.contains("missing.jpg"),
+        "{e}"
+    );
+    write("corrupt.jpg", b"not an image at all");
+    let e = fails(&run(
+        &write("corrupt.txt", b"\n\na cat\tcorrupt.jpg\n"),
+        o,
+        &[],
+    ));
+    assert!(
+        e.contains("corrupt.txt:3") && e.contains("corrupt.jpg"),
+        "{e}"
+    );
+    let e = fails(&run(&good, o, &["--captioners", "vgg16=tests/data"]));
+    assert!(e.contains("tests/data") && e.contains("captioner"), "{e}");
+    let e = fails(&run(&good, o, &["--captioners", "vgg16"]));
+    assert!(e.contains("LABEL=FOLDER"), "{e}");
+    let e = fails(&run(&good, o, &["--shard", "3/2"]));
+    assert!(e.contains("K/N"), "{e}");
+    let e = fails(&run(&good, o, &["--steps", "0"]));
+    assert!(e.contains("--steps"), "{e}");
+    assert!(!o.exists(), "nothing written before validation passes");
+
+    let file = write("a-file", b"");
+    let e = fails(&run(&good, Path::new(&file).join("sub").as_path(), &[]));
+    assert!(e.contains("a-file"), "{e}");
+
+    // A hub model that is not in the offline cache.
+    let args = run_args(&good, o, &["--clip", "nobody/no-such-clip"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+        .args(&args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", d.path().join("hf"))
+        .output()
+        .unwrap();
+    let e = fails(&out);
+    assert!(e.contains("nobody/no-such-clip"), "{e}");
+    assert!(!o.join("images").exists() && !o.join("report.json").exists());
+}
