@@ -386,9 +386,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         ] {
             state.insert(k.into(), Tensor::new(&[v], &req.device)?);
         }
-        let tmp = out.join(".checkpoint.safetensors.tmp");
-        candle_core::safetensors::save(&state, &tmp)?;
-        std::fs::rename(&tmp, &checkpoint)?;
+        // The log line first, the checkpoint last: a kill between the two leaves one log line
+        // too many, which a resume drops (it keeps the lines of the epochs the checkpoint holds).
         let line = EpochLog {
             epoch,
             train_loss,
@@ -398,6 +397,9 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         };
         log_lines.push(serde_json::to_string(&line)?);
         write_atomic(&log_path, (log_lines.join("\n") + "\n").as_bytes())?;
+        let tmp = out.join(".checkpoint.safetensors.tmp");
+        candle_core::safetensors::save(&state, &tmp)?;
+        std::fs::rename(&tmp, &checkpoint)?;
         ep_bar.set_message(format!("loss {train_loss:.3} dev {dev_loss:.3}"));
         ep_bar.inc(1);
         if !req.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {

@@ -84,7 +84,7 @@ fn chart(steps: &[StepPoint]) -> String {
         "<svg width=\"{w}\" height=\"{}\" viewBox=\"0 0 {w} {}\" role=\"img\"><title>CLIP similarity over {} steps: {:.3} to {:.3}</title>\
 <rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"#fafafa\" stroke=\"#ddd\"/>\
 <polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"1.5\" points=\"{}\"/>\
-<text x=\"2\" y=\"{}\" font-size=\"9\" fill=\"#666\">similarity {:.3} → {:.3} (max {:.3}) over {} steps</text></svg>",
+<text x=\"2\" y=\"{}\" font-size=\"9\" fill=\"#666\">{:.3} → {:.3} (max {:.3}), {} steps</text></svg>",
         h + 12.0,
         h + 12.0,
         steps.len(),
