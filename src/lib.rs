@@ -17,6 +17,7 @@ pub mod models;
 pub mod progress;
 pub mod prompts;
 pub mod run;
+pub mod shapes;
 pub mod text;
 
 /// Makes glibc's malloc keep and reuse freed memory instead of returning it to the system.

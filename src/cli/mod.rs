@@ -14,6 +14,7 @@ mod merge;
 mod models;
 mod prompts;
 mod run;
+mod shapes;
 mod train;
 
 #[derive(Debug, Parser)]
@@ -48,6 +49,9 @@ enum Command {
     /// Work with prompts files.
     #[command(subcommand)]
     Prompts(prompts::Command),
+    /// The shapes world: write a captioning dataset, or draw a phrase of its grammar.
+    #[command(subcommand)]
+    Shapes(shapes::Command),
     /// List model presets and resolve model references (hub or folder).
     #[command(subcommand)]
     Models(models::Command),
@@ -65,6 +69,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a, out),
         Command::Caption(a) => caption::run(a, out),
         Command::Prompts(c) => prompts::run(c, out),
+        Command::Shapes(c) => shapes::run(c, out),
         Command::Models(c) => models::run(c, out),
     }?;
     out.flush()?;
