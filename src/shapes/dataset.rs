@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::render::{check_size, encode, render};
-use super::{captions, Scene};
+use super::{captions, describe, Scene};
 use crate::input_err;
 
 /// Bumped whenever the same seed would give different files.
@@ -88,7 +88,16 @@ pub fn item(seed: u64, index: usize, size: u32) -> anyhow::Result<Item> {
     rng.set_stream(index as u64);
     let scene = Scene::random(&mut rng);
     let image = render(&scene, size, &mut rng);
-    let caps = captions(&scene, CAPTIONS_PER_IMAGE, &mut rng);
+    // Caption 0 is the complete description (size, colour, shape, position or relation): the
+    // one retrieval galleries use, so that it singles its image out; then four paraphrases.
+    let full = describe(&scene);
+    let mut caps = vec![full.clone()];
+    caps.extend(
+        captions(&scene, CAPTIONS_PER_IMAGE, &mut rng)
+            .into_iter()
+            .filter(|c| *c != full)
+            .take(CAPTIONS_PER_IMAGE - 1),
+    );
     anyhow::ensure!(
         caps.len() == CAPTIONS_PER_IMAGE,
         "the grammar gave {} captions for {scene}",
