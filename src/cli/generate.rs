@@ -33,64 +33,66 @@ pub struct Args {
     quiet: bool,
 }
 
-/// SIREN generator settings, shared by `generate` and `run`.
+/// SIREN generator settings, shared by `generate` and `run`; each left out takes the default of
+/// the command (for `run`, of its preset).
 #[derive(Debug, clap::Args)]
 pub struct SirenArgs {
-    /// Optimiser steps (deep-daze: 21,000).
-    #[arg(long, default_value_t = Settings::default().steps)]
-    steps: usize,
-    /// Image side in pixels (deep-daze: 512).
-    #[arg(long, default_value_t = Settings::default().size)]
-    size: usize,
-    /// SIREN sine layers (deep-daze: 16).
-    #[arg(long, default_value_t = Settings::default().layers)]
-    layers: usize,
-    /// SIREN width (deep-daze: 256).
-    #[arg(long, default_value_t = Settings::default().hidden)]
-    hidden: usize,
-    /// SIREN frequency w0 (deep-daze: 30).
-    #[arg(long, default_value_t = Settings::default().w0)]
-    w0: f64,
-    /// Cutouts per pass (deep-daze: 4).
-    #[arg(long, default_value_t = Settings::default().cutouts)]
-    cutouts: usize,
-    /// Smallest cutout side, as a fraction of the image side (deep-daze: 0.1).
-    #[arg(long, default_value_t = Settings::default().lower)]
-    lower: f64,
-    /// Largest cutout side, as a fraction of the image side (deep-daze: 1.0).
-    #[arg(long, default_value_t = Settings::default().upper)]
-    upper: f64,
-    /// Adam learning rate (deep-daze: 1e-5).
-    #[arg(long, default_value_t = Settings::default().lr)]
-    lr: f64,
-    /// Passes accumulated per step (deep-daze: 4).
-    #[arg(long, default_value_t = Settings::default().grad_accum)]
-    grad_accum: usize,
-    /// Weight of the averaged-embedding loss term (deep-daze: 0.3).
-    #[arg(long, default_value_t = Settings::default().averaging_weight)]
-    averaging_weight: f64,
+    /// Optimiser steps (deep-daze: 21,000) [default: 200, or the run preset's].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Image side in pixels (deep-daze: 512) [default: 128, or the run preset's].
+    #[arg(long)]
+    size: Option<usize>,
+    /// SIREN sine layers (deep-daze: 16) [default: 8, or the run preset's].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// SIREN width (deep-daze: 256) [default: 256, or the run preset's].
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// SIREN frequency w0 (deep-daze: 30) [default: 30, or the run preset's].
+    #[arg(long)]
+    w0: Option<f64>,
+    /// Cutouts per pass (deep-daze: 4) [default: 8, or the run preset's].
+    #[arg(long)]
+    cutouts: Option<usize>,
+    /// Smallest cutout side, as a fraction of the image side (deep-daze: 0.1) [default: 0.1, or the run preset's].
+    #[arg(long)]
+    lower: Option<f64>,
+    /// Largest cutout side, as a fraction of the image side (deep-daze: 1.0) [default: 1.0, or the run preset's].
+    #[arg(long)]
+    upper: Option<f64>,
+    /// Adam learning rate (deep-daze: 1e-5) [default: 1e-4, or the run preset's].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Passes accumulated per step (deep-daze: 4) [default: 1, or the run preset's].
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Weight of the averaged-embedding loss term (deep-daze: 0.3) [default: 0.3, or the run preset's].
+    #[arg(long)]
+    averaging_weight: Option<f64>,
 }
 
 impl SirenArgs {
-    pub fn settings(&self) -> Settings {
+    /// The settings, taking what was not given from `base`.
+    pub fn settings(&self, base: Settings) -> Settings {
         Settings {
-            size: self.size,
-            layers: self.layers,
-            hidden: self.hidden,
-            w0: self.w0,
-            cutouts: self.cutouts,
-            lower: self.lower,
-            upper: self.upper,
-            lr: self.lr,
-            steps: self.steps,
-            grad_accum: self.grad_accum,
-            averaging_weight: self.averaging_weight,
+            steps: self.steps.unwrap_or(base.steps),
+            size: self.size.unwrap_or(base.size),
+            layers: self.layers.unwrap_or(base.layers),
+            hidden: self.hidden.unwrap_or(base.hidden),
+            w0: self.w0.unwrap_or(base.w0),
+            cutouts: self.cutouts.unwrap_or(base.cutouts),
+            lower: self.lower.unwrap_or(base.lower),
+            upper: self.upper.unwrap_or(base.upper),
+            lr: self.lr.unwrap_or(base.lr),
+            grad_accum: self.grad_accum.unwrap_or(base.grad_accum),
+            averaging_weight: self.averaging_weight.unwrap_or(base.averaging_weight),
         }
     }
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let settings = a.siren.settings();
+    let settings = a.siren.settings(Settings::default());
     let req = GenerateRequest {
         phrase: a.phrase,
         out_dir: a.out,

@@ -4,11 +4,16 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::generate::SirenArgs;
+use crate::run::preset::Preset;
 use crate::run::{parse_captioners, run as run_all, RunRequest, RunSettings, Shard};
 
-/// Where `roundtrip train` is told to put the two captioners in the README.
-pub const DEFAULT_CAPTIONERS: &str =
-    "vgg16=models/captioners/vgg16,xception=models/captioners/xception";
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PresetArg {
+    /// The original experiment: CLIP ViT-B/32 and captioners trained on Flickr8k.
+    Real,
+    /// The offline shapes world: the tiny models shipped under models/shapes/.
+    Shapes,
+}
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum GeneratorKind {
@@ -24,14 +29,20 @@ pub struct Args {
     /// Run folder: report.json, report.html, report.md, run.json, images/, photos/, phrases/.
     #[arg(long)]
     out: PathBuf,
+    /// Models and generator settings used where no option says otherwise.
+    #[arg(long, value_enum, default_value = "real")]
+    preset: PresetArg,
     #[arg(long, value_enum, default_value = "siren")]
     generator: GeneratorKind,
-    /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`).
-    #[arg(long, default_value = DEFAULT_CAPTIONERS)]
-    captioners: String,
-    /// CLIP model guiding generation and scoring: preset, hub id `org/name[@rev]` or folder.
-    #[arg(long, default_value = "clip-vit-b32")]
-    clip: String,
+    /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`)
+    /// [default: real: vgg16=models/captioners/vgg16,xception=models/captioners/xception;
+    /// shapes: vgg16=models/shapes/vgg16,xception=models/shapes/xception].
+    #[arg(long)]
+    captioners: Option<String>,
+    /// CLIP model guiding generation and scoring: preset, hub id `org/name[@rev]` or folder
+    /// [default: real: clip-vit-b32; shapes: models/shapes/clip].
+    #[arg(long)]
+    clip: Option<String>,
     /// Run seed; each phrase's seed is derived from it and the phrase's text.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -55,16 +66,21 @@ pub struct Args {
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let preset = match a.preset {
+        PresetArg::Real => Preset::Real,
+        PresetArg::Shapes => Preset::Shapes,
+    };
+    let d = preset.defaults();
     let settings = RunSettings {
         generator: match a.generator {
             GeneratorKind::Siren => "siren".into(),
         },
-        siren: a.siren.settings(),
+        siren: a.siren.settings(d.siren),
         seed: a.seed,
         save_every: a.save_every,
         beam: a.beam,
-        clip: a.clip,
-        captioners: parse_captioners(&a.captioners)?,
+        clip: a.clip.unwrap_or_else(|| d.clip.to_owned()),
+        captioners: parse_captioners(a.captioners.as_deref().unwrap_or(d.captioners))?,
     };
     let req = RunRequest {
         prompts: a.prompts,

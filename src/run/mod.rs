@@ -12,6 +12,7 @@
 
 pub mod html;
 pub mod merge;
+pub mod preset;
 pub mod record;
 pub mod report;
 pub mod stages;

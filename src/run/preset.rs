@@ -1,0 +1,63 @@
+//! Run presets: which models and generator settings `roundtrip run` uses when none are given.
+//!
+//! `real` is the original experiment (CLIP ViT-B/32 from the hub, captioners trained on Flickr8k
+//! with `roundtrip train`); `shapes` is the offline shapes world whose tiny models ship under
+//! `models/shapes/`. Explicit options always win over the preset.
+
+use crate::generate::siren::Settings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    Real,
+    Shapes,
+}
+
+/// What a preset fills in.
+#[derive(Debug, Clone)]
+pub struct PresetDefaults {
+    pub clip: &'static str,
+    pub captioners: &'static str,
+    pub siren: Settings,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Real => "real",
+            Preset::Shapes => "shapes",
+        }
+    }
+
+    pub fn defaults(self) -> PresetDefaults {
+        match self {
+            Preset::Real => PresetDefaults {
+                clip: "clip-vit-b32",
+                captioners: "vgg16=models/captioners/vgg16,xception=models/captioners/xception",
+                siren: Settings::default(),
+            },
+            Preset::Shapes => PresetDefaults {
+                clip: "models/shapes/clip",
+                captioners: "vgg16=models/shapes/vgg16,xception=models/shapes/xception",
+                siren: shapes_siren(),
+            },
+        }
+    }
+}
+
+/// SIREN settings for the shapes world's 64 px CLIP: an image of its input size, a smaller
+/// network and a faster learning rate, so that a phrase takes seconds on two cores.
+pub fn shapes_siren() -> Settings {
+    Settings {
+        size: 64,
+        layers: 4,
+        hidden: 64,
+        w0: 30.0,
+        cutouts: 8,
+        lower: 0.5,
+        upper: 1.0,
+        lr: 1e-3,
+        steps: 100,
+        grad_accum: 1,
+        averaging_weight: 0.3,
+    }
+}
