@@ -115,3 +115,46 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The defaults written in the help text are the ones `Settings::default()` uses.
+    #[test]
+    fn help_states_the_real_defaults() {
+        let mut cli = crate::cli::Cli::command();
+        let help = cli
+            .find_subcommand_mut("generate")
+            .expect("generate subcommand")
+            .render_long_help()
+            .to_string();
+        let d = Settings::default();
+        for (flag, value) in [
+            ("steps", d.steps as f64),
+            ("size", d.size as f64),
+            ("layers", d.layers as f64),
+            ("hidden", d.hidden as f64),
+            ("w0", d.w0),
+            ("cutouts", d.cutouts as f64),
+            ("lower", d.lower),
+            ("upper", d.upper),
+            ("lr", d.lr),
+            ("grad-accum", d.grad_accum as f64),
+            ("averaging-weight", d.averaging_weight),
+        ] {
+            let at = help
+                .find(&format!("--{flag} <"))
+                .unwrap_or_else(|| panic!("--{flag} missing"));
+            let tail = &help[at..];
+            let start = tail.find("[default: ").expect("a default") + "[default: ".len();
+            let shown: f64 = tail[start..]
+                .split(',')
+                .next()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or_else(|| panic!("--{flag}: unreadable default"));
+            assert_eq!(shown, value, "--{flag}");
+        }
+    }
+}
