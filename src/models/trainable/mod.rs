@@ -324,3 +324,131 @@ pub fn save(enc: &dyn TrainableEncoder, dir: &Path, about: &str) -> anyhow::Resu
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::vgg16::TrainVgg16;
+    use super::xception::TrainXception;
+    use super::TrainableEncoder;
+    use candle_core::{Device, Tensor};
+
+    fn images(b: usize, s: usize) -> Tensor {
+        let v: Vec<f32> = (0..b * 3 * s * s)
+            .map(|i| ((i as u64).wrapping_mul(2654435761) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        Tensor::from_vec(v, (b, 3, s, s), &Device::Cpu).unwrap()
+    }
+
+    /// A loss on the features sends a non-zero gradient to every parameter, the first
+    /// convolution's weight included, in training mode.
+    fn gradients_reach_every_parameter(enc: &dyn TrainableEncoder, first: &str) {
+        let f = enc.forward_t(&images(4, enc.input_size()), true).unwrap();
+        assert_eq!(f.dims(), &[4, enc.feature_dim()]);
+        let grads = f.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let norm = |name: &str| -> f32 {
+            let var = &enc
+                .store()
+                .vars()
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1;
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap()
+        };
+        assert!(norm(first) > 0.0, "zero gradient at {first}");
+        for (name, _) in enc.store().vars() {
+            let n = norm(name);
+            assert!(n.is_finite(), "{name}: {n}");
+        }
+    }
+
+    #[test]
+    fn the_gradient_reaches_the_first_convolution() {
+        let dev = Device::Cpu;
+        let vgg = TrainVgg16::init(&crate::models::vgg16::Config::tiny(), 1, &dev).unwrap();
+        gradients_reach_every_parameter(&vgg, "features.0.weight");
+        let x = TrainXception::init(&crate::models::xception::Config::tiny(), 1, &dev).unwrap();
+        gradients_reach_every_parameter(&x, "conv1.weight");
+    }
+
+    /// BatchNorm's running statistics move in training mode only, and eval mode is then a
+    /// different function of the input than training mode.
+    #[test]
+    fn running_statistics_update_in_training_mode_only() {
+        let dev = Device::Cpu;
+        let x = TrainXception::init(&crate::models::xception::Config::tiny(), 2, &dev).unwrap();
+        let before = x.store().buffer("bn1.running_mean").unwrap();
+        let input = images(3, 32);
+        x.forward_t(&input, false).unwrap();
+        let same = x.store().buffer("bn1.running_mean").unwrap();
+        let d0: f32 = (&same - &before)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d0, 0.0);
+        x.forward_t(&input, true).unwrap();
+        let after = x.store().buffer("bn1.running_mean").unwrap();
+        let d1: f32 = (&after - &before)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d1 > 0.0);
+    }
+
+    /// Initialisation follows timm: Kaiming-normal (fan_out) convolutions, BN 1 / 0, running
+    /// variance 1; the same seed gives the same tensors.
+    #[test]
+    fn initialisation_is_seeded_and_scaled() {
+        let dev = Device::Cpu;
+        let cfg = crate::models::vgg16::Config::vgg16_shapes();
+        let specs = super::vgg16::specs(&cfg);
+        let a = super::init_tensors(&specs, 7, &dev).unwrap();
+        let b = super::init_tensors(&specs, 7, &dev).unwrap();
+        for s in &specs {
+            let d: f32 = (&a[&s.name] - &b[&s.name])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert_eq!(d, 0.0, "{}", s.name);
+        }
+        // features.24: a 3 x 3 convolution 64 -> 64: std sqrt(2 / (64 * 9)).
+        let w: Vec<f32> = a["features.24.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let std = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
+        let expected = (2.0f32 / (64.0 * 9.0)).sqrt();
+        assert!((std / expected - 1.0).abs() < 0.05, "{std} vs {expected}");
+        let params: usize = specs
+            .iter()
+            .map(|s| s.shape.iter().product::<usize>())
+            .sum();
+        eprintln!("vgg16_shapes parameters: {params}");
+        let xs = super::xception::specs(&crate::models::xception::Config::xception_shapes());
+        let xp: usize = xs
+            .iter()
+            .filter(|s| !s.init.is_buffer())
+            .map(|s| s.shape.iter().product::<usize>())
+            .sum();
+        eprintln!("xception_shapes parameters: {xp}");
+        let t = super::init_tensors(&xs, 1, &dev).unwrap();
+        let ones: Vec<f32> = t["bn1.running_var"].to_vec1().unwrap();
+        assert!(ones.iter().all(|&v| v == 1.0));
+    }
+}
