@@ -6,7 +6,8 @@
 //!
 //! Run: `cargo run --release --example train_encoder_step -- [STEPS] [BATCH] [which...]` where
 //! which is any of `vgg16`, `xception-kernel`, `xception-shifted`, `xception-grouped` (default:
-//! all of them).
+//! all of them), or `decoder-N-H` for the merge decoder alone on N captions of 14 tokens with
+//! hidden width H.
 
 use std::time::Instant;
 
@@ -54,6 +55,50 @@ fn time(name: &str, enc: &dyn TrainableEncoder, steps: usize, b: usize) {
     );
 }
 
+fn time_decoder(n: usize, hidden: usize, steps: usize) {
+    use candle_nn::{VarBuilder, VarMap};
+    use rand::SeedableRng;
+    let dev = Device::Cpu;
+    let cfg = roundtrip::models::lstm_decoder::Config {
+        vocab_size: 40,
+        feature_dim: 256,
+        embed: hidden,
+        hidden,
+        dropout: 0.5,
+        max_length: 15,
+    };
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+    let dec = roundtrip::models::lstm_decoder::LstmDecoder::new(vb, &cfg).unwrap();
+    let feats = candle_core::Var::from_tensor(
+        &batch(n, 16, 0)
+            .reshape((n, 3 * 256))
+            .unwrap()
+            .narrow(1, 0, 256)
+            .unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<u32> = (0..n * 14).map(|i| (i % 39 + 1) as u32).collect();
+    let words = Tensor::from_vec(ids, (n, 14), &dev).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut total = 0.0;
+    for i in 0..=steps {
+        let t0 = Instant::now();
+        let logits = dec
+            .forward(feats.as_tensor(), &words, Some(&mut rng))
+            .unwrap();
+        let loss = dec.loss(&logits, &words).unwrap();
+        loss.backward().unwrap();
+        if i > 0 {
+            total += t0.elapsed().as_secs_f64();
+        }
+    }
+    println!(
+        "decoder {n} captions x 14 tokens, hidden {hidden}: {:.3} s/step (forward + backward)",
+        total / steps as f64
+    );
+}
+
 fn main() {
     roundtrip::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,6 +116,14 @@ fn main() {
     };
     let dev = Device::Cpu;
     for w in which {
+        if let Some(rest) = w.strip_prefix("decoder-") {
+            // decoder-CAPTIONS-HIDDEN: the merge decoder's forward + backward on CAPTIONS
+            // captions of 14 tokens, vocabulary 40, 256-d features.
+            let mut it = rest.split('-').map(|v| v.parse::<usize>().unwrap());
+            let (n, h) = (it.next().unwrap(), it.next().unwrap());
+            time_decoder(n, h, steps);
+            continue;
+        }
         match w {
             "vgg16" => {
                 let m = TrainVgg16::init(&vgg16::Config::vgg16_shapes(), 0, &dev).unwrap();

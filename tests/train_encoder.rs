@@ -322,13 +322,21 @@ fn a_killed_end_to_end_training_resumes_to_the_same_model() {
     let d = tempfile::tempdir().unwrap();
     let ds = dataset(&d.path().join("shapes")).display().to_string();
     let straight = d.path().join("straight").display().to_string();
-    // Xception: BatchNorm running statistics must resume too.
-    ok(&roundtrip(&train_args("xception", &ds, &straight, "12")));
+    // Xception: BatchNorm running statistics must resume too; two of the five captions per
+    // image: their draws too.
+    let args = |out| {
+        [
+            train_args("xception", &ds, out, "12"),
+            vec!["--captions-per-image", "2"],
+        ]
+        .concat()
+    };
+    ok(&roundtrip(&args(&straight)));
 
     let killed = d.path().join("killed");
     let killed_s = killed.display().to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(train_args("xception", &ds, &killed_s, "12"))
+        .args(args(&killed_s))
         .spawn()
         .unwrap();
     let ckpt = killed.join("checkpoint.safetensors");
@@ -345,13 +353,7 @@ fn a_killed_end_to_end_training_resumes_to_the_same_model() {
         done < 12,
         "the run was not interrupted ({done} epochs done)"
     );
-    ok(&roundtrip(
-        &[
-            train_args("xception", &ds, &killed_s, "12"),
-            vec!["--resume"],
-        ]
-        .concat(),
-    ));
+    ok(&roundtrip(&[args(&killed_s), vec!["--resume"]].concat()));
     let bytes = |dir: &str, f: &str| std::fs::read(Path::new(dir).join(f)).unwrap();
     for f in [
         "model.safetensors",
@@ -402,6 +404,19 @@ fn a_retrained_encoder_never_reuses_cached_features() {
             cached: 8
         }
     );
+
+    // A captioner folder that lost its encoder says so.
+    let c = d.path().join("c");
+    copy_dir(Path::new(&a), &c);
+    std::fs::remove_dir_all(c.join("encoder")).unwrap();
+    let o = roundtrip(&[
+        "caption",
+        "--captioner",
+        c.to_str().unwrap(),
+        &format!("{ds}/Flicker8k_Dataset/0000.png"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("encoder folder"));
 }
 
 #[test]

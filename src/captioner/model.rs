@@ -72,6 +72,10 @@ pub struct TrainSettings {
     /// `batch_size` counts images, each with all its captions.
     #[serde(default)]
     pub train_encoder: bool,
+    /// With `train_encoder`: how many captions of each image a batch uses, drawn at random per
+    /// image and epoch (absent: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captions_per_image: Option<usize>,
     /// The image augmentation of end-to-end training (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augmentation: Option<super::augment::Augmentation>,
@@ -90,6 +94,7 @@ impl Default for TrainSettings {
             dropout: 0.5,
             seed: 0,
             train_encoder: false,
+            captions_per_image: None,
             augmentation: None,
         }
     }
@@ -170,12 +175,15 @@ impl Captioner {
             &config.decoder,
         )
         .map_err(|e| input_err!("{}: {e}", weights.display()))?;
-        let encoder = load_encoder(
-            config.encoder.kind,
-            &resolve_encoder_reference(dir, &config.encoder.reference),
-            locator,
-            device,
-        )?;
+        let reference = resolve_encoder_reference(dir, &config.encoder.reference);
+        if reference != config.encoder.reference && !Path::new(&reference).is_dir() {
+            return Err(input_err!(
+                "{}: its encoder folder {reference} (config.json: `{}`) does not exist",
+                dir.display(),
+                config.encoder.reference
+            ));
+        }
+        let encoder = load_encoder(config.encoder.kind, &reference, locator, device)?;
         if encoder.encoder.feature_dim() != config.decoder.feature_dim {
             return Err(input_err!(
                 "{}: the encoder gives {}-d features but the decoder expects {}",
@@ -223,5 +231,27 @@ impl Captioner {
             out.extend(self.caption_features(&feats, beam)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_encoder_reference;
+    use std::path::Path;
+
+    #[test]
+    fn relative_encoder_references_resolve_against_the_captioner_folder() {
+        let dir = Path::new("/models/cap");
+        assert_eq!(
+            resolve_encoder_reference(dir, "./encoder"),
+            "/models/cap/./encoder"
+        );
+        assert_eq!(
+            resolve_encoder_reference(dir, "../shared-enc"),
+            "/models/cap/../shared-enc"
+        );
+        for unchanged in ["/abs/enc", "vgg16", "timm/vgg16.tv_in1k@main"] {
+            assert_eq!(resolve_encoder_reference(dir, unchanged), unchanged);
+        }
     }
 }

@@ -328,6 +328,7 @@ struct EndToEndJob {
     train_captions: Vec<Vec<Vec<u32>>>,
     dev_data: Vec<(usize, Vec<u32>)>,
     augmentation: Option<Augmentation>,
+    captions_per_image: Option<usize>,
     batch_size: usize,
     device: Device,
 }
@@ -392,15 +393,18 @@ impl Job for EndToEndJob {
             let chunk = &order[range];
             let x = self.inputs(&self.train_images, chunk, Some(rng))?;
             let feats = self.encoder.forward_t(&x, true)?;
-            let items: Vec<(usize, Vec<u32>)> = chunk
-                .iter()
-                .enumerate()
-                .flat_map(|(row, &i)| {
-                    self.train_captions[i]
-                        .iter()
-                        .map(move |ids| (row, ids.clone()))
-                })
-                .collect();
+            let mut items: Vec<(usize, Vec<u32>)> = Vec::new();
+            for (row, &i) in chunk.iter().enumerate() {
+                let caps = &self.train_captions[i];
+                match self.captions_per_image {
+                    Some(k) if k < caps.len() => {
+                        for j in rand::seq::index::sample(rng, caps.len(), k) {
+                            items.push((row, caps[j].clone()));
+                        }
+                    }
+                    _ => items.extend(caps.iter().map(|ids| (row, ids.clone()))),
+                }
+            }
             if items.is_empty() {
                 continue;
             }
@@ -484,10 +488,17 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
              from random weights (choose its geometry with --encoder-config)"
         ));
     }
-    if !s.train_encoder && (req.encoder_config.is_some() || s.augmentation.is_some()) {
+    if !s.train_encoder
+        && (req.encoder_config.is_some()
+            || s.augmentation.is_some()
+            || s.captions_per_image.is_some())
+    {
         return Err(input_err!(
-            "--encoder-config and augmentation apply to --train-encoder only"
+            "--encoder-config, --captions-per-image and augmentation apply to --train-encoder only"
         ));
+    }
+    if s.captions_per_image == Some(0) {
+        return Err(input_err!("--captions-per-image must be at least 1"));
     }
     let out = &req.out;
     let checkpoint = out.join("checkpoint.safetensors");
@@ -602,6 +613,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             || old.training.seed != s.seed
             || old.training.train_encoder != s.train_encoder
             || old.training.augmentation != s.augmentation
+            || old.training.captions_per_image != s.captions_per_image
         {
             return Err(input_err!(
                 "{}: --resume needs the same encoder, dataset vocabulary and settings as the interrupted run",
@@ -677,6 +689,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
                     .collect(),
                 dev_data,
                 augmentation: s.augmentation,
+                captions_per_image: s.captions_per_image,
                 batch_size: s.batch_size,
                 device: req.device.clone(),
                 encoder,

@@ -27,6 +27,10 @@ pub struct Args {
     /// or an encoder folder.
     #[arg(long, requires = "train_encoder")]
     encoder_config: Option<String>,
+    /// With --train-encoder: use this many captions of each image per epoch, drawn at random
+    /// (default: all of them; fewer make each step's decoder cheaper).
+    #[arg(long, requires = "train_encoder")]
+    captions_per_image: Option<usize>,
     /// With --train-encoder: no image augmentation (default: light shifts, zoom, brightness and
     /// contrast).
     #[arg(long, requires = "train_encoder")]
@@ -82,6 +86,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             dropout: a.dropout,
             seed: a.seed,
             train_encoder: a.train_encoder,
+            captions_per_image: a.captions_per_image,
             augmentation,
         },
         resume: a.resume,
