@@ -336,8 +336,11 @@ impl CustomOp2 for BiasRelu {
 // ---------------------------------------------------------------------------------------------
 // BatchNorm
 
+/// Per-channel (mean, biased variance).
+pub type ChannelStats = (Vec<f64>, Vec<f64>);
+
 /// Per-channel (mean, biased variance) of x [C, B, H, W] over (B, H, W), summed in f64.
-fn channel_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
+fn channel_stats(x: &Tensor) -> Result<ChannelStats> {
     let c = x.dim(0)?;
     let n = (x.elem_count() / c.max(1)).max(1) as f64;
     let v: Vec<f64> = x
@@ -391,7 +394,7 @@ pub fn batch_norm(
     stats: Option<(&[f64], &[f64])>,
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, Option<(Vec<f64>, Vec<f64>)>)> {
+) -> Result<(Tensor, Option<ChannelStats>)> {
     let x = x.contiguous()?;
     let (batch, (mean, var)) = match stats {
         Some((m, v)) => (false, (m.to_vec(), v.to_vec())),
