@@ -1,4 +1,5 @@
-//! The captioners' frozen image encoders behind one small trait.
+//! The captioners' image encoders: the inference encoders behind one small trait, and the
+//! trainable twins (`train --train-encoder`) with their geometries.
 
 use std::path::Path;
 
@@ -6,6 +7,8 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::hub::{Locator, ModelRecord, ModelRef};
+use crate::input_err;
+use crate::models::trainable::TrainableEncoder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,9 +105,30 @@ pub struct LoadedEncoder {
     pub cache_key: String,
 }
 
+/// Weights files up to this size are identified by their content (a hash); larger ones (the
+/// full-size hub checkpoints, ~0.5 GB) by path, size and modification time.
+const HASH_CONTENT_UP_TO: u64 = 256 << 20;
+
+/// The cache identity of a folder model: a hash of `model.safetensors` (and of `config.json`,
+/// which holds the geometry) for weights up to [`HASH_CONTENT_UP_TO`], so that a retrained
+/// encoder (e.g. by `train --train-encoder`) never reuses stale features and a moved folder
+/// keeps its cache; else path, size and modification time.
 fn folder_key(weights: &Path) -> String {
     let meta = std::fs::metadata(weights).ok();
     let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+    let config = weights.with_file_name("config.json");
+    if size <= HASH_CONTENT_UP_TO {
+        if let Ok(bytes) = std::fs::read(weights) {
+            let mut all = crate::captioner::features::hex_digest(&bytes);
+            if let Ok(c) = std::fs::read(&config) {
+                all.push_str(&crate::captioner::features::hex_digest(&c));
+            }
+            return format!(
+                "content-{}",
+                crate::captioner::features::hex_digest(all.as_bytes())
+            );
+        }
+    }
     let mtime = meta
         .and_then(|m| m.modified().ok())
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -140,5 +164,109 @@ pub fn load_encoder(
         encoder,
         record,
         cache_key,
+    })
+}
+
+/// The names `--encoder-config` accepts besides a file or folder.
+pub const GEOMETRY_NAMES: [&str; 3] = ["shapes", "tiny", "full"];
+
+/// The geometry of a trainable encoder of `kind` from `spec`: a name ([`GEOMETRY_NAMES`]:
+/// `shapes`, the reduced default for 64 px images; `tiny`, a toy for tests; `full`, the
+/// published geometry), a JSON file (the geometry object itself, or a config.json holding it
+/// under `roundtrip`), or a folder whose config.json holds it under `roundtrip`. Validated; as
+/// the `roundtrip` object of the encoder's config.json.
+pub fn encoder_geometry(kind: EncoderKind, spec: &str) -> anyhow::Result<serde_json::Value> {
+    use crate::models::{vgg16, xception};
+    let named = match (kind, spec) {
+        (EncoderKind::Vgg16, "shapes") => {
+            Some(serde_json::to_value(vgg16::Config::vgg16_shapes())?)
+        }
+        (EncoderKind::Vgg16, "tiny") => Some(serde_json::to_value(vgg16::Config::tiny())?),
+        (EncoderKind::Vgg16, "full") => Some(serde_json::to_value(vgg16::Config::vgg16())?),
+        (EncoderKind::Xception, "shapes") => {
+            Some(serde_json::to_value(xception::Config::xception_shapes())?)
+        }
+        (EncoderKind::Xception, "tiny") => Some(serde_json::to_value(xception::Config::tiny())?),
+        (EncoderKind::Xception, "full") => {
+            Some(serde_json::to_value(xception::Config::xception())?)
+        }
+        _ => None,
+    };
+    if let Some(v) = named {
+        return Ok(v);
+    }
+    let path = Path::new(spec);
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else if path.is_file() {
+        path.to_path_buf()
+    } else {
+        return Err(input_err!(
+            "--encoder-config `{spec}` is neither a file, a folder, nor one of {}",
+            GEOMETRY_NAMES.join(", ")
+        ));
+    };
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| input_err!("cannot read {}: {e}", file.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| input_err!("{} is not valid JSON: {e}", file.display()))?;
+    let geometry = match v.get("roundtrip") {
+        Some(g) => g.clone(),
+        None if path.is_dir() => {
+            return Err(input_err!(
+                "{}: no `roundtrip` object with the encoder's geometry",
+                file.display()
+            ))
+        }
+        None => v,
+    };
+    let check = match kind {
+        EncoderKind::Vgg16 => serde_json::from_value::<vgg16::Config>(geometry.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate()),
+        EncoderKind::Xception => serde_json::from_value::<xception::Config>(geometry.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate()),
+    };
+    check.map_err(|e| input_err!("{}: {} geometry: {e}", file.display(), kind.name()))?;
+    Ok(geometry)
+}
+
+/// A trainable encoder of `kind` and `geometry` ([`encoder_geometry`]) holding `tensors`
+/// (timm's names), or freshly initialised from `seed` when `tensors` is None.
+pub fn trainable_encoder(
+    kind: EncoderKind,
+    geometry: &serde_json::Value,
+    tensors: Option<&std::collections::HashMap<String, Tensor>>,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<Box<dyn TrainableEncoder>> {
+    use crate::models::trainable::{init_tensors, vgg16 as tv, xception as tx};
+    use crate::models::{vgg16, xception};
+    Ok(match kind {
+        EncoderKind::Vgg16 => {
+            let cfg: vgg16::Config = serde_json::from_value(geometry.clone())?;
+            let init;
+            let t = match tensors {
+                Some(t) => t,
+                None => {
+                    init = init_tensors(&tv::specs(&cfg), seed, device)?;
+                    &init
+                }
+            };
+            Box::new(tv::TrainVgg16::new(&cfg, t, device)?)
+        }
+        EncoderKind::Xception => {
+            let cfg: xception::Config = serde_json::from_value(geometry.clone())?;
+            let init;
+            let t = match tensors {
+                Some(t) => t,
+                None => {
+                    init = init_tensors(&tx::specs(&cfg), seed, device)?;
+                    &init
+                }
+            };
+            Box::new(tx::TrainXception::new(&cfg, t, device)?)
+        }
     })
 }

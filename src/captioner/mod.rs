@@ -1,7 +1,9 @@
-//! Image captioners: a frozen image encoder (VGG16 or Xception) feeding the merge-model LSTM
-//! decoder, trained by `roundtrip train` and used by `eval`, `caption` and `run`.
+//! Image captioners: an image encoder (VGG16 or Xception; frozen, or trained end to end with
+//! `--train-encoder`) feeding the merge-model LSTM decoder, trained by `roundtrip train` and
+//! used by `eval`, `caption` and `run`.
 
 pub mod adam;
+pub mod augment;
 pub mod encoder;
 pub mod eval;
 pub mod features;

@@ -1,6 +1,8 @@
 //! A trained captioner folder: `config.json`, `vocab.json`, `model.safetensors` (the decoder with
 //! the best dev loss), `checkpoint.safetensors` (the last epoch, for `--resume`) and
-//! `train_log.jsonl`.
+//! `train_log.jsonl`; with `--train-encoder` also `encoder/` (the encoder of the best epoch:
+//! `config.json` + `model.safetensors`, loadable as any encoder folder), which config.json refers
+//! to as `./encoder`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,10 +22,37 @@ pub const FORMAT: &str = "roundtrip-captioner";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EncoderSpec {
     pub kind: EncoderKind,
-    /// Model reference as resolved at training time (absolute for folders).
+    /// Model reference as resolved at training time: absolute for folders of frozen encoders,
+    /// `./encoder` (relative to the captioner folder, see [`resolve_encoder_reference`]) for an
+    /// encoder trained with the captioner.
     pub reference: String,
     /// What the locator recorded (repository, revision, commit or folder).
     pub record: serde_json::Value,
+    /// The geometry of an encoder trained with the captioner (the `roundtrip` object of its
+    /// config.json); absent for a frozen published encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+}
+
+/// Where `train --train-encoder` saves the encoder, inside the captioner folder, and how
+/// config.json refers to it.
+pub const TRAINED_ENCODER_DIR: &str = "encoder";
+pub const TRAINED_ENCODER_REFERENCE: &str = "./encoder";
+
+/// A captioner's encoder reference as a model reference to open: a relative folder reference
+/// (starting with `./` or `../`) is resolved against the captioner folder `dir`, so that a
+/// captioner folder holding its own encoder can be moved or committed; absolute folders,
+/// presets and hub ids are returned unchanged.
+pub fn resolve_encoder_reference(dir: &Path, reference: &str) -> String {
+    let relative = reference == "."
+        || reference == ".."
+        || reference.starts_with("./")
+        || reference.starts_with("../");
+    if relative {
+        dir.join(reference).display().to_string()
+    } else {
+        reference.to_owned()
+    }
 }
 
 /// Training settings, all recorded in `config.json`.
@@ -39,6 +68,17 @@ pub struct TrainSettings {
     pub hidden: usize,
     pub dropout: f64,
     pub seed: u64,
+    /// Whether the encoder was trained end to end with the decoder (`--train-encoder`); then
+    /// `batch_size` counts images, each with all its captions.
+    #[serde(default)]
+    pub train_encoder: bool,
+    /// With `train_encoder`: how many captions of each image a batch uses, drawn at random per
+    /// image and epoch (absent: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captions_per_image: Option<usize>,
+    /// The image augmentation of end-to-end training (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augmentation: Option<super::augment::Augmentation>,
 }
 
 impl Default for TrainSettings {
@@ -53,6 +93,9 @@ impl Default for TrainSettings {
             hidden: 256,
             dropout: 0.5,
             seed: 0,
+            train_encoder: false,
+            captions_per_image: None,
+            augmentation: None,
         }
     }
 }
@@ -132,12 +175,15 @@ impl Captioner {
             &config.decoder,
         )
         .map_err(|e| input_err!("{}: {e}", weights.display()))?;
-        let encoder = load_encoder(
-            config.encoder.kind,
-            &config.encoder.reference,
-            locator,
-            device,
-        )?;
+        let reference = resolve_encoder_reference(dir, &config.encoder.reference);
+        if reference != config.encoder.reference && !Path::new(&reference).is_dir() {
+            return Err(input_err!(
+                "{}: its encoder folder {reference} (config.json: `{}`) does not exist",
+                dir.display(),
+                config.encoder.reference
+            ));
+        }
+        let encoder = load_encoder(config.encoder.kind, &reference, locator, device)?;
         if encoder.encoder.feature_dim() != config.decoder.feature_dim {
             return Err(input_err!(
                 "{}: the encoder gives {}-d features but the decoder expects {}",
@@ -185,5 +231,27 @@ impl Captioner {
             out.extend(self.caption_features(&feats, beam)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_encoder_reference;
+    use std::path::Path;
+
+    #[test]
+    fn relative_encoder_references_resolve_against_the_captioner_folder() {
+        let dir = Path::new("/models/cap");
+        assert_eq!(
+            resolve_encoder_reference(dir, "./encoder"),
+            "/models/cap/./encoder"
+        );
+        assert_eq!(
+            resolve_encoder_reference(dir, "../shared-enc"),
+            "/models/cap/../shared-enc"
+        );
+        for unchanged in ["/abs/enc", "vgg16", "timm/vgg16.tv_in1k@main"] {
+            assert_eq!(resolve_encoder_reference(dir, unchanged), unchanged);
+        }
     }
 }

@@ -1,12 +1,16 @@
 //! `roundtrip train`: fits the merge-model decoder on cached encoder features of a dataset's
 //! training split, with teacher forcing, Adam, host-seeded dropout and early stopping on the dev
-//! loss. After every epoch the whole state (parameters, Adam moments, epoch, best dev loss) goes
-//! into `checkpoint.safetensors` by an atomic rename, so a killed run resumes with `--resume`
-//! from its last finished epoch and no file is ever half-written.
+//! loss; or, with `--train-encoder`, trains a reduced VGG16- or Xception-shaped encoder from
+//! scratch jointly with the decoder (Adam over both, the same loss, seeded light augmentation,
+//! batches of images with all their captions). After every epoch the whole state (parameters,
+//! Adam moments, BatchNorm running statistics, epoch, best dev loss) goes into
+//! `checkpoint.safetensors` by an atomic rename, so a killed run resumes with `--resume` from its
+//! last finished epoch to exactly the model an uninterrupted run gives, and no file is ever
+//! half-written.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -18,20 +22,29 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::adam::Adam;
-use super::encoder::{load_encoder, EncoderKind};
+use super::augment::{input_chw, Augmentation};
+use super::encoder::{encoder_geometry, load_encoder, trainable_encoder, EncoderKind};
 use super::features::{CacheStats, FeatureCache};
-use super::model::{read_config, CaptionerConfig, EncoderSpec, TrainSettings, FORMAT};
+use super::model::{
+    read_config, CaptionerConfig, EncoderSpec, TrainSettings, FORMAT, TRAINED_ENCODER_DIR,
+    TRAINED_ENCODER_REFERENCE,
+};
 use super::vocab::Vocab;
 use crate::dataset::Dataset;
 use crate::fsutil::{write_atomic, write_json};
 use crate::hub::{Locator, ModelSource};
 use crate::input_err;
 use crate::models::lstm_decoder::{Config as DecoderConfig, LstmDecoder};
+use crate::models::trainable::TrainableEncoder;
 
 pub struct TrainRequest {
     pub encoder: EncoderKind,
-    /// Encoder weights reference (default: the encoder's preset).
-    pub weights: String,
+    /// Frozen encoder weights reference (None: the encoder's preset). Not with
+    /// `settings.train_encoder`.
+    pub weights: Option<String>,
+    /// With `settings.train_encoder`: the encoder geometry, a name, file or folder (see
+    /// [`encoder_geometry`]; None: `shapes`).
+    pub encoder_config: Option<String>,
     pub dataset: PathBuf,
     pub out: PathBuf,
     pub settings: TrainSettings,
@@ -49,12 +62,15 @@ pub struct EpochLog {
     pub dev_loss: f32,
     pub best: bool,
     pub seconds: f64,
+    /// Optimiser steps of the epoch (its seconds include the dev loss).
+    pub steps: usize,
 }
 
 pub struct TrainSummary {
     pub epochs_run: usize,
     pub best_dev_loss: f32,
-    pub features: CacheStats,
+    /// Feature extraction of a frozen encoder (None when the encoder was trained).
+    pub features: Option<CacheStats>,
     pub problems: usize,
 }
 
@@ -200,9 +216,290 @@ fn scalar(state: &HashMap<String, Tensor>, k: &str) -> anyhow::Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// Saves named tensors by an atomic rename.
+fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    candle_core::safetensors::save(tensors, &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The decoder and its optimiser, shared by both kinds of training.
+struct Core {
+    decoder: LstmDecoder,
+    /// The decoder's parameters (names as in model.safetensors).
+    params: Vec<(String, Var)>,
+    adam: Adam,
+}
+
+impl Core {
+    /// Writes the decoder's parameters to `out/model.safetensors`.
+    fn save_decoder(&self, out: &Path) -> anyhow::Result<()> {
+        let weights: HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        save_atomic(&weights, &out.join("model.safetensors"))
+    }
+}
+
+/// What the epoch loop trains.
+trait Job {
+    /// One epoch over the training split, drawing shuffling, augmentation and dropout from `rng`:
+    /// the mean loss per caption and the number of optimiser steps.
+    fn epoch(&mut self, rng: &mut ChaCha8Rng) -> anyhow::Result<(f32, usize)>;
+    fn dev_loss(&self) -> anyhow::Result<f32>;
+    /// Writes the current model as the best one into `out`.
+    fn save_best(&self, out: &Path, epoch: usize) -> anyhow::Result<()>;
+    /// Everything an exact resume needs (parameters, Adam moments, buffers).
+    fn state(&self) -> anyhow::Result<HashMap<String, Tensor>>;
+    fn restore(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()>;
+}
+
+/// The decoder on cached features of a frozen encoder; batches of (image, caption) pairs.
+struct FrozenJob {
+    core: Core,
+    train_feats: Tensor,
+    dev_feats: Tensor,
+    train_data: Vec<(usize, Vec<u32>)>,
+    dev_data: Vec<(usize, Vec<u32>)>,
+    batch_size: usize,
+    device: Device,
+}
+
+impl Job for FrozenJob {
+    fn epoch(&mut self, rng: &mut ChaCha8Rng) -> anyhow::Result<(f32, usize)> {
+        let mut order: Vec<usize> = (0..self.train_data.len()).collect();
+        order.shuffle(rng);
+        let (mut total, mut n, mut steps) = (0f32, 0usize, 0usize);
+        for chunk in order.chunks(self.batch_size) {
+            let items: Vec<&(usize, Vec<u32>)> =
+                chunk.iter().map(|&i| &self.train_data[i]).collect();
+            let (rows, inp, tgt) = batch(&items, &self.device)?;
+            let feats = self.train_feats.index_select(&rows, 0)?;
+            let logits = self.core.decoder.forward(&feats, &inp, Some(rng))?;
+            let loss = self.core.decoder.loss(&logits, &tgt)?;
+            self.core.adam.step(&loss.backward()?)?;
+            total += loss.to_scalar::<f32>()? * chunk.len() as f32;
+            n += chunk.len();
+            steps += 1;
+        }
+        Ok((total / n.max(1) as f32, steps))
+    }
+
+    fn dev_loss(&self) -> anyhow::Result<f32> {
+        Ok(mean_loss(
+            &self.core.decoder,
+            &self.dev_feats,
+            &self.dev_data,
+            self.batch_size,
+            &self.device,
+        )?)
+    }
+
+    fn save_best(&self, out: &Path, _epoch: usize) -> anyhow::Result<()> {
+        self.core.save_decoder(out)
+    }
+
+    fn state(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+        Ok(self.core.adam.state()?)
+    }
+
+    fn restore(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        Ok(self.core.adam.restore(state)?)
+    }
+}
+
+/// Prefix of the encoder's parameters among the optimiser's, and of its buffers, in
+/// `checkpoint.safetensors`.
+const ENCODER_PREFIX: &str = "encoder.";
+const BUFFER_PREFIX: &str = "buffer.encoder.";
+
+/// Encoder and decoder end to end; batches of images, each with all its captions.
+struct EndToEndJob {
+    core: Core,
+    encoder: Box<dyn TrainableEncoder>,
+    /// Training and dev images as RGB bytes at the encoder's input size.
+    train_images: Vec<Vec<u8>>,
+    dev_images: Vec<Vec<u8>>,
+    /// Token ids of each training image's captions.
+    train_captions: Vec<Vec<Vec<u32>>>,
+    dev_data: Vec<(usize, Vec<u32>)>,
+    augmentation: Option<Augmentation>,
+    captions_per_image: Option<usize>,
+    batch_size: usize,
+    device: Device,
+}
+
+/// `n` items in consecutive batches of at most `bs`, as equal as possible (no batch of one image
+/// for BatchNorm's statistics unless `n` is 1).
+fn balanced_chunks(n: usize, bs: usize) -> Vec<std::ops::Range<usize>> {
+    let batches = n.div_ceil(bs.max(1)).max(1);
+    let (base, extra) = (n / batches, n % batches);
+    let mut out = Vec::with_capacity(batches);
+    let mut start = 0;
+    for i in 0..batches {
+        let len = base + usize::from(i < extra);
+        out.push(start..start + len);
+        start += len;
+    }
+    out
+}
+
+impl EndToEndJob {
+    /// The encoder input [B, 3, S, S] of images `idx`, augmented from `rng` when given.
+    fn inputs(
+        &self,
+        images: &[Vec<u8>],
+        idx: &[usize],
+        mut rng: Option<&mut ChaCha8Rng>,
+    ) -> candle_core::Result<Tensor> {
+        let s = self.encoder.input_size();
+        let n = 3 * s * s;
+        let mut data = vec![0f32; idx.len() * n];
+        let norm = |v: f32, c: usize| self.encoder.normalise(v, c);
+        for (out, &i) in data.chunks_exact_mut(n).zip(idx) {
+            let aug = match (&self.augmentation, rng.as_deref_mut()) {
+                (Some(a), Some(r)) => Some((a, r)),
+                _ => None,
+            };
+            input_chw(&images[i], s, aug, &norm, out);
+        }
+        Tensor::from_vec(data, (idx.len(), 3, s, s), &self.device)
+    }
+
+    /// Eval-mode features of the dev images.
+    fn dev_features(&self) -> candle_core::Result<Tensor> {
+        let idx: Vec<usize> = (0..self.dev_images.len()).collect();
+        let parts = idx
+            .chunks(self.batch_size.max(1))
+            .map(|c| {
+                self.encoder
+                    .forward_t(&self.inputs(&self.dev_images, c, None)?, false)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    }
+}
+
+impl Job for EndToEndJob {
+    fn epoch(&mut self, rng: &mut ChaCha8Rng) -> anyhow::Result<(f32, usize)> {
+        let mut order: Vec<usize> = (0..self.train_images.len()).collect();
+        order.shuffle(rng);
+        let (mut total, mut n, mut steps) = (0f32, 0usize, 0usize);
+        for range in balanced_chunks(order.len(), self.batch_size) {
+            let chunk = &order[range];
+            let x = self.inputs(&self.train_images, chunk, Some(rng))?;
+            let feats = self.encoder.forward_t(&x, true)?;
+            let mut items: Vec<(usize, Vec<u32>)> = Vec::new();
+            for (row, &i) in chunk.iter().enumerate() {
+                let caps = &self.train_captions[i];
+                match self.captions_per_image {
+                    Some(k) if k < caps.len() => {
+                        for j in rand::seq::index::sample(rng, caps.len(), k) {
+                            items.push((row, caps[j].clone()));
+                        }
+                    }
+                    _ => items.extend(caps.iter().map(|ids| (row, ids.clone()))),
+                }
+            }
+            if items.is_empty() {
+                continue;
+            }
+            let refs: Vec<&(usize, Vec<u32>)> = items.iter().collect();
+            let (rows, inp, tgt) = batch(&refs, &self.device)?;
+            let logits =
+                self.core
+                    .decoder
+                    .forward(&feats.index_select(&rows, 0)?, &inp, Some(rng))?;
+            let loss = self.core.decoder.loss(&logits, &tgt)?;
+            self.core.adam.step(&loss.backward()?)?;
+            total += loss.to_scalar::<f32>()? * items.len() as f32;
+            n += items.len();
+            steps += 1;
+        }
+        Ok((total / n.max(1) as f32, steps))
+    }
+
+    fn dev_loss(&self) -> anyhow::Result<f32> {
+        Ok(mean_loss(
+            &self.core.decoder,
+            &self.dev_features()?,
+            &self.dev_data,
+            self.batch_size,
+            &self.device,
+        )?)
+    }
+
+    /// The encoder first, then the decoder: a run killed between the two renames has not
+    /// written its checkpoint yet, so resuming redoes the epoch and both files again.
+    fn save_best(&self, out: &Path, epoch: usize) -> anyhow::Result<()> {
+        let about = format!(
+            "Encoder trained end to end with the captioner in the parent folder by `roundtrip \
+             train --train-encoder` (epoch {epoch}, the best dev loss). Tensor names are timm's; \
+             `roundtrip` holds the geometry."
+        );
+        crate::models::trainable::save(
+            self.encoder.as_ref(),
+            &out.join(TRAINED_ENCODER_DIR),
+            &about,
+        )?;
+        self.core.save_decoder(out)
+    }
+
+    fn state(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+        let mut state = self.core.adam.state()?;
+        for (k, v) in self.encoder.store().buffers()? {
+            state.insert(format!("{BUFFER_PREFIX}{k}"), v);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        self.core.adam.restore(state)?;
+        let buffers: HashMap<String, Tensor> = state
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(BUFFER_PREFIX)?.to_owned(), v.clone())))
+            .collect();
+        Ok(self.encoder.store().restore_buffers(&buffers)?)
+    }
+}
+
+/// The images `names` as RGB bytes resized to `size` x `size` as the inference preprocessing
+/// resizes them (PIL's nearest filter; unchanged when already that size).
+fn load_images(ds: &Dataset, names: &[String], size: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    names
+        .iter()
+        .map(|n| {
+            let img = crate::imageops::open_rgb(&ds.image_path(n))?;
+            Ok(crate::models::vgg16::pil_resize_nearest(&img, size, size).into_raw())
+        })
+        .collect()
+}
+
 pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     let s = &req.settings;
     validate(s)?;
+    if s.train_encoder && req.weights.is_some() {
+        return Err(input_err!(
+            "--weights names a frozen encoder's weights; with --train-encoder the encoder starts \
+             from random weights (choose its geometry with --encoder-config)"
+        ));
+    }
+    if !s.train_encoder
+        && (req.encoder_config.is_some()
+            || s.augmentation.is_some()
+            || s.captions_per_image.is_some())
+    {
+        return Err(input_err!(
+            "--encoder-config, --captions-per-image and augmentation apply to --train-encoder only"
+        ));
+    }
+    if s.captions_per_image == Some(0) {
+        return Err(input_err!("--captions-per-image must be at least 1"));
+    }
     let out = &req.out;
     let checkpoint = out.join("checkpoint.safetensors");
     if req.resume {
@@ -218,8 +515,6 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             out.display()
         ));
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| input_err!("cannot create output folder {}: {e}", out.display()))?;
 
     let ds = Dataset::load(&req.dataset)?;
     if !req.quiet {
@@ -245,15 +540,51 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             .flat_map(|n| ds.captions[n].iter().map(String::as_str)),
     );
 
+    // The encoder: frozen (loaded) or trainable (initialised).
     let locator = Locator::from_env();
-    let encoder = load_encoder(req.encoder, &req.weights, &locator, &req.device)?;
-    let reference = match crate::hub::ModelRef::parse(&req.weights)?.source {
-        ModelSource::Folder(p) => std::fs::canonicalize(&p).unwrap_or(p).display().to_string(),
-        ModelSource::Hub { .. } => req.weights.clone(),
+    let (frozen, trainable, encoder_spec) = if s.train_encoder {
+        let geometry = encoder_geometry(
+            req.encoder,
+            req.encoder_config.as_deref().unwrap_or("shapes"),
+        )?;
+        let enc = trainable_encoder(req.encoder, &geometry, None, s.seed, &req.device)?;
+        let spec = EncoderSpec {
+            kind: req.encoder,
+            reference: TRAINED_ENCODER_REFERENCE.into(),
+            record: serde_json::json!({
+                "reference": TRAINED_ENCODER_REFERENCE,
+                "source": "trained",
+                "path": TRAINED_ENCODER_REFERENCE,
+            }),
+            config: Some(geometry),
+        };
+        (None, Some(enc), spec)
+    } else {
+        let weights = req
+            .weights
+            .clone()
+            .unwrap_or_else(|| req.encoder.default_weights().to_owned());
+        let encoder = load_encoder(req.encoder, &weights, &locator, &req.device)?;
+        let reference = match crate::hub::ModelRef::parse(&weights)?.source {
+            ModelSource::Folder(p) => std::fs::canonicalize(&p).unwrap_or(p).display().to_string(),
+            ModelSource::Hub { .. } => weights,
+        };
+        let spec = EncoderSpec {
+            kind: req.encoder,
+            reference,
+            record: serde_json::to_value(&encoder.record)?,
+            config: None,
+        };
+        (Some(encoder), None, spec)
+    };
+    let feature_dim = match (&frozen, &trainable) {
+        (Some(e), _) => e.encoder.feature_dim(),
+        (_, Some(t)) => t.feature_dim(),
+        _ => unreachable!("one encoder"),
     };
     let decoder_cfg = DecoderConfig {
         vocab_size: vocab.len(),
-        feature_dim: encoder.encoder.feature_dim(),
+        feature_dim,
         embed: s.embed,
         hidden: s.hidden,
         dropout: s.dropout,
@@ -264,11 +595,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         format: FORMAT.into(),
         version: 1,
         architecture: "merge-lstm".into(),
-        encoder: EncoderSpec {
-            kind: req.encoder,
-            reference,
-            record: serde_json::to_value(&encoder.record)?,
-        },
+        encoder: encoder_spec,
         decoder: decoder_cfg.clone(),
         training: s.clone(),
         dataset: serde_json::json!({
@@ -282,7 +609,11 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         let old = read_config(out)?;
         if old.decoder != config.decoder
             || old.encoder.kind != config.encoder.kind
+            || old.encoder.config != config.encoder.config
             || old.training.seed != s.seed
+            || old.training.train_encoder != s.train_encoder
+            || old.training.augmentation != s.augmentation
+            || old.training.captions_per_image != s.captions_per_image
         {
             return Err(input_err!(
                 "{}: --resume needs the same encoder, dataset vocabulary and settings as the interrupted run",
@@ -290,20 +621,10 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             ));
         }
     }
+    std::fs::create_dir_all(out)
+        .map_err(|e| input_err!("cannot create output folder {}: {e}", out.display()))?;
     write_json(&out.join("config.json"), &config)?;
     vocab.save(&out.join("vocab.json"))?;
-
-    // Features of the train and dev images, computed once and cached.
-    let cache = FeatureCache::new(&req.cache_dir, &encoder);
-    let names: Vec<String> = ds.train.iter().chain(&ds.dev).cloned().collect();
-    let paths: Vec<PathBuf> = names.iter().map(|n| ds.image_path(n)).collect();
-    let bar = crate::progress::bar(paths.len() as u64, "features", req.quiet);
-    let (all_feats, stats) = cache.features(&encoder, &paths, 16, &req.device, &bar)?;
-    bar.finish_and_clear();
-    let train_feats = all_feats.narrow(0, 0, ds.train.len())?;
-    let dev_feats = all_feats.narrow(0, ds.train.len(), ds.dev.len())?;
-    let train_data = samples(&ds, &ds.train, &vocab);
-    let dev_data = samples(&ds, &ds.dev, &vocab);
 
     let varmap = init_decoder(&decoder_cfg, s.seed, &req.device)?;
     let decoder = LstmDecoder::new(
@@ -317,14 +638,74 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             .map_err(|_| anyhow::anyhow!("poisoned var map"))?;
         data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
-    let mut adam = Adam::new(params.clone(), s.lr)?;
+    let dev_data = samples(&ds, &ds.dev, &vocab);
+    let mut features = None;
+    let mut job: Box<dyn Job> = match (frozen, trainable) {
+        (Some(encoder), _) => {
+            // Features of the train and dev images, computed once and cached.
+            let cache = FeatureCache::new(&req.cache_dir, &encoder);
+            let names: Vec<String> = ds.train.iter().chain(&ds.dev).cloned().collect();
+            let paths: Vec<PathBuf> = names.iter().map(|n| ds.image_path(n)).collect();
+            let bar = crate::progress::bar(paths.len() as u64, "features", req.quiet);
+            let (all_feats, stats) = cache.features(&encoder, &paths, 16, &req.device, &bar)?;
+            bar.finish_and_clear();
+            features = Some(stats);
+            Box::new(FrozenJob {
+                core: Core {
+                    adam: Adam::new(params.clone(), s.lr)?,
+                    decoder,
+                    params,
+                },
+                train_feats: all_feats.narrow(0, 0, ds.train.len())?,
+                dev_feats: all_feats.narrow(0, ds.train.len(), ds.dev.len())?,
+                train_data: samples(&ds, &ds.train, &vocab),
+                dev_data,
+                batch_size: s.batch_size,
+                device: req.device.clone(),
+            })
+        }
+        (_, Some(encoder)) => {
+            let size = encoder.input_size();
+            let mut all = params.clone();
+            all.extend(
+                encoder
+                    .store()
+                    .vars()
+                    .iter()
+                    .map(|(k, v)| (format!("{ENCODER_PREFIX}{k}"), v.clone())),
+            );
+            Box::new(EndToEndJob {
+                core: Core {
+                    adam: Adam::new(all, s.lr)?,
+                    decoder,
+                    params,
+                },
+                train_images: load_images(&ds, &ds.train, size)?,
+                dev_images: load_images(&ds, &ds.dev, size)?,
+                train_captions: ds
+                    .train
+                    .iter()
+                    .map(|n| ds.captions[n].iter().map(|c| vocab.encode(c)).collect())
+                    .collect(),
+                dev_data,
+                augmentation: s.augmentation,
+                captions_per_image: s.captions_per_image,
+                batch_size: s.batch_size,
+                device: req.device.clone(),
+                encoder,
+            })
+        }
+        _ => unreachable!("one encoder"),
+    };
+
     let (mut start_epoch, mut best, mut since_best) = (1usize, f32::INFINITY, 0usize);
     let log_path = out.join("train_log.jsonl");
     let mut log_lines: Vec<String> = Vec::new();
     if req.resume {
         let state = candle_core::safetensors::load(&checkpoint, &req.device)
             .map_err(|e| input_err!("{} is not a valid checkpoint: {e}", checkpoint.display()))?;
-        adam.restore(&state)?;
+        job.restore(&state)
+            .map_err(|e| input_err!("{}: {e}", checkpoint.display()))?;
         start_epoch = scalar(&state, "epoch")? as usize + 1;
         best = scalar(&state, "best_dev_loss")? as f32;
         since_best = scalar(&state, "epochs_since_best")? as usize;
@@ -345,40 +726,21 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             break;
         }
         let t0 = Instant::now();
-        // Each epoch's shuffling and dropout come from its own stream of the seed, so a resumed
-        // run draws exactly what the uninterrupted one would have.
+        // Each epoch's shuffling, augmentation and dropout come from its own stream of the
+        // seed, so a resumed run draws exactly what the uninterrupted one would have.
         let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
         rng.set_stream(epoch as u64);
-        let mut order: Vec<usize> = (0..train_data.len()).collect();
-        order.shuffle(&mut rng);
-        let (mut total, mut n) = (0f32, 0usize);
-        for chunk in order.chunks(s.batch_size) {
-            let items: Vec<&(usize, Vec<u32>)> = chunk.iter().map(|&i| &train_data[i]).collect();
-            let (rows, inp, tgt) = batch(&items, &req.device)?;
-            let logits =
-                decoder.forward(&train_feats.index_select(&rows, 0)?, &inp, Some(&mut rng))?;
-            let loss = decoder.loss(&logits, &tgt)?;
-            adam.step(&loss.backward()?)?;
-            total += loss.to_scalar::<f32>()? * chunk.len() as f32;
-            n += chunk.len();
-        }
-        let train_loss = total / n.max(1) as f32;
-        let dev_loss = mean_loss(&decoder, &dev_feats, &dev_data, s.batch_size, &req.device)?;
+        let (train_loss, steps) = job.epoch(&mut rng)?;
+        let dev_loss = job.dev_loss()?;
         let improved = dev_loss < best;
         if improved {
             best = dev_loss;
             since_best = 0;
-            let weights: HashMap<String, Tensor> = params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-                .collect();
-            let tmp = out.join(".model.safetensors.tmp");
-            candle_core::safetensors::save(&weights, &tmp)?;
-            std::fs::rename(&tmp, out.join("model.safetensors"))?;
+            job.save_best(out, epoch)?;
         } else {
             since_best += 1;
         }
-        let mut state = adam.state()?;
+        let mut state = job.state()?;
         for (k, v) in [
             ("epoch", epoch as f64),
             ("best_dev_loss", best as f64),
@@ -394,18 +756,18 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             dev_loss,
             best: improved,
             seconds: t0.elapsed().as_secs_f64(),
+            steps,
         };
         log_lines.push(serde_json::to_string(&line)?);
         write_atomic(&log_path, (log_lines.join("\n") + "\n").as_bytes())?;
-        let tmp = out.join(".checkpoint.safetensors.tmp");
-        candle_core::safetensors::save(&state, &tmp)?;
-        std::fs::rename(&tmp, &checkpoint)?;
+        save_atomic(&state, &checkpoint)?;
         ep_bar.set_message(format!("loss {train_loss:.3} dev {dev_loss:.3}"));
         ep_bar.inc(1);
         if !req.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             let _ = writeln!(
                 std::io::stderr(),
-                "epoch {epoch}: loss {train_loss:.4} dev {dev_loss:.4}"
+                "epoch {epoch}: loss {train_loss:.4} dev {dev_loss:.4} ({:.1} s, {steps} steps)",
+                line.seconds
             );
         }
         epochs_run = epoch;
@@ -414,7 +776,29 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     Ok(TrainSummary {
         epochs_run,
         best_dev_loss: best,
-        features: stats,
+        features,
         problems: ds.problems.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_chunks;
+
+    #[test]
+    fn balanced_chunks_cover_everything_evenly() {
+        for (n, bs) in [(49, 16), (48, 16), (1, 16), (17, 16), (100, 7), (0, 4)] {
+            let c = balanced_chunks(n, bs);
+            assert_eq!(c.first().map_or(0, |r| r.start), 0);
+            assert_eq!(c.last().map_or(0, |r| r.end), n);
+            assert!(c.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(c.iter().all(|r| r.len() <= bs));
+            let (lo, hi) = (
+                c.iter().map(|r| r.len()).min().unwrap(),
+                c.iter().map(|r| r.len()).max().unwrap(),
+            );
+            assert!(hi - lo <= 1, "{n} {bs}: {c:?}");
+            assert_eq!(c.len(), n.div_ceil(bs).max(1));
+        }
+    }
 }

@@ -1,11 +1,12 @@
-//! `roundtrip train --encoder vgg16|xception --dataset DIR --out MODEL_DIR`
+//! `roundtrip train --encoder vgg16|xception --dataset DIR --out MODEL_DIR [--train-encoder]`
 
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::captioner::augment::Augmentation;
 use crate::captioner::encoder::EncoderKind;
 use crate::captioner::features::default_cache_dir;
-use crate::captioner::model::TrainSettings;
+use crate::captioner::model::{TrainSettings, TRAINED_ENCODER_DIR};
 use crate::captioner::train::{train, TrainRequest};
 
 #[derive(Debug, clap::Args)]
@@ -13,9 +14,27 @@ pub struct Args {
     /// Image encoder: vgg16 (fc2, 4096-d, 224 px) or xception (average pool, 2048-d, 299 px).
     #[arg(long)]
     encoder: EncoderKind,
-    /// Encoder weights: preset, hub id `org/name[@rev]` or folder (default: the encoder's preset).
+    /// Frozen encoder weights: preset, hub id `org/name[@rev]` or folder (default: the encoder's
+    /// preset). Not with --train-encoder.
     #[arg(long)]
     weights: Option<String>,
+    /// Train the encoder from scratch end to end with the decoder (saved in MODEL_DIR/encoder);
+    /// --batch-size then counts images, each with all its captions.
+    #[arg(long)]
+    train_encoder: bool,
+    /// With --train-encoder: the encoder geometry, `shapes` (default: reduced widths, 64 px),
+    /// `tiny`, `full`, a JSON file (the geometry, or a config.json holding it under `roundtrip`)
+    /// or an encoder folder.
+    #[arg(long, requires = "train_encoder")]
+    encoder_config: Option<String>,
+    /// With --train-encoder: use this many captions of each image per epoch, drawn at random
+    /// (default: all of them; fewer make each step's decoder cheaper).
+    #[arg(long, requires = "train_encoder")]
+    captions_per_image: Option<usize>,
+    /// With --train-encoder: no image augmentation (default: light shifts, zoom, brightness and
+    /// contrast).
+    #[arg(long, requires = "train_encoder")]
+    no_augment: bool,
     /// Dataset folder in a Flickr8k layout (original, Kaggle or Karpathy).
     #[arg(long)]
     dataset: PathBuf,
@@ -50,11 +69,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let augmentation = (a.train_encoder && !a.no_augment).then(Augmentation::light);
     let req = TrainRequest {
         encoder: a.encoder,
-        weights: a
-            .weights
-            .unwrap_or_else(|| a.encoder.default_weights().to_owned()),
+        weights: a.weights,
+        encoder_config: a.encoder_config,
         dataset: a.dataset,
         out: a.out,
         settings: TrainSettings {
@@ -66,6 +85,9 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             hidden: a.hidden,
             dropout: a.dropout,
             seed: a.seed,
+            train_encoder: a.train_encoder,
+            captions_per_image: a.captions_per_image,
+            augmentation,
         },
         resume: a.resume,
         cache_dir: a.cache.unwrap_or_else(default_cache_dir),
@@ -73,14 +95,19 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         device: candle_core::Device::Cpu,
     };
     let s = train(&req)?;
+    let encoder = match s.features {
+        Some(f) => format!("features computed {} cached {}", f.computed, f.cached),
+        None => format!(
+            "encoder trained: {}",
+            req.out.join(TRAINED_ENCODER_DIR).display()
+        ),
+    };
     writeln!(
         out,
-        "{}\tepochs {}\tbest dev loss {:.4}\tfeatures computed {} cached {}\tdataset problems {}",
+        "{}\tepochs {}\tbest dev loss {:.4}\t{encoder}\tdataset problems {}",
         req.out.display(),
         s.epochs_run,
         s.best_dev_loss,
-        s.features.computed,
-        s.features.cached,
         s.problems
     )?;
     Ok(())

@@ -6,6 +6,7 @@ pub mod fused;
 pub mod lstm_decoder;
 pub mod sine;
 pub mod siren;
+pub mod trainable;
 pub mod vgg16;
 pub mod xception;
 

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::input_err;
@@ -43,7 +43,7 @@ use crate::input_err;
 /// Geometry of a VGG: stages of 3 x 3 convolutions (padding 1, each followed by ReLU), a 2 x 2
 /// max pool after each stage, then fc1 (a convolution covering the whole final map) and fc2, each
 /// followed by ReLU.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Output channels of the 3 x 3 convolutions, stage by stage.
@@ -70,6 +70,32 @@ impl Config {
         }
     }
 
+    /// VGG16's shape at an eighth of its widths for 64 px images (the shapes world), with fc1
+    /// and fc2 256 wide: the default of `roundtrip train --train-encoder` (about 0.36 M
+    /// parameters, 1.4 MB; the final map is 2 x 2 x 64).
+    pub fn vgg16_shapes() -> Self {
+        Self {
+            stages: vec![
+                vec![8, 8],
+                vec![16, 16],
+                vec![32, 32, 32],
+                vec![64, 64, 64],
+                vec![64, 64, 64],
+            ],
+            fc_dim: 256,
+            image_size: 64,
+        }
+    }
+
+    /// A three-stage toy geometry for 32 px images (tests and smoke runs).
+    pub fn tiny() -> Self {
+        Self {
+            stages: vec![vec![8], vec![16], vec![16]],
+            fc_dim: 32,
+            image_size: 32,
+        }
+    }
+
     /// Side of the final feature map (fc1's kernel size): 7 for VGG16 at 224.
     pub fn final_map_size(&self) -> usize {
         self.image_size >> self.stages.len()
@@ -84,7 +110,8 @@ impl Config {
             .unwrap_or(3)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the geometry; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
         if self.stages.is_empty() || self.stages.iter().any(Vec::is_empty) {
             return Err(
                 "`stages` must hold at least one stage, each of at least one convolution".into(),
@@ -105,7 +132,7 @@ impl Config {
 }
 
 /// timm's VGG16 tensor names: `features.{i}` where i counts conv, ReLU and pool modules.
-fn conv_indices(cfg: &Config) -> Vec<usize> {
+pub(crate) fn conv_indices(cfg: &Config) -> Vec<usize> {
     let mut idx = 0;
     let mut out = Vec::new();
     for stage in &cfg.stages {
@@ -509,7 +536,7 @@ pub(crate) mod nhwc {
     }
 
     /// Runs `f(first_row, rows)` over `out` split into bands of whole rows, one per thread.
-    fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
         let rows = out.len() / row_len.max(1);
         let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
         if threads == 1 || out.len() < PAR_MIN {

@@ -28,13 +28,13 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::vgg16::nhwc::{self, Pre};
 use crate::input_err;
 
 /// Geometry of an Xception. Every size here is a channel count except `image_size`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Channels of the stem: conv1 (3 x 3, stride 2, no padding) and conv2 (3 x 3, no padding).
@@ -69,7 +69,37 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Xception's shape at reduced widths with four middle-flow blocks for 64 px images (the
+    /// shapes world): the default of `roundtrip train --train-encoder`. The maps are 31, 29,
+    /// 15, 8, 4 (middle flow) and 2 pixels on a side; the feature is 256-d.
+    pub fn xception_shapes() -> Self {
+        Self {
+            stem: [8, 16],
+            entry: [32, 64, 128],
+            middle_blocks: 4,
+            exit: 192,
+            exit_convs: [256, 256],
+            image_size: 64,
+            bn_eps: 1e-5,
+        }
+    }
+
+    /// A toy geometry for 32 px images (tests and smoke runs): one middle-flow block, 1 x 1 maps
+    /// after the exit block.
+    pub fn tiny() -> Self {
+        Self {
+            stem: [4, 8],
+            entry: [8, 16, 16],
+            middle_blocks: 1,
+            exit: 24,
+            exit_convs: [32, 32],
+            image_size: 32,
+            bn_eps: 1e-5,
+        }
+    }
+
+    /// Checks the geometry; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
         let sizes = self
             .stem
             .iter()
@@ -197,18 +227,67 @@ struct Block {
     skip: Option<(Tensor, Arc<[f32]>)>,
 }
 
-struct BlockSpec {
-    c_in: usize,
-    c_out: usize,
-    reps: usize,
-    stride: usize,
-    start_with_relu: bool,
-    grow_first: bool,
+pub(crate) struct BlockSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub reps: usize,
+    pub stride: usize,
+    pub start_with_relu: bool,
+    pub grow_first: bool,
+}
+
+impl BlockSpec {
+    /// Whether the block has a skip convolution (+ BN): the shape changes.
+    pub fn has_skip(&self) -> bool {
+        self.c_out != self.c_in || self.stride != 1
+    }
+
+    /// Repetition `i`: its input and output channels and the index of its separable
+    /// convolution in `rep` ([ReLU, SepConv, BN] per repetition, minus the first ReLU when the
+    /// block does not start with one); its BN is the next index.
+    pub fn rep(&self, i: usize) -> (usize, usize, usize) {
+        let (c, o) = if self.grow_first {
+            (if i == 0 { self.c_in } else { self.c_out }, self.c_out)
+        } else {
+            (
+                self.c_in,
+                if i + 1 < self.reps {
+                    self.c_in
+                } else {
+                    self.c_out
+                },
+            )
+        };
+        (c, o, 3 * i + usize::from(self.start_with_relu))
+    }
+}
+
+/// The blocks of timm's legacy Xception at `cfg`, in order (`block1`, `block2`, ...): three
+/// entry-flow blocks, the middle flow, the exit block.
+pub(crate) fn block_specs(cfg: &Config) -> Vec<BlockSpec> {
+    let spec = |c_in, c_out, reps, stride, start_with_relu, grow_first| BlockSpec {
+        c_in,
+        c_out,
+        reps,
+        stride,
+        start_with_relu,
+        grow_first,
+    };
+    let [_, s2] = cfg.stem;
+    let [e1, e2, e3] = cfg.entry;
+    let mut specs = vec![
+        spec(s2, e1, 2, 2, false, true),
+        spec(e1, e2, 2, 2, true, true),
+        spec(e2, e3, 2, 2, true, true),
+    ];
+    specs.extend((0..cfg.middle_blocks).map(|_| spec(e3, e3, 3, 1, true, true)));
+    specs.push(spec(e3, cfg.exit, 2, 2, true, false));
+    specs
 }
 
 impl Block {
     fn new(vb: VarBuilder, s: &BlockSpec, eps: f64) -> candle_core::Result<Self> {
-        let skip = if s.c_out != s.c_in || s.stride != 1 {
+        let skip = if s.has_skip() {
             Some(folded_conv(
                 vb.pp("skip"),
                 vb.pp("skipbn"),
@@ -221,13 +300,7 @@ impl Block {
         let rep = vb.pp("rep");
         let seps = (0..s.reps)
             .map(|i| {
-                let (c, o) = if s.grow_first {
-                    (if i == 0 { s.c_in } else { s.c_out }, s.c_out)
-                } else {
-                    (s.c_in, if i + 1 < s.reps { s.c_in } else { s.c_out })
-                };
-                // Module indices in `rep`: [ReLU, SepConv, BN] per repetition, minus the first ReLU.
-                let sep = 3 * i + usize::from(s.start_with_relu);
+                let (c, o, sep) = s.rep(i);
                 SepConv::new(rep.pp(sep), rep.pp(sep + 1), c, o, eps)
             })
             .collect::<candle_core::Result<_>>()?;
@@ -312,25 +385,9 @@ impl Xception {
         }
         let eps = cfg.bn_eps;
         let [s1, s2] = cfg.stem;
-        let [e1, e2, e3] = cfg.entry;
         let conv1 = folded_conv(vb.pp("conv1"), vb.pp("bn1"), (s1, 3, 3), eps)?;
         let conv2 = folded_conv(vb.pp("conv2"), vb.pp("bn2"), (s2, s1, 3), eps)?;
-        let spec = |c_in, c_out, reps, stride, start_with_relu, grow_first| BlockSpec {
-            c_in,
-            c_out,
-            reps,
-            stride,
-            start_with_relu,
-            grow_first,
-        };
-        let mut specs = vec![
-            spec(s2, e1, 2, 2, false, true),
-            spec(e1, e2, 2, 2, true, true),
-            spec(e2, e3, 2, 2, true, true),
-        ];
-        specs.extend((0..cfg.middle_blocks).map(|_| spec(e3, e3, 3, 1, true, true)));
-        specs.push(spec(e3, cfg.exit, 2, 2, true, false));
-        let blocks = specs
+        let blocks = block_specs(cfg)
             .iter()
             .enumerate()
             .map(|(i, s)| Block::new(vb.pp(format!("block{}", i + 1)), s, eps))
