@@ -1,9 +1,11 @@
 //! Neural network models, one file per model: a `Config`, `new(vb, &cfg)` with the published
 //! checkpoint's tensor names, and `forward`. Errors inside models are `candle_core::Result`.
 
+pub mod biggan;
 pub mod clip;
 pub mod fused;
 pub mod lstm_decoder;
+pub mod pth;
 pub mod sine;
 pub mod siren;
 pub mod trainable;
