@@ -22,7 +22,7 @@ fn roundtrip(args: &[&str]) -> Output {
 }
 
 fn train_args<'a>(ds: &'a str, out: &'a str, cache: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
+    let mut args = vec![
         "train",
         "--encoder",
         "vgg16",
@@ -36,22 +36,10 @@ fn train_args<'a>(ds: &'a str, out: &'a str, cache: &'a str, epochs: &'a str) ->
         cache,
         "--epochs",
         epochs,
-        "--embed",
-        "32",
-        "--hidden",
-        "32",
-        "--batch-size",
-        "16",
-        "--lr",
-        "0.01",
-        "--dropout",
-        "0.1",
-        "--patience",
-        "100",
-        "--seed",
-        "5",
         "--quiet",
-    ]
+    ];
+    args.extend(common::TINY_DECODER);
+    args
 }
 
 fn ok(o: &Output) -> String {

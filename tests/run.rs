@@ -70,34 +70,26 @@ fn fixture() -> &'static Fixture {
         for (kind, weights) in [("vgg16", "vgg16_tiny"), ("xception", "xception_tiny")] {
             let out = root.join(kind);
             let w = format!("tests/fixtures/{weights}");
-            ok(&roundtrip(&[
+            let (ds, out_s) = (ds.to_str().unwrap(), out.to_str().unwrap());
+            let cache = root.join("cache");
+            let mut args = vec![
                 "train",
                 "--encoder",
                 kind,
                 "--weights",
                 &w,
                 "--dataset",
-                ds.to_str().unwrap(),
+                ds,
                 "--out",
-                out.to_str().unwrap(),
+                out_s,
                 "--cache",
-                root.join("cache").to_str().unwrap(),
+                cache.to_str().unwrap(),
                 "--epochs",
                 "6",
-                "--embed",
-                "32",
-                "--hidden",
-                "32",
-                "--batch-size",
-                "16",
-                "--lr",
-                "0.01",
-                "--dropout",
-                "0.1",
-                "--seed",
-                "3",
                 "--quiet",
-            ]));
+            ];
+            args.extend(common::TINY_DECODER);
+            ok(&roundtrip(&args));
             caps.push(format!("{kind}={}", out.display()));
         }
         Fixture {

@@ -37,7 +37,7 @@ fn ok(o: &Output) -> String {
 }
 
 fn train_args<'a>(kind: &'a str, ds: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
+    let mut args = vec![
         "train",
         "--encoder",
         kind,
@@ -50,22 +50,10 @@ fn train_args<'a>(kind: &'a str, ds: &'a str, out: &'a str, epochs: &'a str) -> 
         out,
         "--epochs",
         epochs,
-        "--embed",
-        "32",
-        "--hidden",
-        "32",
-        "--batch-size",
-        "16",
-        "--lr",
-        "0.01",
-        "--dropout",
-        "0.1",
-        "--patience",
-        "100",
-        "--seed",
-        "5",
         "--quiet",
-    ]
+    ];
+    args.extend(common::TINY_DECODER);
+    args
 }
 
 #[derive(Deserialize)]

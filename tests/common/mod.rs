@@ -104,3 +104,21 @@ pub fn toy_dataset(root: &Path) -> PathBuf {
     std::fs::write(text.join("Flickr_8k.testImages.txt"), test).unwrap();
     root.to_path_buf()
 }
+
+/// Decoder settings of the toy-dataset trainings: small and fast, enough to learn the toy captions.
+pub const TINY_DECODER: [&str; 14] = [
+    "--embed",
+    "32",
+    "--hidden",
+    "32",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.01",
+    "--dropout",
+    "0.1",
+    "--patience",
+    "100",
+    "--seed",
+    "5",
+];
