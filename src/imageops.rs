@@ -13,16 +13,25 @@ use candle_core::{DType, Device, Result, Tensor};
 /// axis (no antialiasing): output i samples the input at (i + 0.5) * in / out - 0.5, clamped at 0.
 pub fn bilinear_matrix(input: usize, output: usize) -> Vec<f32> {
     let mut m = vec![0f32; output * input];
-    let scale = input as f32 / output as f32;
-    for i in 0..output {
-        let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (src as usize).min(input - 1);
-        let i1 = if i0 + 1 < input { i0 + 1 } else { i0 };
-        let l1 = src - i0 as f32;
+    for (i, (i0, i1, l1)) in bilinear_taps(input, output).into_iter().enumerate() {
         m[i * input + i0] += 1.0 - l1;
         m[i * input + i1] += l1;
     }
     m
+}
+
+/// The two taps of each output pixel of [`bilinear_matrix`]: `(i0, i1, l1)`, the output being
+/// `(1 - l1) * in[i0] + l1 * in[i1]`.
+pub fn bilinear_taps(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|i| {
+            let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src as usize).min(input - 1);
+            let i1 = if i0 + 1 < input { i0 + 1 } else { i0 };
+            (i0, i1, src - i0 as f32)
+        })
+        .collect()
 }
 
 /// Bilinear resize of [.., H, W] to [.., out_h, out_w] (align_corners = false), differentiable.

@@ -6,6 +6,7 @@
 pub mod bleu;
 pub mod captioner;
 pub mod cli;
+pub mod clip_train;
 pub mod dataset;
 pub mod error;
 pub mod features;

@@ -1,4 +1,5 @@
-//! Adam whose moments can be saved and restored, so an interrupted training resumes exactly.
+//! Adam whose moments can be saved and restored, so an interrupted training resumes exactly; with
+//! optional decoupled weight decay (AdamW) and a learning rate that can change between steps.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,9 @@ pub struct Adam {
     beta1: f64,
     beta2: f64,
     eps: f64,
+    weight_decay: f64,
+    /// Per parameter (same order as `params`): whether weight decay applies to it.
+    decay: Vec<bool>,
 }
 
 impl Adam {
@@ -38,7 +42,33 @@ impl Adam {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay: 0.0,
+            decay: Vec::new(),
         })
+    }
+
+    /// Sets beta2 and epsilon (CLIP trains with 0.98 and 1e-6).
+    pub fn with_beta2_eps(mut self, beta2: f64, eps: f64) -> Self {
+        self.beta2 = beta2;
+        self.eps = eps;
+        self
+    }
+
+    /// Decoupled weight decay as PyTorch's AdamW (`p -= lr * wd * p` before the Adam update), on
+    /// the parameters for which `applies(name, param)` holds.
+    pub fn with_weight_decay(mut self, wd: f64, applies: impl Fn(&str, &Var) -> bool) -> Self {
+        self.weight_decay = wd;
+        self.decay = self.params.iter().map(|(n, p)| applies(n, p)).collect();
+        self
+    }
+
+    /// The learning rate of the next steps (for schedules).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    pub fn lr(&self) -> f64 {
+        self.lr
     }
 
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
@@ -52,7 +82,12 @@ impl Adam {
             self.m[i] = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             self.v[i] = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&self.m[i] / bc1)? / ((&self.v[i] / bc2)?.sqrt()? + self.eps)?)?;
-            p.set(&(p.as_tensor() - (update * self.lr)?)?)?;
+            let decayed = if self.weight_decay > 0.0 && self.decay.get(i) == Some(&true) {
+                (p.as_tensor() * (1.0 - self.lr * self.weight_decay))?
+            } else {
+                p.as_tensor().clone()
+            };
+            p.set(&(decayed - (update * self.lr)?)?)?;
         }
         Ok(())
     }

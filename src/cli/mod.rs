@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bleu;
 mod caption;
 mod eval;
+mod eval_clip;
 mod features;
 mod generate;
 mod merge;
@@ -16,6 +17,7 @@ mod prompts;
 mod run;
 mod shapes;
 mod train;
+mod train_clip;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +48,10 @@ enum Command {
     Eval(eval::Args),
     /// Caption images with a trained captioner.
     Caption(caption::Args),
+    /// Train a small CLIP from scratch on a captioned dataset (Flickr8k layout).
+    TrainClip(train_clip::Args),
+    /// Image-to-text and text-to-image retrieval of a CLIP over a dataset split.
+    EvalClip(eval_clip::Args),
     /// Work with prompts files.
     #[command(subcommand)]
     Prompts(prompts::Command),
@@ -68,6 +74,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a, out),
         Command::Eval(a) => eval::run(a, out),
         Command::Caption(a) => caption::run(a, out),
+        Command::TrainClip(a) => train_clip::run(a, out),
+        Command::EvalClip(a) => eval_clip::run(a, out),
         Command::Prompts(c) => prompts::run(c, out),
         Command::Shapes(c) => shapes::run(c, out),
         Command::Models(c) => models::run(c, out),

@@ -1185,7 +1185,9 @@ fn pil_resize_u8(
 }
 
 /// CLIP's tokenizer from tokenizer.json (byte-level BPE with `</w>` word ends and
-/// `<|startoftext|>` ... `<|endoftext|>` around each text).
+/// `<|startoftext|>` ... `<|endoftext|>` around each text). Any tokenizer.json model works if its
+/// vocabulary has those two tokens, e.g. the word-level one `train-clip` writes
+/// ([`crate::clip_train::tokenizer`]).
 pub struct ClipTokenizer {
     tokenizer: tokenizers::Tokenizer,
     sot: u32,

@@ -1,0 +1,115 @@
+//! `roundtrip train-clip --dataset DIR --out MODEL_DIR [...]`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::clip_train::{train_clip, ClipTrainSettings, TrainClipRequest};
+
+fn d() -> ClipTrainSettings {
+    ClipTrainSettings::default()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Dataset folder in a Flickr8k layout (original, Kaggle or Karpathy).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Output model folder (config.json, tokenizer.json, model.safetensors, ...).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = d().epochs)]
+    epochs: usize,
+    /// Image-caption pairs per step (the contrastive batch).
+    #[arg(long, default_value_t = d().batch_size)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW; linear warmup, cosine decay).
+    #[arg(long, default_value_t = d().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = d().weight_decay)]
+    weight_decay: f64,
+    /// Share of the steps spent warming the learning rate up.
+    #[arg(long, default_value_t = d().warmup)]
+    warmup: f64,
+    #[arg(long, default_value_t = d().seed)]
+    seed: u64,
+    /// Input side of the image tower in pixels.
+    #[arg(long, default_value_t = d().image_size)]
+    image_size: usize,
+    /// Patch side in pixels (must divide --image-size).
+    #[arg(long, default_value_t = d().patch)]
+    patch: usize,
+    /// Hidden size of both towers.
+    #[arg(long, default_value_t = d().width)]
+    width: usize,
+    /// Transformer layers per tower.
+    #[arg(long, default_value_t = d().layers)]
+    layers: usize,
+    /// Attention heads (must divide --width).
+    #[arg(long, default_value_t = d().heads)]
+    heads: usize,
+    /// Size of the joint embedding (projection_dim).
+    #[arg(long, default_value_t = d().embed)]
+    embed: usize,
+    /// Text context in tokens, start and end tokens included.
+    #[arg(long, default_value_t = d().context)]
+    context: usize,
+    /// Smallest random crop as a share of the image's largest square (1: no crops).
+    #[arg(long, default_value_t = d().crop_min)]
+    crop_min: f64,
+    /// Continue an interrupted training from its last finished epoch.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let req = TrainClipRequest {
+        dataset: a.dataset,
+        out: a.out,
+        settings: ClipTrainSettings {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            warmup: a.warmup,
+            seed: a.seed,
+            image_size: a.image_size,
+            patch: a.patch,
+            width: a.width,
+            layers: a.layers,
+            heads: a.heads,
+            embed: a.embed,
+            context: a.context,
+            crop_min: a.crop_min,
+        },
+        resume: a.resume,
+        quiet: a.quiet,
+        command_line: std::env::args().collect(),
+        device: candle_core::Device::Cpu,
+    };
+    let s = train_clip(&req)?;
+    let dev = s
+        .best_dev
+        .as_ref()
+        .map(|r| {
+            format!(
+                "dev top-1 i2t {:.3} t2i {:.3} (chance {:.3})",
+                r.image_to_text_top1, r.text_to_image_top1, r.chance
+            )
+        })
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "{}\tepochs {}\tbest epoch {} dev loss {:.4}\t{dev}\tparameters {}\tvocabulary {}\t{:.3} s/step\tdataset problems {}",
+        req.out.display(),
+        s.epochs_run,
+        s.best_epoch,
+        s.best_dev_loss,
+        s.parameters,
+        s.vocab_size,
+        s.seconds_per_step,
+        s.problems
+    )?;
+    Ok(())
+}

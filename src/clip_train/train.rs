@@ -1,0 +1,734 @@
+//! `roundtrip train-clip`: a small CLIP trained from scratch, contrastively, on a captioned
+//! dataset in a Flickr8k layout, with the same model code as the published CLIP
+//! ([`crate::models::clip`]), written as a model folder in transformers' layout.
+//!
+//! Conventions as the captioner trainer: host-seeded ChaCha8 streams (stream 0 initialises the
+//! weights, stream `e` draws epoch `e`'s shuffling, captions and crops), every file written by an
+//! atomic rename, the model with the best dev loss kept in `model.safetensors`, the last epoch's
+//! whole state (weights, Adam moments, counters) in `checkpoint.safetensors` so that `--resume`
+//! continues to exactly the model an uninterrupted run gives.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::data::{random_crop, Crop, Images};
+use super::eval::{embed_gallery, retrieval, Retrieval};
+use super::init::{init_clip, Trainable, LOGIT_SCALE_INIT};
+use super::loss::{contrastive_loss, MAX_LOGIT_SCALE};
+use super::tokenizer::{self, WordTokenizer};
+use crate::captioner::adam::Adam;
+use crate::dataset::Dataset;
+use crate::fsutil::{write_atomic, write_json};
+use crate::input_err;
+use crate::models::clip::{ClipConfig, ClipTextConfig, ClipTokenizer, ClipVisionConfig, HiddenAct};
+
+/// What `training.json` declares itself to be.
+pub const TRAINING_FORMAT: &str = "roundtrip-clip-training";
+
+/// Every training setting; all recorded in `training.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClipTrainSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW, linear warmup then cosine decay).
+    pub lr: f64,
+    /// AdamW's decoupled weight decay, on matrices and embeddings (not on biases, LayerNorm
+    /// weights, the class embedding or the logit scale).
+    pub weight_decay: f64,
+    /// Share of all steps spent warming the learning rate up linearly.
+    pub warmup: f64,
+    pub seed: u64,
+    /// Input side in pixels (both towers' geometry below).
+    pub image_size: usize,
+    pub patch: usize,
+    /// Hidden size of both towers (MLP 4x).
+    pub width: usize,
+    /// Transformer layers of each tower.
+    pub layers: usize,
+    pub heads: usize,
+    /// Projection (joint embedding) size.
+    pub embed: usize,
+    /// Text context length in tokens, start and end tokens included.
+    pub context: usize,
+    /// Smallest crop, as a share of the image's largest square (1 = no crop augmentation).
+    pub crop_min: f64,
+}
+
+impl Default for ClipTrainSettings {
+    /// Sized for the shapes world (64 px scenes) on a 2-core CPU.
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 64,
+            lr: 5e-4,
+            weight_decay: 0.1,
+            warmup: 0.05,
+            seed: 0,
+            image_size: 64,
+            patch: 8,
+            width: 128,
+            layers: 3,
+            heads: 4,
+            embed: 128,
+            context: 24,
+            crop_min: 0.5,
+        }
+    }
+}
+
+impl ClipTrainSettings {
+    /// Input errors (exit 2) naming the flag and value.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("--epochs", self.epochs),
+            ("--image-size", self.image_size),
+            ("--patch", self.patch),
+            ("--width", self.width),
+            ("--layers", self.layers),
+            ("--heads", self.heads),
+            ("--embed", self.embed),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(input_err!("{flag} must be at least 1, got 0"));
+            }
+        }
+        if self.batch_size < 2 {
+            return Err(input_err!(
+                "--batch-size {} is too small: the contrastive loss needs at least 2 pairs per batch",
+                self.batch_size
+            ));
+        }
+        if self.image_size % self.patch != 0 {
+            return Err(input_err!(
+                "--image-size {} is not a multiple of --patch {}: the image must split into whole patches",
+                self.image_size,
+                self.patch
+            ));
+        }
+        if self.width % self.heads != 0 {
+            return Err(input_err!(
+                "--width {} is not divisible by --heads {}",
+                self.width,
+                self.heads
+            ));
+        }
+        if self.context < 3 {
+            return Err(input_err!(
+                "--context {} is too short: it holds the start and end tokens and at least one word",
+                self.context
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(input_err!("--lr {} must be a positive number", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(input_err!(
+                "--weight-decay {} must be a non-negative number",
+                self.weight_decay
+            ));
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return Err(input_err!("--warmup {} must lie in [0, 1)", self.warmup));
+        }
+        if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
+            return Err(input_err!(
+                "--crop-min {} must lie in (0, 1]",
+                self.crop_min
+            ));
+        }
+        Ok(())
+    }
+
+    /// The model geometry for a tokenizer.
+    pub fn clip_config(&self, tok: &WordTokenizer) -> ClipConfig {
+        ClipConfig {
+            text: ClipTextConfig {
+                vocab_size: tok.vocab_size,
+                hidden_size: self.width,
+                intermediate_size: 4 * self.width,
+                num_hidden_layers: self.layers,
+                num_attention_heads: self.heads,
+                max_position_embeddings: self.context,
+                layer_norm_eps: 1e-5,
+                hidden_act: HiddenAct::QuickGelu,
+                bos_token_id: tok.bos_id,
+                eos_token_id: tok.eos_id,
+                pad_token_id: tok.eos_id,
+            },
+            vision: ClipVisionConfig {
+                image_size: self.image_size,
+                patch_size: self.patch,
+                hidden_size: self.width,
+                intermediate_size: 4 * self.width,
+                num_hidden_layers: self.layers,
+                num_attention_heads: self.heads,
+                layer_norm_eps: 1e-5,
+                hidden_act: HiddenAct::QuickGelu,
+                num_channels: 3,
+            },
+            projection_dim: self.embed,
+        }
+    }
+}
+
+/// config.json in transformers' `CLIPConfig` layout (what `ClipConfig::from_json` and
+/// `CLIPModel.from_pretrained` read).
+pub fn hf_config_json(cfg: &ClipConfig) -> Value {
+    let act = |a: HiddenAct| match a {
+        HiddenAct::QuickGelu => "quick_gelu",
+        HiddenAct::Gelu => "gelu",
+        HiddenAct::GeluTanh => "gelu_pytorch_tanh",
+    };
+    let (t, v) = (&cfg.text, &cfg.vision);
+    json!({
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "dtype": "float32",
+        "initializer_factor": 1.0,
+        "logit_scale_init_value": LOGIT_SCALE_INIT,
+        "projection_dim": cfg.projection_dim,
+        "text_config": {
+            "model_type": "clip_text_model",
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "num_hidden_layers": t.num_hidden_layers,
+            "num_attention_heads": t.num_attention_heads,
+            "max_position_embeddings": t.max_position_embeddings,
+            "hidden_act": act(t.hidden_act),
+            "layer_norm_eps": t.layer_norm_eps,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+            "initializer_factor": 1.0,
+            "bos_token_id": t.bos_token_id,
+            "eos_token_id": t.eos_token_id,
+            "pad_token_id": t.pad_token_id,
+            "projection_dim": cfg.projection_dim,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "image_size": v.image_size,
+            "patch_size": v.patch_size,
+            "num_channels": v.num_channels,
+            "hidden_size": v.hidden_size,
+            "intermediate_size": v.intermediate_size,
+            "num_hidden_layers": v.num_hidden_layers,
+            "num_attention_heads": v.num_attention_heads,
+            "hidden_act": act(v.hidden_act),
+            "layer_norm_eps": v.layer_norm_eps,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+            "initializer_factor": 1.0,
+            "projection_dim": cfg.projection_dim,
+        },
+    })
+}
+
+pub struct TrainClipRequest {
+    pub dataset: PathBuf,
+    pub out: PathBuf,
+    pub settings: ClipTrainSettings,
+    pub resume: bool,
+    pub quiet: bool,
+    /// Recorded in training.json.
+    pub command_line: Vec<String>,
+    pub device: Device,
+}
+
+/// One line of `train_log.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClipEpochLog {
+    pub epoch: usize,
+    pub steps: usize,
+    pub train_loss: f64,
+    pub dev_loss: f64,
+    /// Retrieval over the dev images with their first captions.
+    pub dev: Retrieval,
+    /// exp(logit_scale) at the end of the epoch.
+    pub temperature_inverse: f64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+    pub best: bool,
+    pub seconds: f64,
+    pub seconds_per_step: f64,
+}
+
+pub struct ClipTrainSummary {
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub best_dev_loss: f64,
+    pub best_dev: Option<Retrieval>,
+    pub parameters: usize,
+    pub vocab_size: usize,
+    pub seconds_per_step: f64,
+    pub problems: usize,
+}
+
+/// Learning rate of step `step` (1-based) of `total`: linear warmup over `warmup` steps, then
+/// cosine decay towards 0.
+pub fn lr_at(base: f64, step: usize, total: usize, warmup: usize) -> f64 {
+    if step <= warmup {
+        return base * step as f64 / warmup as f64;
+    }
+    let p = (step - 1 - warmup) as f64 / (total - warmup).max(1) as f64;
+    base * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+}
+
+/// Batches of an epoch: chunks of `bs` from the shuffled order, a lone leftover item dropped
+/// (a contrastive batch of one has nothing to contrast).
+fn batches_per_epoch(n: usize, bs: usize) -> usize {
+    n / bs + usize::from(n % bs >= 2)
+}
+
+/// [B, L] ids padded with the end token to the longest row.
+fn pad_ids(rows: &[&Vec<u32>], pad: u32, device: &Device) -> candle_core::Result<Tensor> {
+    let len = rows.iter().map(|r| r.len()).max().unwrap_or(1);
+    let mut flat = Vec::with_capacity(rows.len() * len);
+    for r in rows {
+        flat.extend_from_slice(r);
+        flat.extend(std::iter::repeat_n(pad, len - r.len()));
+    }
+    Tensor::from_vec(flat, (rows.len(), len), device)
+}
+
+/// Group index per row: rows with identical token ids share one.
+fn groups(rows: &[&Vec<u32>]) -> Vec<usize> {
+    let mut seen: HashMap<&Vec<u32>, usize> = HashMap::new();
+    rows.iter()
+        .map(|r| {
+            let n = seen.len();
+            *seen.entry(r).or_insert(n)
+        })
+        .collect()
+}
+
+fn save_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("weights");
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    candle_core::safetensors::save(map, &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+}
+
+fn scalar(state: &HashMap<String, Tensor>, k: &str, file: &Path) -> anyhow::Result<f64> {
+    Ok(state
+        .get(k)
+        .ok_or_else(|| input_err!("{} has no `{k}`", file.display()))?
+        .to_vec1::<f64>()?
+        .first()
+        .copied()
+        .unwrap_or(0.0))
+}
+
+/// Dev loss (contrastive, in chunks of the batch size, weighted by chunk) and retrieval of
+/// dev images with their first captions.
+struct DevSet {
+    images: Images,
+    captions: Vec<String>,
+}
+
+impl DevSet {
+    fn evaluate(
+        &self,
+        t: &Trainable,
+        tok: &ClipTokenizer,
+        bs: usize,
+        device: &Device,
+    ) -> anyhow::Result<(f64, Retrieval)> {
+        let idx: Vec<usize> = (0..self.captions.len()).collect();
+        let (img, txt) = embed_gallery(
+            &t.model,
+            tok,
+            &self.images,
+            &idx,
+            &self.captions,
+            bs,
+            device,
+        )?;
+        let scale = t.logit_scale()?.as_tensor().detach();
+        let (mut total, mut n) = (0f64, 0usize);
+        let mut start = 0;
+        while start < idx.len() {
+            let len = bs.min(idx.len() - start);
+            let caps = &self.captions[start..start + len];
+            let mut ids: HashMap<&String, usize> = HashMap::new();
+            let g: Vec<usize> = caps
+                .iter()
+                .map(|c| {
+                    let k = ids.len();
+                    *ids.entry(c).or_insert(k)
+                })
+                .collect();
+            let loss = contrastive_loss(
+                &img.narrow(0, start, len)?,
+                &txt.narrow(0, start, len)?,
+                &scale,
+                Some(&g),
+            )?
+            .to_scalar::<f32>()? as f64;
+            total += loss * len as f64;
+            n += len;
+            start += len;
+        }
+        Ok((
+            total / n.max(1) as f64,
+            retrieval(&img, &txt, &self.captions)?,
+        ))
+    }
+}
+
+fn dataset_record(ds: &Dataset, path: &Path) -> Value {
+    json!({
+        "path": std::fs::canonicalize(path).unwrap_or(path.to_path_buf()).display().to_string(),
+        "layout": ds.layout,
+        "train_images": ds.train.len(),
+        "dev_images": ds.dev.len(),
+        "test_images": ds.test.len(),
+        "problems": ds.problems.len(),
+        "problem_kinds": ds.problem_counts(),
+    })
+}
+
+pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
+    let s = &req.settings;
+    s.validate()?;
+    let out = &req.out;
+    let checkpoint = out.join("checkpoint.safetensors");
+    let training_path = out.join("training.json");
+    if req.resume {
+        if !checkpoint.is_file() {
+            return Err(input_err!(
+                "{} has no checkpoint.safetensors to resume from",
+                out.display()
+            ));
+        }
+    } else if out.join("config.json").exists() || training_path.exists() {
+        return Err(input_err!(
+            "{} already holds a model: pass --resume to continue its training, or choose another --out",
+            out.display()
+        ));
+    }
+    let ds = Dataset::load(&req.dataset)?;
+    if !req.quiet {
+        for p in ds.problems.iter().take(10) {
+            eprintln!("warning: {p}");
+        }
+        if ds.problems.len() > 10 {
+            eprintln!(
+                "warning: ... {} more dataset problems (counted in training.json)",
+                ds.problems.len() - 10
+            );
+        }
+    }
+    if ds.train.len() < 2 || ds.dev.is_empty() {
+        return Err(input_err!(
+            "{}: training needs at least 2 training images and 1 dev image (found {} and {})",
+            req.dataset.display(),
+            ds.train.len(),
+            ds.dev.len()
+        ));
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| input_err!("cannot create output folder {}: {e}", out.display()))?;
+
+    let word_tok = tokenizer::build(
+        ds.train
+            .iter()
+            .flat_map(|n| ds.captions[n].iter().map(String::as_str)),
+    )?;
+    let cfg = s.clip_config(&word_tok);
+    let dataset = dataset_record(&ds, &req.dataset);
+    let tokenizer_record = json!({
+        "kind": "word-level",
+        "vocab_size": word_tok.vocab_size,
+        "words": word_tok.words.len(),
+        "unk_id": word_tok.unk_id,
+        "bos_id": word_tok.bos_id,
+        "eos_id": word_tok.eos_id,
+    });
+    if req.resume {
+        let old: Value = serde_json::from_slice(&crate::error::read_input_file(&training_path)?)
+            .map_err(|e| input_err!("{} is not valid JSON: {e}", training_path.display()))?;
+        let same = old.get("settings") == Some(&serde_json::to_value(s)?)
+            && old.get("tokenizer") == Some(&tokenizer_record)
+            && old.pointer("/dataset/train_images") == dataset.get("train_images");
+        if !same {
+            return Err(input_err!(
+                "{}: --resume needs the same dataset and settings as the interrupted run \
+                 (see its training.json)",
+                out.display()
+            ));
+        }
+    }
+    let tok_path = out.join("tokenizer.json");
+    write_atomic(&tok_path, word_tok.json.as_bytes())?;
+    write_json(&out.join("config.json"), &hf_config_json(&cfg))?;
+    let tok = ClipTokenizer::from_file(&tok_path, &cfg.text)?;
+
+    // Token ids of every caption of every training image, and of the dev gallery.
+    let mut truncated = 0usize;
+    let splitter = tokenizer_for_count(&word_tok)?;
+    let mut train_ids: Vec<Vec<Vec<u32>>> = Vec::with_capacity(ds.train.len());
+    for n in &ds.train {
+        let mut per = Vec::new();
+        for c in &ds.captions[n] {
+            let ids = tok.encode(c)?;
+            if tokenizer::words(&splitter, c)?.len() + 2 > s.context {
+                truncated += 1;
+            }
+            per.push(ids);
+        }
+        train_ids.push(per);
+    }
+    if truncated > 0 && !req.quiet {
+        eprintln!(
+            "warning: {truncated} training captions are longer than --context {} tokens and were truncated",
+            s.context
+        );
+    }
+    let train_images = Images::load(&ds.images_dir, &ds.train)?;
+    let dev = DevSet {
+        images: Images::load(&ds.images_dir, &ds.dev)?,
+        captions: ds.dev.iter().map(|n| ds.captions[n][0].clone()).collect(),
+    };
+
+    let trainable = init_clip(&cfg, s.seed, &req.device)?;
+    let mut adam = Adam::new(trainable.params.clone(), s.lr)?
+        .with_beta2_eps(0.98, 1e-6)
+        .with_weight_decay(s.weight_decay, |name, p| {
+            p.rank() >= 2 && !name.ends_with("class_embedding")
+        });
+    let logit_scale = trainable.logit_scale()?.clone();
+    let steps_per_epoch = batches_per_epoch(ds.train.len(), s.batch_size);
+    let total_steps = steps_per_epoch * s.epochs;
+    let warmup = ((total_steps as f64 * s.warmup).ceil() as usize).min(total_steps);
+
+    let mut start_epoch = 1usize;
+    let (mut best, mut best_epoch, mut best_dev) = (f64::INFINITY, 0usize, None::<Retrieval>);
+    let log_path = out.join("train_log.jsonl");
+    let mut log: Vec<ClipEpochLog> = Vec::new();
+    if req.resume {
+        let state = candle_core::safetensors::load(&checkpoint, &req.device)
+            .map_err(|e| input_err!("{} is not a valid checkpoint: {e}", checkpoint.display()))?;
+        adam.restore(&state)
+            .map_err(|e| input_err!("{}: {e}", checkpoint.display()))?;
+        start_epoch = scalar(&state, "epoch", &checkpoint)? as usize + 1;
+        best = scalar(&state, "best_dev_loss", &checkpoint)?;
+        best_epoch = scalar(&state, "best_epoch", &checkpoint)? as usize;
+        if let Ok(text) = std::fs::read_to_string(&log_path) {
+            log = text
+                .lines()
+                .take(start_epoch - 1)
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+        }
+        best_dev = log
+            .iter()
+            .find(|l| l.epoch == best_epoch)
+            .map(|l| l.dev.clone());
+    }
+    let mut record = json!({
+        "format": TRAINING_FORMAT,
+        "version": 1,
+        "command_line": req.command_line,
+        "seed": s.seed,
+        "settings": s,
+        "dataset": dataset,
+        "tokenizer": tokenizer_record,
+        "parameters": trainable.parameter_count(),
+        "threads": candle_core::utils::get_num_threads(),
+        "steps_per_epoch": steps_per_epoch,
+        "warmup_steps": warmup,
+        "truncated_captions": truncated,
+        "optimizer": {"kind": "AdamW", "beta1": 0.9, "beta2": 0.98, "eps": 1e-6,
+                      "schedule": "linear warmup, cosine decay"},
+        "finished": false,
+    });
+    write_json(&training_path, &record)?;
+
+    let bar = crate::progress::bar(total_steps as u64, "steps", req.quiet);
+    bar.set_position(((start_epoch - 1) * steps_per_epoch) as u64);
+    let mut epochs_run = start_epoch - 1;
+    let mut step_seconds = (0f64, 0usize);
+    for epoch in start_epoch..=s.epochs {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+        rng.set_stream(epoch as u64);
+        let mut order: Vec<usize> = (0..ds.train.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut total, mut n, mut steps) = (0f64, 0usize, 0usize);
+        let mut epoch_step_seconds = 0f64;
+        for chunk in order.chunks(s.batch_size).filter(|c| c.len() >= 2) {
+            let ts = Instant::now();
+            let mut items: Vec<(usize, Crop)> = Vec::with_capacity(chunk.len());
+            let mut rows: Vec<&Vec<u32>> = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let caps = &train_ids[i];
+                rows.push(&caps[rng.random_range(0..caps.len())]);
+                let img = &train_images.rgb[i];
+                let (w, h) = (img.width() as usize, img.height() as usize);
+                items.push((i, random_crop(w, h, s.crop_min, &mut rng)));
+            }
+            let pixels = train_images.crops(&items, s.image_size, &req.device)?;
+            let ids = pad_ids(&rows, word_tok.eos_id, &req.device)?;
+            let step = (epoch - 1) * steps_per_epoch + steps + 1;
+            adam.set_lr(lr_at(s.lr, step, total_steps, warmup));
+            let loss = contrastive_loss(
+                &trainable.model.image_features(&pixels)?,
+                &trainable.model.text_features(&ids)?,
+                logit_scale.as_tensor(),
+                Some(&groups(&rows)),
+            )?;
+            adam.step(&loss.backward()?)?;
+            logit_scale.set(&logit_scale.as_tensor().clamp(0.0, MAX_LOGIT_SCALE)?)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            total += l * chunk.len() as f64;
+            n += chunk.len();
+            steps += 1;
+            epoch_step_seconds += ts.elapsed().as_secs_f64();
+            step_seconds.0 += ts.elapsed().as_secs_f64();
+            step_seconds.1 += 1;
+            bar.set_message(format!("epoch {epoch} loss {l:.3}"));
+            bar.inc(1);
+        }
+        let (dev_loss, dev_r) = dev.evaluate(&trainable, &tok, s.batch_size, &req.device)?;
+        let improved = dev_loss < best;
+        if improved {
+            best = dev_loss;
+            best_epoch = epoch;
+            best_dev = Some(dev_r.clone());
+            save_safetensors(&trainable.weights(), &out.join("model.safetensors"))?;
+        }
+        let mut state = adam.state()?;
+        for (k, v) in [
+            ("epoch", epoch as f64),
+            ("best_dev_loss", best),
+            ("best_epoch", best_epoch as f64),
+        ] {
+            state.insert(k.into(), Tensor::new(&[v], &req.device)?);
+        }
+        save_safetensors(&state, &checkpoint)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let line = ClipEpochLog {
+            epoch,
+            steps,
+            train_loss: total / n.max(1) as f64,
+            dev_loss,
+            dev: dev_r,
+            temperature_inverse: (logit_scale.as_tensor().to_scalar::<f32>()? as f64).exp(),
+            lr: adam.lr(),
+            best: improved,
+            seconds,
+            seconds_per_step: epoch_step_seconds / steps.max(1) as f64,
+        };
+        if !req.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "epoch {epoch}: loss {:.4} dev {:.4} dev top-1 i2t {:.3} t2i {:.3} ({:.2} s/step)",
+                line.train_loss,
+                dev_loss,
+                line.dev.image_to_text_top1,
+                line.dev.text_to_image_top1,
+                line.seconds_per_step
+            );
+        }
+        log.push(line);
+        let text: String = log
+            .iter()
+            .map(|l| serde_json::to_string(l).map(|s| s + "\n"))
+            .collect::<Result<_, _>>()?;
+        write_atomic(&log_path, text.as_bytes())?;
+        epochs_run = epoch;
+    }
+    bar.finish_and_clear();
+    let per_step = if step_seconds.1 > 0 {
+        step_seconds.0 / step_seconds.1 as f64
+    } else {
+        0.0
+    };
+    record["finished"] = json!(true);
+    record["epochs_run"] = json!(epochs_run);
+    record["best_epoch"] = json!(best_epoch);
+    record["best_dev_loss"] = json!(best);
+    record["dev_at_best"] = serde_json::to_value(&best_dev)?;
+    record["final_temperature_inverse"] =
+        json!((logit_scale.as_tensor().to_scalar::<f32>()? as f64).exp());
+    record["seconds_per_step_this_run"] = json!(per_step);
+    record["seconds_total"] = json!(log.iter().map(|l| l.seconds).sum::<f64>());
+    write_json(&training_path, &record)?;
+    Ok(ClipTrainSummary {
+        epochs_run,
+        best_epoch,
+        best_dev_loss: best,
+        best_dev,
+        parameters: trainable.parameter_count(),
+        vocab_size: word_tok.vocab_size,
+        seconds_per_step: per_step,
+        problems: ds.problems.len(),
+    })
+}
+
+/// The word splitter of a built tokenizer (for counting words).
+fn tokenizer_for_count(t: &WordTokenizer) -> anyhow::Result<tokenizers::Tokenizer> {
+    t.json
+        .parse::<tokenizers::Tokenizer>()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays() {
+        assert_eq!(lr_at(1.0, 1, 100, 10), 0.1);
+        assert_eq!(lr_at(1.0, 10, 100, 10), 1.0);
+        assert_eq!(lr_at(1.0, 11, 100, 10), 1.0);
+        let last = lr_at(1.0, 100, 100, 10);
+        assert!(last > 0.0 && last < 0.001, "{last}");
+        assert!(lr_at(1.0, 55, 100, 10) < lr_at(1.0, 40, 100, 10));
+        // No warmup.
+        assert_eq!(lr_at(2.0, 1, 5, 0), 2.0);
+    }
+
+    #[test]
+    fn batches_drop_only_a_lone_leftover() {
+        assert_eq!(batches_per_epoch(48, 16), 3);
+        assert_eq!(batches_per_epoch(49, 16), 3);
+        assert_eq!(batches_per_epoch(50, 16), 4);
+        assert_eq!(batches_per_epoch(5, 16), 1);
+    }
+
+    #[test]
+    fn identical_captions_share_a_group() {
+        let (a, b, c) = (vec![1, 2], vec![1, 3], vec![1, 2]);
+        assert_eq!(groups(&[&a, &b, &c, &b]), [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn bad_geometry_is_an_input_error() {
+        let s = ClipTrainSettings {
+            image_size: 60,
+            ..Default::default()
+        };
+        let e = s.validate().unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2);
+        assert!(e.to_string().contains("--image-size 60"), "{e}");
+        assert!(e.to_string().contains("--patch 8"), "{e}");
+    }
+}
