@@ -83,6 +83,20 @@ fn first_existing(root: &Path, names: &[&str]) -> Option<PathBuf> {
 const IMAGE_DIRS: [&str; 4] = ["Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images"];
 
 impl Dataset {
+    /// Prints the first ten problems (and how many more) as warnings on stderr; `counted_in`
+    /// names the file where all of them are recorded.
+    pub fn warn_problems(&self, counted_in: &str) {
+        for p in self.problems.iter().take(10) {
+            eprintln!("warning: {p}");
+        }
+        if self.problems.len() > 10 {
+            eprintln!(
+                "warning: ... {} more dataset problems (counted in {counted_in})",
+                self.problems.len() - 10
+            );
+        }
+    }
+
     /// Detects the layout of `root` and loads captions and splits.
     pub fn load(root: &Path) -> anyhow::Result<Self> {
         if !root.is_dir() {

@@ -230,17 +230,10 @@ fn same_seed_same_bytes_and_a_killed_run_resumes_exactly() {
 
     // Killed as soon as its first checkpoint exists, then resumed: the same model and state as
     // the uninterrupted run (each epoch draws from its own stream of the seed).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(train_args(&ds, &c, "12", &[]))
-        .spawn()
-        .unwrap();
-    let ckpt = Path::new(&c).join("checkpoint.safetensors");
-    let t0 = std::time::Instant::now();
-    while !ckpt.exists() && t0.elapsed().as_secs() < 120 {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_at_first_checkpoint(
+        &train_args(&ds, &c, "12", &[]),
+        &Path::new(&c).join("checkpoint.safetensors"),
+    );
     let log =
         |o: &str| std::fs::read_to_string(Path::new(o).join("train_log.jsonl")).unwrap_or_default();
     let done = log(&c).lines().count();

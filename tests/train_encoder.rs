@@ -323,18 +323,7 @@ fn a_killed_end_to_end_training_resumes_to_the_same_model() {
 
     let killed = d.path().join("killed");
     let killed_s = killed.display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(args(&killed_s))
-        .spawn()
-        .unwrap();
-    let ckpt = killed.join("checkpoint.safetensors");
-    let t0 = std::time::Instant::now();
-    while !ckpt.exists() && t0.elapsed().as_secs() < 120 {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(ckpt.exists(), "no checkpoint was written");
+    common::kill_at_first_checkpoint(&args(&killed_s), &killed.join("checkpoint.safetensors"));
     let log = |dir: &Path| std::fs::read_to_string(dir.join("train_log.jsonl")).unwrap_or_default();
     let done = log(&killed).lines().count();
     assert!(

@@ -518,15 +518,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
 
     let ds = Dataset::load(&req.dataset)?;
     if !req.quiet {
-        for p in ds.problems.iter().take(10) {
-            eprintln!("warning: {p}");
-        }
-        if ds.problems.len() > 10 {
-            eprintln!(
-                "warning: ... {} more dataset problems (see config.json)",
-                ds.problems.len() - 10
-            );
-        }
+        ds.warn_problems("config.json");
     }
     if ds.train.is_empty() || ds.dev.is_empty() {
         return Err(input_err!(

@@ -425,15 +425,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     }
     let ds = Dataset::load(&req.dataset)?;
     if !req.quiet {
-        for p in ds.problems.iter().take(10) {
-            eprintln!("warning: {p}");
-        }
-        if ds.problems.len() > 10 {
-            eprintln!(
-                "warning: ... {} more dataset problems (counted in training.json)",
-                ds.problems.len() - 10
-            );
-        }
+        ds.warn_problems("training.json");
     }
     if ds.train.len() < 2 || ds.dev.is_empty() {
         return Err(input_err!(

@@ -122,3 +122,19 @@ pub const TINY_DECODER: [&str; 14] = [
     "--seed",
     "5",
 ];
+
+/// Starts `roundtrip ARGS` and kills it as soon as `checkpoint` exists (its first finished
+/// epoch), failing if none appears within two minutes.
+pub fn kill_at_first_checkpoint<S: AsRef<std::ffi::OsStr>>(args: &[S], checkpoint: &Path) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+        .args(args)
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !checkpoint.exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(checkpoint.exists(), "no checkpoint was written");
+}
