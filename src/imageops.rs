@@ -44,11 +44,51 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
     }
+    resize_with(x, out_h, out_w, bilinear_matrix)
+}
+
+/// PyTorch's `F.interpolate(mode="nearest")` as an [output, input] selection matrix: output
+/// pixel i takes input pixel floor(i * input / output) (the scale computed in f32, as PyTorch's
+/// CPU kernel does).
+pub fn nearest_matrix(input: usize, output: usize) -> Vec<f32> {
+    let scale = input as f32 / output as f32;
+    let mut m = vec![0f32; output * input];
+    for i in 0..output {
+        let src = ((i as f32 * scale).floor() as usize).min(input.saturating_sub(1));
+        m[i * input + src] = 1.0;
+    }
+    m
+}
+
+/// Nearest-neighbour resize of [.., H, W] to [.., out_h, out_w] as PyTorch's default
+/// interpolation does; two matrix products, so differentiable (candle's `upsample_nearest2d`
+/// backward is unreliable, reference section 7).
+pub fn resize_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let d = x.dims();
+    if d.len() < 2 {
+        candle_core::bail!("resize_nearest needs at least 2 dimensions, got {d:?}")
+    }
+    let (h, w) = (d[d.len() - 2], d[d.len() - 1]);
+    if (h, w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    resize_with(x, out_h, out_w, nearest_matrix)
+}
+
+/// `x` [.., H, W] resized by [out, in] interpolation matrices along both axes.
+fn resize_with(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    matrix: fn(usize, usize) -> Vec<f32>,
+) -> Result<Tensor> {
+    let d = x.dims();
+    let (h, w) = (d[d.len() - 2], d[d.len() - 1]);
     let dev = x.device();
-    let rw_t = Tensor::from_vec(bilinear_matrix(w, out_w), (out_w, w), dev)?
+    let rw_t = Tensor::from_vec(matrix(w, out_w), (out_w, w), dev)?
         .t()?
         .to_dtype(x.dtype())?;
-    let rh = Tensor::from_vec(bilinear_matrix(h, out_h), (out_h, h), dev)?.to_dtype(x.dtype())?;
+    let rh = Tensor::from_vec(matrix(h, out_h), (out_h, h), dev)?.to_dtype(x.dtype())?;
     let cols = x.broadcast_matmul(&rw_t)?; // [.., H, out_w]
     rh.broadcast_matmul(&cols) // [.., out_h, out_w]
 }
@@ -106,6 +146,26 @@ pub fn save_png(t: &Tensor, path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// PyTorch's `F.interpolate(mode="nearest")` source indices: floor(i * in / out).
+    #[test]
+    fn nearest_picks_pytorchs_source_pixels() {
+        let src = |input: usize, output: usize| -> Vec<usize> {
+            nearest_matrix(input, output)
+                .chunks(input)
+                .map(|row| row.iter().position(|v| *v == 1.0).unwrap())
+                .collect()
+        };
+        assert_eq!(src(5, 3), [0, 1, 3]);
+        assert_eq!(src(3, 7), [0, 0, 0, 1, 1, 2, 2]);
+        assert_eq!(src(4, 4), [0, 1, 2, 3]);
+        let x = Tensor::arange(0f32, 12.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 3, 4))
+            .unwrap();
+        let y = resize_nearest(&x, 2, 2).unwrap();
+        assert_eq!(y.to_vec3::<f32>().unwrap(), [[[0.0, 2.0], [4.0, 6.0]]]);
+    }
 
     #[test]
     fn bilinear_rows_sum_to_one() {

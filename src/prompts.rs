@@ -1,6 +1,9 @@
 //! Prompts files: one phrase per line, optionally a TAB and the path of a real photo of it.
 //!
-//! Blank lines and lines whose first non-blank character is `#` are ignored. Photo paths are
+//! A line may start with a generator in brackets, `[biggan] a macaw flying over a forest` or
+//! `[siren] ...`, to draw that phrase with another generator than the run's (the original drew
+//! one of its ten phrases with BigGAN). Blank lines and lines whose first non-blank character is
+//! `#` are ignored. Photo paths are
 //! relative to the prompts file's folder. Every problem is reported as `FILE:LINE: what`.
 
 use std::collections::HashMap;
@@ -10,6 +13,9 @@ use serde::Serialize;
 
 use crate::error::{read_input_file, utf8_lines, InputError};
 
+/// Generators a line may pick with a `[name]` prefix.
+pub const GENERATORS: [&str; 2] = ["siren", "biggan"];
+
 /// Longest accepted line, in characters.
 pub const MAX_LINE_CHARS: usize = 1000;
 
@@ -18,6 +24,8 @@ pub struct Prompt {
     /// 1-based line number in the prompts file.
     pub line: usize,
     pub phrase: String,
+    /// The line's `[generator]` prefix, if any (one of [`GENERATORS`]).
+    pub generator: Option<String>,
     /// The real photo's path as written in the file.
     pub photo: Option<String>,
     /// The photo's path resolved against the prompts file's folder.
@@ -60,6 +68,25 @@ impl PromptFile {
                 Some((p, f)) => (p.trim(), Some(f.trim())),
                 None => (trimmed, None),
             };
+            let (generator, phrase) = match phrase.strip_prefix('[') {
+                None => (None, phrase),
+                Some(rest) => {
+                    let Some((name, after)) = rest.split_once(']') else {
+                        return Err(err(format!(
+                            "`[` opens a generator prefix but no `]` closes it: expected `[{}] phrase`",
+                            GENERATORS.join("|")
+                        )));
+                    };
+                    let name = name.trim();
+                    if !GENERATORS.contains(&name) {
+                        return Err(err(format!(
+                            "unknown generator `[{name}]`: expected one of {}",
+                            GENERATORS.map(|g| format!("[{g}]")).join(", ")
+                        )));
+                    }
+                    (Some(name.to_owned()), after.trim())
+                }
+            };
             if phrase.is_empty() {
                 return Err(err(
                     "empty phrase: expected `phrase` or `phrase<TAB>photo path`".into(),
@@ -87,6 +114,7 @@ impl PromptFile {
             prompts.push(Prompt {
                 line: n,
                 phrase: phrase.to_owned(),
+                generator,
                 photo,
                 photo_path,
             });
@@ -110,6 +138,33 @@ mod tests {
 
     fn parse(text: &str) -> Result<PromptFile, InputError> {
         PromptFile::parse(Path::new("p.txt"), text.as_bytes())
+    }
+
+    #[test]
+    fn a_bracket_prefix_picks_the_generator() {
+        let f = parse("[biggan] a macaw flying over a forest\n[ siren ]a cat\na dog\n").unwrap();
+        let got: Vec<_> = f
+            .prompts
+            .iter()
+            .map(|p| (p.phrase.as_str(), p.generator.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a macaw flying over a forest", Some("biggan")),
+                ("a cat", Some("siren")),
+                ("a dog", None)
+            ]
+        );
+        let e = parse("a cat\n[vqgan] a dog\n").unwrap_err().to_string();
+        assert!(
+            e.contains("p.txt:2") && e.contains("unknown generator `[vqgan]`"),
+            "{e}"
+        );
+        let e = parse("[biggan a dog\n").unwrap_err().to_string();
+        assert!(e.contains("p.txt:1") && e.contains("no `]`"), "{e}");
+        let e = parse("[biggan]\n").unwrap_err().to_string();
+        assert!(e.contains("empty phrase"), "{e}");
     }
 
     #[test]

@@ -589,3 +589,73 @@ fn bad_input_fails_before_any_work() {
     assert!(e.contains("nobody/no-such-clip"), "{e}");
     assert!(!o.join("images").exists() && !o.join("report.json").exists());
 }
+
+#[test]
+fn a_bracket_prefix_draws_that_line_with_biggan() {
+    let dir = fixture().root.join("biggan");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = dir.join("p.txt");
+    std::fs::write(&prompts, "a red circle\n[biggan] a blue square\n").unwrap();
+    let out = dir.join("run");
+    let p = prompts.to_str().unwrap();
+    let extra = [
+        "--biggan",
+        "tests/fixtures/biggan_tiny",
+        "--save-every",
+        "0",
+    ];
+    ok(&run(p, &out, &extra));
+    let mut recs: Vec<Value> = std::fs::read_dir(out.join("phrases"))
+        .unwrap()
+        .map(|e| read_json(&e.unwrap().path()))
+        .collect();
+    recs.sort_by_key(|r| r["phrase"].as_str().unwrap().to_owned());
+    let got: Vec<(&str, &str, bool)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["phrase"].as_str().unwrap(),
+                r["generator"].as_str().unwrap(),
+                r.get("latents").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a blue square", "biggan", true),
+            ("a red circle", "siren", false)
+        ]
+    );
+    assert!(out.join(recs[0]["latents"].as_str().unwrap()).is_file());
+    assert_eq!(
+        recs[0]["steps"].as_array().unwrap().len(),
+        100,
+        "BigGAN keeps its defaults"
+    );
+    assert_eq!(
+        recs[1]["steps"].as_array().unwrap().len(),
+        30,
+        "--steps sets SIREN's"
+    );
+    let manifest = read_json(&out.join("run.json"));
+    assert_eq!(
+        manifest["settings"]["biggan"]["model"],
+        "tests/fixtures/biggan_tiny"
+    );
+    assert_eq!(manifest["prompts"][1]["generator"], "biggan");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("siren (1), biggan (1)"),
+        "the gallery names both generators"
+    );
+    // Resuming reuses both records; without any [biggan] line BigGAN is not recorded at all.
+    assert_eq!(count(&ok(&run(p, &out, &extra)), "computed"), 0);
+    let plain = read_json(&complete_run().join("run.json"));
+    assert!(
+        plain["settings"].get("biggan").is_none(),
+        "{}",
+        plain["settings"]
+    );
+}

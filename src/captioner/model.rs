@@ -79,6 +79,11 @@ pub struct TrainSettings {
     /// The image augmentation of end-to-end training (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augmentation: Option<super::augment::Augmentation>,
+    /// Train (and early-stop) on each image's first caption only: for datasets whose first
+    /// caption is a complete canonical description (the shapes world), so that the captioner
+    /// learns one consistent style instead of the mode of several paraphrases.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first_caption_only: bool,
 }
 
 impl Default for TrainSettings {
@@ -96,6 +101,7 @@ impl Default for TrainSettings {
             train_encoder: false,
             captions_per_image: None,
             augmentation: None,
+            first_caption_only: false,
         }
     }
 }

@@ -516,9 +516,14 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         ));
     }
 
-    let ds = Dataset::load(&req.dataset)?;
+    let mut ds = Dataset::load(&req.dataset)?;
     if !req.quiet {
         ds.warn_problems("config.json");
+    }
+    if s.first_caption_only {
+        for caps in ds.captions.values_mut() {
+            caps.truncate(1);
+        }
     }
     if ds.train.is_empty() || ds.dev.is_empty() {
         return Err(input_err!(
@@ -606,6 +611,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             || old.training.train_encoder != s.train_encoder
             || old.training.augmentation != s.augmentation
             || old.training.captions_per_image != s.captions_per_image
+            || old.training.first_caption_only != s.first_caption_only
         {
             return Err(input_err!(
                 "{}: --resume needs the same encoder, dataset vocabulary and settings as the interrupted run",

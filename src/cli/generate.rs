@@ -3,8 +3,19 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::generate::job::{generate, GenerateRequest};
+use crate::generate::biggan::{Resize, Settings as BigGanSettings};
+use crate::generate::job::{generate, GenerateRequest, GeneratorSettings};
 use crate::generate::siren::Settings;
+use crate::input_err;
+
+/// Which generator draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GeneratorKind {
+    /// deep-daze: a SIREN network.
+    Siren,
+    /// big-sleep: BigGAN-deep latents.
+    Biggan,
+}
 
 #[derive(Debug, clap::Args)]
 #[command(args_override_self = true)]
@@ -17,8 +28,18 @@ pub struct Args {
     /// CLIP model: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout.
     #[arg(long, default_value = "clip-vit-b32")]
     clip: String,
+    /// The generator.
+    #[arg(long, value_enum, default_value = "siren")]
+    generator: GeneratorKind,
     #[command(flatten)]
     siren: SirenArgs,
+    #[command(flatten)]
+    biggan: BigGanArgs,
+    /// BigGAN: start from saved latents (a `.latents.safetensors` file of an earlier run, or any
+    /// safetensors file with `z` [L, 128] and `class_logits` [L, 1000]); with --steps 0 the image
+    /// is exactly the generator's for them.
+    #[arg(long)]
+    init_latents: Option<PathBuf>,
     /// Seed of every random draw; without it one is drawn and recorded.
     #[arg(long)]
     seed: Option<u64>,
@@ -37,10 +58,10 @@ pub struct Args {
 /// the command (for `run`, of its preset).
 #[derive(Debug, clap::Args)]
 pub struct SirenArgs {
-    /// Optimiser steps (deep-daze: 21,000) [default: 200, or the run preset's].
+    /// Optimiser steps (deep-daze: 21,000; big-sleep: 21,000) [default: 200, or the run preset's; biggan: 100].
     #[arg(long)]
     steps: Option<usize>,
-    /// Image side in pixels (deep-daze: 512) [default: 128, or the run preset's].
+    /// Image side in pixels (deep-daze: 512); with biggan it picks the model biggan-deep-128|256|512 [default: 128, or the run preset's].
     #[arg(long)]
     size: Option<usize>,
     /// SIREN sine layers (deep-daze: 16) [default: 8, or the run preset's].
@@ -52,7 +73,7 @@ pub struct SirenArgs {
     /// SIREN frequency w0 (deep-daze: 30) [default: 30, or the run preset's].
     #[arg(long)]
     w0: Option<f64>,
-    /// Cutouts per pass (deep-daze: 4) [default: 8, or the run preset's].
+    /// Cutouts per pass (deep-daze: 4; big-sleep: 128, for a GPU) [default: 8, or the run preset's].
     #[arg(long)]
     cutouts: Option<usize>,
     /// Smallest cutout side, as a fraction of the image side (deep-daze: 0.1) [default: 0.1, or the run preset's].
@@ -61,7 +82,7 @@ pub struct SirenArgs {
     /// Largest cutout side, as a fraction of the image side (deep-daze: 1.0) [default: 1.0, or the run preset's].
     #[arg(long)]
     upper: Option<f64>,
-    /// Adam learning rate (deep-daze: 1e-5) [default: 1e-4, or the run preset's].
+    /// Adam learning rate (deep-daze: 1e-5; big-sleep: 0.07) [default: 1e-4, or the run preset's; biggan: 0.07].
     #[arg(long)]
     lr: Option<f64>,
     /// Passes accumulated per step (deep-daze: 4) [default: 1, or the run preset's].
@@ -72,7 +93,116 @@ pub struct SirenArgs {
     averaging_weight: Option<f64>,
 }
 
+/// BigGAN generator settings (`--generator biggan`), shared by `generate` and `run`.
+#[derive(Debug, clap::Args)]
+pub struct BigGanArgs {
+    /// BigGAN model: preset, hub id or folder [default: biggan-deep-<size>].
+    #[arg(long)]
+    biggan: Option<String>,
+    /// Keep only the K strongest classes per latent (a differentiable top-k) instead of a
+    /// sigmoid over all classes.
+    #[arg(long)]
+    max_classes: Option<usize>,
+    /// Temperature of the --max-classes top-k (big-sleep: 2).
+    #[arg(long, default_value_t = 2.0)]
+    class_temperature: f64,
+    /// Decay of the latents' moving average that draws the saved image (big-sleep's CLI: 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    ema_decay: f64,
+    /// Resize cutouts bilinearly (big-sleep's default: nearest).
+    #[arg(long)]
+    bilinear: bool,
+    /// A phrase whose similarity is pushed down (repeatable; big-sleep's `text_min`).
+    #[arg(long)]
+    avoid: Vec<String>,
+}
+
+impl BigGanArgs {
+    /// big-sleep's settings, taking steps, cutouts and lr from the shared flags when given.
+    pub fn settings(&self, shared: &SirenArgs) -> anyhow::Result<(BigGanSettings, String)> {
+        let siren_only = [
+            ("--layers", shared.layers.is_some()),
+            ("--hidden", shared.hidden.is_some()),
+            ("--w0", shared.w0.is_some()),
+            ("--lower", shared.lower.is_some()),
+            ("--upper", shared.upper.is_some()),
+            ("--grad-accum", shared.grad_accum.is_some()),
+            ("--averaging-weight", shared.averaging_weight.is_some()),
+        ];
+        if let Some((flag, _)) = siren_only.iter().find(|(_, given)| *given) {
+            return Err(input_err!(
+                "{flag} is a SIREN setting: it does not apply to --generator biggan"
+            ));
+        }
+        if let (Some(m), Some(size)) = (&self.biggan, shared.size) {
+            return Err(input_err!(
+                "--size {size} with --biggan {m}: --size picks a BigGAN-deep preset; the model given decides its own size"
+            ));
+        }
+        let model = self.model_or_default(shared.size.unwrap_or(128))?;
+        let d = BigGanSettings::default();
+        let settings = BigGanSettings {
+            steps: shared.steps.unwrap_or(d.steps),
+            cutouts: shared.cutouts.unwrap_or(d.cutouts),
+            lr: shared.lr.unwrap_or(d.lr),
+            max_classes: self.max_classes,
+            class_temperature: self.class_temperature,
+            ema_decay: self.ema_decay,
+            resize: if self.bilinear {
+                Resize::Bilinear
+            } else {
+                Resize::Nearest
+            },
+            avoid: self.avoid.clone(),
+        };
+        Ok((settings, model))
+    }
+
+    /// The --biggan reference, or the preset of the given size.
+    pub fn model_or_default(&self, size: usize) -> anyhow::Result<String> {
+        match &self.biggan {
+            Some(m) => Ok(m.clone()),
+            None if [128, 256, 512].contains(&size) => Ok(format!("biggan-deep-{size}")),
+            None => Err(input_err!(
+                "--size {size}: BigGAN-deep draws 128, 256 or 512 pixels"
+            )),
+        }
+    }
+
+    /// Whether any BigGAN-only flag was given (refused with --generator siren).
+    pub fn any_given(&self) -> Option<&'static str> {
+        [
+            ("--biggan", self.biggan.is_some()),
+            ("--max-classes", self.max_classes.is_some()),
+            ("--bilinear", self.bilinear),
+            ("--avoid", !self.avoid.is_empty()),
+            ("--class-temperature", self.class_temperature != 2.0),
+            ("--ema-decay", self.ema_decay != 0.5),
+        ]
+        .into_iter()
+        .find(|(_, g)| *g)
+        .map(|(f, _)| f)
+    }
+}
+
 impl SirenArgs {
+    /// No flag given.
+    pub fn none() -> Self {
+        Self {
+            steps: None,
+            size: None,
+            layers: None,
+            hidden: None,
+            w0: None,
+            cutouts: None,
+            lower: None,
+            upper: None,
+            lr: None,
+            grad_accum: None,
+            averaging_weight: None,
+        }
+    }
+
     /// The settings, taking what was not given from `base`.
     pub fn settings(&self, base: Settings) -> Settings {
         Settings {
@@ -92,7 +222,28 @@ impl SirenArgs {
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let settings = a.siren.settings(Settings::default());
+    let settings = match a.generator {
+        GeneratorKind::Siren => {
+            if let Some(flag) = a
+                .biggan
+                .any_given()
+                .or(a.init_latents.as_ref().map(|_| "--init-latents"))
+            {
+                return Err(input_err!(
+                    "{flag} is a BigGAN setting: it needs --generator biggan"
+                ));
+            }
+            GeneratorSettings::Siren(a.siren.settings(Settings::default()))
+        }
+        GeneratorKind::Biggan => {
+            let (settings, model) = a.biggan.settings(&a.siren)?;
+            GeneratorSettings::BigGan {
+                settings,
+                model,
+                init_latents: a.init_latents,
+            }
+        }
+    };
     let req = GenerateRequest {
         phrase: a.phrase,
         out_dir: a.out,

@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::generate::SirenArgs;
+use super::generate::{BigGanArgs, GeneratorKind, SirenArgs};
 use crate::run::preset::Preset;
+use crate::run::BigGanRunSettings;
 use crate::run::{parse_captioners, run as run_all, RunRequest, RunSettings, Shard};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -13,12 +14,6 @@ enum PresetArg {
     Real,
     /// The offline shapes world: the tiny models shipped under models/shapes/.
     Shapes,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum GeneratorKind {
-    /// deep-daze: a SIREN optimised through CLIP.
-    Siren,
 }
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +27,8 @@ pub struct Args {
     /// Models and generator settings used where no option says otherwise.
     #[arg(long, value_enum, default_value = "real")]
     preset: PresetArg,
+    /// The generator of lines without a `[siren]` / `[biggan]` prefix; --steps, --size, --cutouts
+    /// and --lr set its settings (lines of the other generator keep that one's defaults).
     #[arg(long, value_enum, default_value = "siren")]
     generator: GeneratorKind,
     /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`)
@@ -48,6 +45,8 @@ pub struct Args {
     seed: u64,
     #[command(flatten)]
     siren: SirenArgs,
+    #[command(flatten)]
+    biggan: BigGanArgs,
     /// Write a progress frame every N steps (0: none).
     #[arg(long, default_value_t = 50)]
     save_every: usize,
@@ -71,11 +70,27 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         PresetArg::Shapes => Preset::Shapes,
     };
     let d = preset.defaults();
+    // The shared flags set the default generator's settings; the other keeps its defaults.
+    let (siren, biggan) = match a.generator {
+        GeneratorKind::Siren => {
+            let (settings, model) = a.biggan.settings(&SirenArgs::none())?;
+            (
+                a.siren.settings(d.siren),
+                BigGanRunSettings { model, settings },
+            )
+        }
+        GeneratorKind::Biggan => {
+            let (settings, model) = a.biggan.settings(&a.siren)?;
+            (d.siren, BigGanRunSettings { model, settings })
+        }
+    };
     let settings = RunSettings {
         generator: match a.generator {
             GeneratorKind::Siren => "siren".into(),
+            GeneratorKind::Biggan => "biggan".into(),
         },
-        siren: a.siren.settings(d.siren),
+        siren,
+        biggan: Some(biggan),
         seed: a.seed,
         save_every: a.save_every,
         beam: a.beam,

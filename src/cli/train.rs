@@ -31,6 +31,10 @@ pub struct Args {
     /// (default: all of them; fewer make each step's decoder cheaper).
     #[arg(long, requires = "train_encoder")]
     captions_per_image: Option<usize>,
+    /// Train on each image's first caption only (a dataset whose first caption is a complete,
+    /// canonical description, such as the shapes world's), so that the captioner learns one style.
+    #[arg(long)]
+    first_caption_only: bool,
     /// With --train-encoder: no image augmentation (default: light shifts, zoom, brightness and
     /// contrast).
     #[arg(long, requires = "train_encoder")]
@@ -88,6 +92,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             train_encoder: a.train_encoder,
             captions_per_image: a.captions_per_image,
             augmentation,
+            first_caption_only: a.first_caption_only,
         },
         resume: a.resume,
         cache_dir: a.cache.unwrap_or_else(default_cache_dir),

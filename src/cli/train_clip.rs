@@ -56,6 +56,14 @@ pub struct Args {
     /// Smallest random crop as a share of the image's largest square (1: no crops).
     #[arg(long, default_value_t = d().crop_min)]
     crop_min: f64,
+    /// Largest std of Gaussian pixel noise on a training crop, in [0, 1] pixel units (each crop
+    /// draws its std uniformly up to this; 0: none). Noise and blur make the model harder to fool
+    /// with high-frequency patterns, so its guidance draws more recognisable images.
+    #[arg(long, default_value_t = d().noise)]
+    noise: f64,
+    /// Probability of blurring a training crop (3x3 binomial kernel).
+    #[arg(long, default_value_t = d().blur)]
+    blur: f64,
     /// Continue an interrupted training from its last finished epoch.
     #[arg(long)]
     resume: bool,
@@ -82,6 +90,8 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             embed: a.embed,
             context: a.context,
             crop_min: a.crop_min,
+            noise: a.noise,
+            blur: a.blur,
         },
         resume: a.resume,
         quiet: a.quiet,

@@ -56,6 +56,65 @@ pub fn crop_resize_into(img: &image::RgbImage, crop: Crop, size: usize, out: &mu
     }
 }
 
+/// Pixel degradations applied to one training crop after resizing (section 9 of the reference:
+/// a CLIP trained on noisy and blurred renders is harder to fool with high-frequency patterns,
+/// which makes its guidance gradients more meaningful). Colours are never changed: they carry
+/// meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Degrade {
+    /// Standard deviation of Gaussian pixel noise, in [0, 1] pixel units (0: none).
+    pub noise: f32,
+    /// Whether to blur with the 3x3 binomial kernel [1 2 1]^T [1 2 1] / 16 (edges clamped).
+    pub blur: bool,
+}
+
+impl Degrade {
+    /// A random degradation: noise std uniform in [0, max_noise], blur with probability `p_blur`.
+    pub fn draw(max_noise: f64, p_blur: f64, rng: &mut impl Rng) -> Self {
+        let noise = if max_noise > 0.0 {
+            rng.random_range(0.0..=max_noise) as f32
+        } else {
+            0.0
+        };
+        let blur = p_blur > 0.0 && rng.random_bool(p_blur.min(1.0));
+        Self { noise, blur }
+    }
+
+    /// Applies the degradation to one CLIP-normalised crop `buf` ([3, size, size]). Blur commutes
+    /// with the per-channel normalisation (its kernel sums to one); noise is scaled by the channel's
+    /// std so that it is `noise` in pixel units.
+    pub fn apply(&self, buf: &mut [f32], size: usize, rng: &mut impl Rng) {
+        if self.blur {
+            let tap = |get: &dyn Fn(usize) -> f32, c: usize| {
+                0.25 * get(c.saturating_sub(1)) + 0.5 * get(c) + 0.25 * get((c + 1).min(size - 1))
+            };
+            let mut tmp = vec![0f32; size * size];
+            for plane in buf.chunks_mut(size * size) {
+                for i in 0..size {
+                    for j in 0..size {
+                        tmp[i * size + j] = tap(&|k| plane[i * size + k], j);
+                    }
+                }
+                for i in 0..size {
+                    for j in 0..size {
+                        plane[i * size + j] = tap(&|k| tmp[k * size + j], i);
+                    }
+                }
+            }
+        }
+        if self.noise > 0.0 {
+            let normal = rand_distr::Normal::new(0f32, self.noise).unwrap_or_else(|_| {
+                rand_distr::Normal::new(0.0, 0.0).expect("zero std is a valid normal")
+            });
+            for (c, plane) in buf.chunks_mut(size * size).enumerate() {
+                for v in plane.iter_mut() {
+                    *v += rand_distr::Distribution::sample(&normal, rng) / CLIP_STD[c];
+                }
+            }
+        }
+    }
+}
+
 /// Decoded images of one split, in split order.
 pub struct Images {
     pub names: Vec<String>,
@@ -75,17 +134,21 @@ impl Images {
         })
     }
 
-    /// [B, 3, size, size]: the given crops of the given images.
+    /// [B, 3, size, size]: the given crops of the given images, each degraded as given (noise
+    /// drawn from `rng`).
     pub fn crops(
         &self,
-        items: &[(usize, Crop)],
+        items: &[(usize, Crop, Degrade)],
         size: usize,
+        rng: &mut impl Rng,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let per = 3 * size * size;
         let mut buf = vec![0f32; items.len() * per];
-        for (k, (i, crop)) in items.iter().enumerate() {
-            crop_resize_into(&self.rgb[*i], *crop, size, &mut buf[k * per..(k + 1) * per]);
+        for (k, (i, crop, degrade)) in items.iter().enumerate() {
+            let out = &mut buf[k * per..(k + 1) * per];
+            crop_resize_into(&self.rgb[*i], *crop, size, out);
+            degrade.apply(out, size, rng);
         }
         Tensor::from_vec(buf, (items.len(), 3, size, size), device)
     }
@@ -177,6 +240,51 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
+    }
+
+    #[test]
+    fn blur_keeps_flat_images_and_spreads_a_dot() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let blur = Degrade {
+            noise: 0.0,
+            blur: true,
+        };
+        let mut flat = vec![0.7f32; 3 * 25];
+        blur.apply(&mut flat, 5, &mut rng);
+        assert!(flat.iter().all(|v| (v - 0.7).abs() < 1e-6));
+        let mut dot = vec![0f32; 3 * 25];
+        dot[2 * 5 + 2] = 16.0;
+        blur.apply(&mut dot, 5, &mut rng);
+        // The separable binomial kernel: 4 at the centre, 2 beside, 1 diagonally; sum kept.
+        assert_eq!(&dot[5 + 1..5 + 4], &[1.0, 2.0, 1.0]);
+        assert_eq!(&dot[2 * 5 + 1..2 * 5 + 4], &[2.0, 4.0, 2.0]);
+        assert!((dot[..25].iter().sum::<f32>() - 16.0).abs() < 1e-5);
+        assert!(
+            dot[25..].iter().all(|v| *v == 0.0),
+            "planes are independent"
+        );
+    }
+
+    #[test]
+    fn noise_has_the_asked_std_in_pixel_units() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let noise = Degrade {
+            noise: 0.1,
+            blur: false,
+        };
+        let n = 64;
+        let mut buf = vec![0f32; 3 * n * n];
+        noise.apply(&mut buf, n, &mut rng);
+        for (c, plane) in buf.chunks(n * n).enumerate() {
+            let px: Vec<f32> = plane.iter().map(|v| v * CLIP_STD[c]).collect();
+            let mean = px.iter().sum::<f32>() / px.len() as f32;
+            let std = (px.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / px.len() as f32).sqrt();
+            assert!(
+                mean.abs() < 0.01 && (std - 0.1).abs() < 0.005,
+                "{mean} {std}"
+            );
+        }
+        assert_eq!(Degrade::draw(0.0, 0.0, &mut rng), Degrade::default());
     }
 
     #[test]

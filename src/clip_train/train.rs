@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::data::{random_crop, Crop, Images};
+use super::data::{random_crop, Crop, Degrade, Images};
 use super::eval::{embed_gallery, retrieval, Retrieval};
 use super::init::{init_clip, Trainable, LOGIT_SCALE_INIT};
 use super::loss::{contrastive_loss, MAX_LOGIT_SCALE};
@@ -62,6 +62,18 @@ pub struct ClipTrainSettings {
     pub context: usize,
     /// Smallest crop, as a share of the image's largest square (1 = no crop augmentation).
     pub crop_min: f64,
+    /// Largest std of the Gaussian pixel noise added to a training crop (each crop draws its std
+    /// uniformly from [0, noise]; 0 = none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub noise: f64,
+    /// Probability of blurring a training crop (3x3 binomial kernel).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blur: f64,
+}
+
+/// Augmentations left at 0 are not written, so that older training folders still resume.
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for ClipTrainSettings {
@@ -82,6 +94,8 @@ impl Default for ClipTrainSettings {
             embed: 128,
             context: 24,
             crop_min: 0.5,
+            noise: 0.0,
+            blur: 0.0,
         }
     }
 }
@@ -140,6 +154,12 @@ impl ClipTrainSettings {
         }
         if !(0.0..1.0).contains(&self.warmup) {
             return Err(input_err!("--warmup {} must lie in [0, 1)", self.warmup));
+        }
+        if !(self.noise.is_finite() && (0.0..=1.0).contains(&self.noise)) {
+            return Err(input_err!("--noise {} must lie in [0, 1]", self.noise));
+        }
+        if !(self.blur.is_finite() && (0.0..=1.0).contains(&self.blur)) {
+            return Err(input_err!("--blur {} must lie in [0, 1]", self.blur));
         }
         if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
             return Err(input_err!(
@@ -567,16 +587,17 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         let mut epoch_step_seconds = 0f64;
         for chunk in order.chunks(s.batch_size).filter(|c| c.len() >= 2) {
             let ts = Instant::now();
-            let mut items: Vec<(usize, Crop)> = Vec::with_capacity(chunk.len());
+            let mut items: Vec<(usize, Crop, Degrade)> = Vec::with_capacity(chunk.len());
             let mut rows: Vec<&Vec<u32>> = Vec::with_capacity(chunk.len());
             for &i in chunk {
                 let caps = &train_ids[i];
                 rows.push(&caps[rng.random_range(0..caps.len())]);
                 let img = &train_images.rgb[i];
                 let (w, h) = (img.width() as usize, img.height() as usize);
-                items.push((i, random_crop(w, h, s.crop_min, &mut rng)));
+                let crop = random_crop(w, h, s.crop_min, &mut rng);
+                items.push((i, crop, Degrade::draw(s.noise, s.blur, &mut rng)));
             }
-            let pixels = train_images.crops(&items, s.image_size, &req.device)?;
+            let pixels = train_images.crops(&items, s.image_size, &mut rng, &req.device)?;
             let ids = pad_ids(&rows, word_tok.eos_id, &req.device)?;
             let step = (epoch - 1) * steps_per_epoch + steps + 1;
             adam.set_lr(lr_at(s.lr, step, total_steps, warmup));

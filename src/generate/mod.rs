@@ -4,6 +4,7 @@
 //! cutouts of the image, resizes them to the encoder's input, and pulls their embeddings towards
 //! the phrase's. Every random draw comes from a seeded host RNG.
 
+pub mod biggan;
 pub mod job;
 pub mod siren;
 

@@ -197,7 +197,7 @@ pub fn render(r: &Report, layout: &Layout) -> anyhow::Result<String> {
         c.phrases,
         c.with_photo,
         text(r.prompts_file),
-        text(&r.settings.generator),
+        text(&super::report::generators_summary(r)),
         r.settings.seed,
         text(&r.settings.clip),
         r.shard

@@ -133,8 +133,17 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
             .as_ref()
             .and_then(|r| r.photo.as_ref())
             .map(|ph| ph.sha256.clone());
-        let finished = load_finished(&layout, &id, &p.phrase, seed, sha.as_deref(), &m.settings)?
-            .filter(|r| r.photo.is_some() == p.photo.is_some());
+        let generator = p.generator.as_deref().unwrap_or(&m.settings.generator);
+        let finished = load_finished(
+            &layout,
+            &id,
+            &p.phrase,
+            seed,
+            sha.as_deref(),
+            generator,
+            &m.settings,
+        )?
+        .filter(|r| r.photo.is_some() == p.photo.is_some());
         let Some(r) = finished else {
             return Err(input_err!(
                 "shard {} ({}) has not finished `{}` (line {}): run that shard again to complete it",

@@ -29,13 +29,16 @@ use sha2::{Digest, Sha256};
 use crate::captioner::model::{read_config, Captioner};
 use crate::error::InputError;
 use crate::fsutil::{slug, write_json};
+use crate::generate::biggan::Settings as BigGanSettings;
+use crate::generate::job::text_embedding;
 use crate::generate::siren::Settings;
 use crate::hub::{Locator, ModelRef};
 use crate::input_err;
+use crate::models::biggan::BigGan;
 use crate::models::clip::Clip;
 use crate::prompts::{Prompt, PromptFile};
 use record::PhotoRecord;
-use stages::{BeamCaptioner, Generator, ImageCaptioner, Judge, SirenGenerator};
+use stages::{BeamCaptioner, BigGanGenerator, Generator, ImageCaptioner, Judge, SirenGenerator};
 
 /// Version of `run.json` and of the phrase records; bumped on any incompatible change.
 pub const RUN_SCHEMA_VERSION: u32 = 1;
@@ -152,8 +155,12 @@ pub fn parse_captioners(spec: &str) -> Result<Vec<CaptionerSpec>, InputError> {
 /// with; running again with other settings is refused unless `--force`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
+    /// The generator of lines without a `[generator]` prefix.
     pub generator: String,
     pub siren: Settings,
+    /// BigGAN's model and settings; recorded only when a phrase of the prompts file uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub biggan: Option<BigGanRunSettings>,
     /// The run seed; each phrase's seed is [`phrase_seed`] of it.
     pub seed: u64,
     /// A progress frame every N steps (0: none).
@@ -165,11 +172,38 @@ pub struct RunSettings {
     pub captioners: Vec<CaptionerSpec>,
 }
 
+/// BigGAN's part of the run settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BigGanRunSettings {
+    /// Model reference (preset, hub id or folder).
+    pub model: String,
+    #[serde(flatten)]
+    pub settings: BigGanSettings,
+}
+
+/// The settings a run records: BigGAN's are dropped when no phrase of the prompts file (all
+/// shards) draws with it, so that they cannot make a SIREN-only run differ.
+pub fn effective_settings(s: &RunSettings, prompts: &PromptFile) -> RunSettings {
+    let uses_biggan = s.generator == "biggan"
+        || prompts
+            .prompts
+            .iter()
+            .any(|p| p.generator.as_deref() == Some("biggan"));
+    let mut out = s.clone();
+    if !uses_biggan {
+        out.biggan = None;
+    }
+    out
+}
+
 /// A prompts line as `run.json` keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptEntry {
     pub line: usize,
     pub phrase: String,
+    /// The line's `[generator]` prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<String>,
     /// The photo path as written in the prompts file.
     pub photo: Option<String>,
 }
@@ -222,6 +256,11 @@ impl Layout {
     pub fn image(&self, id: &str) -> PathBuf {
         self.root.join("images").join(format!("{id}.png"))
     }
+    pub fn latents(&self, id: &str) -> PathBuf {
+        self.root
+            .join("images")
+            .join(format!("{id}.latents.safetensors"))
+    }
     pub fn frames(&self, id: &str) -> PathBuf {
         self.root.join("images").join(id)
     }
@@ -248,13 +287,17 @@ impl Layout {
 
 /// Settings that cannot run, named by their option.
 pub fn validate_settings(s: &RunSettings) -> Result<(), InputError> {
-    if s.generator != "siren" {
+    if !crate::prompts::GENERATORS.contains(&s.generator.as_str()) {
         return Err(InputError::new(format!(
-            "--generator {}: only `siren` is available",
-            s.generator
+            "--generator {}: expected one of {}",
+            s.generator,
+            crate::prompts::GENERATORS.join(", ")
         )));
     }
     s.siren.validate()?;
+    if let Some(b) = &s.biggan {
+        b.settings.validate(None)?;
+    }
     if s.beam == 0 {
         return Err(InputError::new(
             "--beam must be at least 1 (1 is greedy decoding)",
@@ -347,8 +390,9 @@ struct Planned<'a> {
 pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
     let t_start = Instant::now();
     // 1. Validate everything before any long work.
-    validate_settings(&req.settings)?;
     let prompts = PromptFile::load(&req.prompts)?;
+    let settings = effective_settings(&req.settings, &prompts);
+    validate_settings(&settings)?;
     let mine: Vec<&Prompt> = prompts
         .prompts
         .iter()
@@ -372,7 +416,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             photo,
         });
     }
-    for c in &req.settings.captioners {
+    for c in &settings.captioners {
         read_config(&c.dir).with_context(|| format!("--captioners {}", c.label))?;
     }
     prepare_out_dir(&req.out)?;
@@ -380,7 +424,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
         root: req.out.clone(),
     };
     if let Some(old) = read_manifest(&req.out)? {
-        let differs = settings_difference(&old.settings, &req.settings).or_else(|| {
+        let differs = settings_difference(&old.settings, &settings).or_else(|| {
             (old.shard != req.shard).then(|| {
                 format!(
                     "shard: {} -> {}",
@@ -402,12 +446,23 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
 
     // 2. Load every model once.
     let locator = Locator::from_env();
-    let clip_model = locator.open(&ModelRef::parse(&req.settings.clip)?)?;
+    let clip_model = locator.open(&ModelRef::parse(&settings.clip)?)?;
     let clip = Clip::load(&clip_model, &req.device)
-        .with_context(|| format!("loading CLIP `{}`", req.settings.clip))?;
+        .with_context(|| format!("loading CLIP `{}`", settings.clip))?;
     let mut captioners = Vec::new();
     let mut models = BTreeMap::from([("clip".to_owned(), serde_json::to_value(&clip.record)?)]);
-    for c in &req.settings.captioners {
+    let biggan_model = match &settings.biggan {
+        None => None,
+        Some(b) => {
+            let m = locator.open(&ModelRef::parse(&b.model)?)?;
+            let g = BigGan::load(&m, &req.device)
+                .with_context(|| format!("loading BigGAN `{}`", b.model))?;
+            b.settings.validate(Some(g.config().num_classes))?;
+            models.insert("biggan".to_owned(), serde_json::to_value(m.record())?);
+            Some((g, ()))
+        }
+    };
+    for c in &settings.captioners {
         let loaded = Captioner::load(&c.dir, &locator, &req.device)
             .with_context(|| format!("loading captioner `{}` from {}", c.label, c.dir.display()))?;
         models.insert(
@@ -425,14 +480,14 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             c.label.clone(),
             BeamCaptioner {
                 captioner: loaded,
-                beam: req.settings.beam,
+                beam: settings.beam,
                 device: req.device.clone(),
             },
         ));
     }
     let manifest = Manifest {
         schema_version: RUN_SCHEMA_VERSION,
-        settings: req.settings.clone(),
+        settings: settings.clone(),
         models,
         prompts_file: req.prompts.display().to_string(),
         prompts: prompts
@@ -441,6 +496,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             .map(|p| PromptEntry {
                 line: p.line,
                 phrase: p.phrase.clone(),
+                generator: p.generator.clone(),
                 photo: p.photo.clone(),
             })
             .collect(),
@@ -452,10 +508,32 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
     }
 
     // 3. Each phrase: reuse a finished record, else compute and write it.
-    let generator = SirenGenerator {
+    let siren = SirenGenerator {
         encoder: &clip.model,
-        settings: req.settings.siren.clone(),
+        settings: settings.siren.clone(),
         device: req.device.clone(),
+    };
+    let biggan = match &biggan_model {
+        None => None,
+        Some((model, _)) => {
+            let b = settings
+                .biggan
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("BigGAN loaded without settings"))?;
+            let avoid = b
+                .settings
+                .avoid
+                .iter()
+                .map(|p| text_embedding(&clip, p, &req.device))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some(BigGanGenerator {
+                model,
+                encoder: &clip.model,
+                settings: b.settings.clone(),
+                avoid,
+                device: req.device.clone(),
+            })
+        }
     };
     let judge = Judge {
         clip: &clip,
@@ -469,7 +547,19 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
     let (mut computed, mut reused) = (0, 0);
     let total = planned.len();
     for (i, p) in planned.iter().enumerate() {
-        let seed = phrase_seed(req.settings.seed, &p.prompt.phrase);
+        let seed = phrase_seed(settings.seed, &p.prompt.phrase);
+        let generator: &dyn Generator =
+            match p.prompt.generator.as_deref().unwrap_or(&settings.generator) {
+                "biggan" => biggan
+                    .as_ref()
+                    .map(|g| g as &dyn Generator)
+                    .ok_or_else(|| anyhow::anyhow!("BigGAN not loaded"))?,
+                _ => &siren,
+            };
+        let steps = match generator.name() {
+            "biggan" => settings.biggan.as_ref().map_or(0, |b| b.settings.steps),
+            _ => settings.siren.steps,
+        };
         let photo_sha = p.photo.as_ref().map(|(_, b, _)| sha256_hex(b));
         if let Some(r) = record::load_finished(
             &layout,
@@ -477,7 +567,8 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             &p.prompt.phrase,
             seed,
             photo_sha.as_deref(),
-            &req.settings,
+            generator.name(),
+            &settings,
         )? {
             log(
                 req.quiet,
@@ -514,15 +605,11 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             &p.prompt.phrase,
             seed,
             photo,
-            &generator as &dyn Generator,
+            generator,
             &caps,
             &judge,
-            req.settings.save_every,
-            &crate::progress::bar(
-                req.settings.siren.steps as u64,
-                &format!("[{}/{total}]", i + 1),
-                req.quiet,
-            ),
+            settings.save_every,
+            &crate::progress::bar(steps as u64, &format!("[{}/{total}]", i + 1), req.quiet),
         )?;
         write_json(&layout.record(&p.id), &rec)?;
         records.push(rec);
@@ -638,6 +725,7 @@ mod tests {
         let a = RunSettings {
             generator: "siren".into(),
             siren: Settings::default(),
+            biggan: None,
             seed: 0,
             save_every: 50,
             beam: 1,

@@ -74,6 +74,10 @@ pub struct PhraseRecord {
     /// Paths relative to the run folder.
     pub image: String,
     pub frames: Vec<String>,
+    /// BigGAN: the latents file (`z`, `class_logits` of the saved image; `last_z`,
+    /// `last_class_logits` of the optimiser), for `generate --init-latents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latents: Option<String>,
     pub photo: Option<PhotoRecord>,
     /// Cosine similarity between the phrase and the whole final image, as the guide sees it.
     pub final_similarity: f32,
@@ -92,6 +96,7 @@ pub fn load_finished(
     phrase: &str,
     seed: u64,
     photo_sha: Option<&str>,
+    generator: &str,
     settings: &RunSettings,
 ) -> anyhow::Result<Option<PhraseRecord>> {
     let Some(r) = read_record(&layout.record(id))? else {
@@ -104,12 +109,13 @@ pub fn load_finished(
             .all(|c| r.captions.contains_key(&c.label));
     let files_present = std::iter::once(&r.image)
         .chain(&r.frames)
+        .chain(&r.latents)
         .chain(r.photo.as_ref().map(|p| &p.file))
         .all(|f| layout.root.join(f).is_file());
     let same = r.schema_version == RUN_SCHEMA_VERSION
         && r.phrase == phrase
         && r.seed == seed
-        && r.generator == settings.generator
+        && r.generator == generator
         && r.photo.as_ref().map(|p| p.sha256.as_str()) == photo_sha
         && labels_match
         && files_present;
@@ -151,6 +157,14 @@ pub fn compute(
         std::fs::create_dir_all(dir)?;
     }
     save_png(&out.image, &image_path)?;
+    let latents = match &out.latents {
+        Some(l) => {
+            let p = layout.latents(id);
+            l.save(&p)?;
+            Some(layout.relative(&p))
+        }
+        None => None,
+    };
     let final_similarity = generator.similarity(&out.image, &text)?;
     // Caption exactly the pixels that were saved.
     let generated = tensor_to_rgb(&out.image)?;
@@ -208,6 +222,7 @@ pub fn compute(
         generator: generator.name().to_owned(),
         image: layout.relative(&image_path),
         frames: out.frames.iter().map(|f| layout.relative(f)).collect(),
+        latents,
         photo: photo.map(|(p, _)| p),
         final_similarity,
         clip_score: ClipScores {

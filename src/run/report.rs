@@ -234,6 +234,26 @@ fn md(text: &str) -> String {
     s
 }
 
+/// `siren`, or `siren (9), biggan (1)` when the phrases were drawn by several generators.
+pub fn generators_summary(r: &Report) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for p in &r.phrases {
+        match counts.iter_mut().find(|(g, _)| *g == p.record.generator) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&p.record.generator, 1)),
+        }
+    }
+    match counts.as_slice() {
+        [] => r.settings.generator.clone(),
+        [(g, _)] => g.to_string(),
+        many => many
+            .iter()
+            .map(|(g, n)| format!("{g} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 fn opt(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.4}"))
 }
@@ -249,7 +269,7 @@ pub fn markdown(r: &Report) -> String {
         c.phrases,
         c.with_photo,
         md(r.prompts_file),
-        r.settings.generator,
+        md(&generators_summary(r)),
         r.settings.seed,
         md(&r.settings.clip),
         r.shard

@@ -9,9 +9,13 @@ use indicatif::ProgressBar;
 use crate::bleu::{sentence_bleu, Smoothing};
 use crate::captioner::model::Captioner;
 use crate::features::clip_score_matrix;
-use crate::generate::job::{generate_siren, text_embedding, whole_image_similarity, Generated};
+use crate::generate::biggan::Settings as BigGanSettings;
+use crate::generate::job::{
+    generate_biggan, generate_siren, text_embedding, whole_image_similarity, BigGanJob, Generated,
+};
 use crate::generate::siren::Settings;
 use crate::generate::ImageEncoder;
+use crate::models::biggan::BigGan;
 use crate::models::clip::{preprocess_image, Clip};
 use crate::text::normalize;
 
@@ -63,6 +67,45 @@ impl Generator for SirenGenerator<'_> {
             save_every,
             progress,
         )
+    }
+
+    fn similarity(&self, image: &Tensor, text: &Tensor) -> anyhow::Result<f32> {
+        whole_image_similarity(self.encoder, image, text)
+    }
+}
+
+/// big-sleep's BigGAN latents guided by CLIP's image tower.
+pub struct BigGanGenerator<'a> {
+    pub model: &'a BigGan,
+    pub encoder: &'a dyn ImageEncoder,
+    pub settings: BigGanSettings,
+    /// Raw embeddings of the penalty phrases.
+    pub avoid: Vec<Tensor>,
+    pub device: Device,
+}
+
+impl Generator for BigGanGenerator<'_> {
+    fn name(&self) -> &'static str {
+        "biggan"
+    }
+
+    fn generate(
+        &self,
+        text: &Tensor,
+        seed: u64,
+        frames_dir: &Path,
+        save_every: usize,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Generated> {
+        let job = BigGanJob {
+            model: self.model,
+            encoder: self.encoder,
+            settings: &self.settings,
+            avoid: &self.avoid,
+            init: None,
+            device: &self.device,
+        };
+        generate_biggan(job, text, seed, frames_dir, save_every, progress)
     }
 
     fn similarity(&self, image: &Tensor, text: &Tensor) -> anyhow::Result<f32> {

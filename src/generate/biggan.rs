@@ -1,0 +1,596 @@
+//! big-sleep's generator: BigGAN-deep's per-block latents (z rows and class logits) optimised
+//! with Adam so that CLIP finds random cutouts of the image similar to the phrase, with
+//! big-sleep's latent and class regularisers and an exponential moving average of the latents
+//! for the saved image (reference section 3).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+use super::{l2_normalize, Cutout, ImageEncoder, StepRecord};
+use crate::error::InputError;
+use crate::imageops::{resize_bilinear, resize_nearest};
+use crate::models::biggan::BigGan;
+
+/// How cutouts are resized to the encoder's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// big-sleep's default (`F.interpolate(mode="nearest")`).
+    #[default]
+    Nearest,
+    /// big-sleep's `--bilinear` (align_corners = false).
+    Bilinear,
+}
+
+/// Settings of a BigGAN run; big-sleep's GPU defaults beside each field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Optimiser steps (big-sleep: 1050 iterations x 20 epochs).
+    pub steps: usize,
+    /// Cutouts per step (big-sleep: 128, sized for a GPU; 8 keeps a CPU step in seconds).
+    pub cutouts: usize,
+    /// Adam learning rate on the latents (big-sleep: 0.07).
+    pub lr: f64,
+    /// Keep only the K strongest classes per latent with a differentiable top-k (big-sleep:
+    /// `--max-classes`, off: every class through a sigmoid).
+    pub max_classes: Option<usize>,
+    /// Softmax temperature of the differentiable top-k (big-sleep: 2).
+    pub class_temperature: f64,
+    /// Decay of the latents' moving average used for the saved image (big-sleep's CLI: 0.5).
+    pub ema_decay: f64,
+    /// Cutout resize (big-sleep: nearest).
+    pub resize: Resize,
+    /// Penalty phrases: their similarity is pushed down (big-sleep: `text_min`).
+    pub avoid: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            cutouts: 8,
+            lr: 0.07,
+            max_classes: None,
+            class_temperature: 2.0,
+            ema_decay: 0.5,
+            resize: Resize::Nearest,
+            avoid: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Rejects settings that cannot run, naming the option and what was expected.
+    pub fn validate(&self, num_classes: Option<usize>) -> std::result::Result<(), InputError> {
+        let fail = |m: String| Err(InputError::new(m));
+        if self.cutouts == 0 {
+            return fail("--cutouts must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return fail(format!("--lr {} must be a positive number", self.lr));
+        }
+        if !(self.class_temperature.is_finite() && self.class_temperature > 0.0) {
+            return fail(format!(
+                "--class-temperature {} must be a positive number",
+                self.class_temperature
+            ));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return fail(format!("--ema-decay {} must lie in [0, 1)", self.ema_decay));
+        }
+        if let Some(k) = self.max_classes {
+            let n = num_classes.unwrap_or(usize::MAX);
+            if k == 0 || k > n {
+                return fail(format!(
+                    "--max-classes {k} must lie in 1..={}",
+                    num_classes.map_or("the number of classes".into(), |n| n.to_string())
+                ));
+            }
+        }
+        if let Some(p) = self.avoid.iter().find(|p| p.trim().is_empty()) {
+            return fail(format!("--avoid {p:?} is empty: expected a phrase"));
+        }
+        Ok(())
+    }
+}
+
+/// big-sleep's differentiable top-k: k rounds of softmax(x / t), each keeping the largest
+/// probability at its index and masking that index out of the next round; the k one-hot-weighted
+/// rows are summed. [L, C] -> [L, C].
+pub fn differentiable_topk(x: &Tensor, k: usize, temperature: f64) -> Result<Tensor> {
+    let (l, c) = x.dims2()?;
+    let mut x = x.clone();
+    let mut out: Option<Tensor> = None;
+    for round in 0..k {
+        let p = candle_nn::ops::softmax(&(&x / temperature)?, D::Minus1)?;
+        let idx = p.argmax_keepdim(D::Minus1)?; // [L, 1]
+        let hit = Tensor::arange(0u32, c as u32, x.device())?
+            .reshape((1, c))?
+            .broadcast_as((l, c))?
+            .eq(&idx.broadcast_as((l, c))?)?;
+        let kept = (&p * hit.to_dtype(x.dtype())?)?;
+        out = Some(match out {
+            None => kept,
+            Some(o) => (o + kept)?,
+        });
+        if round + 1 < k {
+            let neg = Tensor::full(f32::NEG_INFINITY, (l, c), x.device())?.to_dtype(x.dtype())?;
+            x = hit.where_cond(&neg, &x)?;
+        }
+    }
+    out.ok_or_else(|| candle_core::Error::Msg("differentiable_topk needs k >= 1".into()))
+}
+
+/// big-sleep's latent regulariser on z [L, Z]: the sum of |1 - std(row)| mean, |mean(row)| mean,
+/// 4 max(mean(z^2), 1) and the sum over rows of (|kurtosis| + |skew|) / L, with torch's unbiased
+/// std for the first term and biased moments for skew and kurtosis.
+pub fn latent_loss(z: &Tensor) -> Result<Tensor> {
+    let (l, n) = z.dims2()?;
+    let mean = z.mean_keepdim(1)?; // [L, 1]
+    let diffs = z.broadcast_sub(&mean)?;
+    let sq = diffs.sqr()?;
+    let unbiased_std = (sq.sum_keepdim(1)? / (n as f64 - 1.0))?.sqrt()?;
+    let std_term = (unbiased_std.affine(-1.0, 1.0)?).abs()?.mean_all()?;
+    let mean_term = mean.abs()?.mean_all()?;
+    let energy = z.sqr()?.mean_all()?;
+    let energy_term = (energy.maximum(1.0)? * 4.0)?;
+    let var = sq.mean_keepdim(1)?;
+    let zs = diffs.broadcast_div(&var.sqrt()?)?;
+    let zs2 = zs.sqr()?;
+    let skew = (&zs2 * &zs)?.mean_keepdim(1)?;
+    let kurt = (zs2.sqr()?.mean_keepdim(1)? - 3.0)?;
+    let moments = ((kurt.abs()? + skew.abs()?)?.sum_all()? / l as f64)?;
+    std_term + mean_term + energy_term + moments
+}
+
+/// big-sleep's class regulariser: ((50 * the C-1 smallest class weights of each row)^2).mean(),
+/// i.e. every weight but each row's largest.
+pub fn class_loss(classes: &Tensor) -> Result<Tensor> {
+    let (l, c) = classes.dims2()?;
+    let sq = (classes * 50.0)?.sqr()?;
+    let top = classes.max_keepdim(D::Minus1)?;
+    let top_sq = (top * 50.0)?.sqr()?;
+    (sq.sum_all()? - top_sq.sum_all()?)? / (l * (c - 1).max(1)) as f64
+}
+
+/// big-sleep's cutouts: side int(W * clip(N(0.8, 0.3), 0.5, 0.95)), offsets uniform over every
+/// position where the crop fits.
+pub fn sample_cutouts(rng: &mut impl Rng, n: usize, width: usize) -> Vec<Cutout> {
+    let normal = Normal::new(0.8f64, 0.3).expect("valid normal");
+    (0..n)
+        .map(|_| {
+            let f = normal.sample(rng).clamp(0.5, 0.95);
+            let side = ((width as f64 * f) as usize).clamp(1, width);
+            let y = rng.random_range(0..=width - side);
+            let x = rng.random_range(0..=width - side);
+            Cutout { side, y, x }
+        })
+        .collect()
+}
+
+/// Crops each cutout from `image` [3, H, W] and resizes it to `size`: [N, 3, size, size].
+pub fn cutout_batch(
+    image: &Tensor,
+    cutouts: &[Cutout],
+    size: usize,
+    mode: Resize,
+) -> Result<Tensor> {
+    let pieces = cutouts
+        .iter()
+        .map(|c| {
+            let crop = image.narrow(1, c.y, c.side)?.narrow(2, c.x, c.side)?;
+            match mode {
+                Resize::Nearest => resize_nearest(&crop, size, size),
+                Resize::Bilinear => resize_bilinear(&crop, size, size),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&pieces, 0)
+}
+
+/// The optimised latents: z [L, Z] and class logits [L, C].
+#[derive(Debug, Clone)]
+pub struct Latents {
+    pub z: Tensor,
+    pub class_logits: Tensor,
+}
+
+impl Latents {
+    /// big-sleep's initialisation: z ~ N(0, 1), class logits ~ N(-3.9, 0.3), drawn on the host
+    /// from stream 0 of `seed` (z first, row-major, then the logits).
+    pub fn init(l: usize, z_dim: usize, classes: usize, seed: u64, dev: &Device) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let zn = Normal::new(0f32, 1.0).expect("valid normal");
+        let cn = Normal::new(-3.9f32, 0.3).expect("valid normal");
+        let z: Vec<f32> = (0..l * z_dim).map(|_| zn.sample(&mut rng)).collect();
+        let c: Vec<f32> = (0..l * classes).map(|_| cn.sample(&mut rng)).collect();
+        Ok(Self {
+            z: Tensor::from_vec(z, (l, z_dim), dev)?,
+            class_logits: Tensor::from_vec(c, (l, classes), dev)?,
+        })
+    }
+
+    /// Reads tensors `z` [L, Z] and `class_logits` [L, C] from a safetensors file, checking the
+    /// shapes against the generator's; errors name the file and what was expected.
+    pub fn load(
+        path: &Path,
+        l: usize,
+        z_dim: usize,
+        classes: usize,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
+        let bad = |m: String| InputError::new(format!("{}: {m}", path.display()));
+        let tensors = candle_core::safetensors::load(path, dev)
+            .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
+        let get = |name: &str, shape: (usize, usize)| -> anyhow::Result<Tensor> {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| bad(format!("has no tensor `{name}` (expected {shape:?})")))?;
+            if t.dims() != [shape.0, shape.1] {
+                return Err(bad(format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?} for this generator",
+                    t.dims()
+                ))
+                .into());
+            }
+            let t = t.to_dtype(DType::F32)?;
+            if t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .any(|v| !v.is_finite())
+            {
+                return Err(bad(format!("tensor `{name}` holds non-finite values")).into());
+            }
+            Ok(t)
+        };
+        Ok(Self {
+            z: get("z", (l, z_dim))?,
+            class_logits: get("class_logits", (l, classes))?,
+        })
+    }
+}
+
+/// What a run leaves behind besides the image: final and moving-average latents.
+#[derive(Debug, Clone)]
+pub struct LatentsOut {
+    pub last: Latents,
+    pub ema: Latents,
+}
+
+impl LatentsOut {
+    /// Writes `z`, `class_logits` (the moving average: the saved image's latents, what
+    /// `--init-latents` reads) and `last_z`, `last_class_logits` (the optimiser's latents).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let map: HashMap<String, Tensor> = HashMap::from([
+            ("z".to_string(), self.ema.z.clone()),
+            ("class_logits".to_string(), self.ema.class_logits.clone()),
+            ("last_z".to_string(), self.last.z.clone()),
+            (
+                "last_class_logits".to_string(),
+                self.last.class_logits.clone(),
+            ),
+        ]);
+        let tmp = path.with_extension("safetensors.tmp");
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}
+
+/// big-sleep's EMA with bias correction: biased <- d biased + (1 - d) x, accum <- d accum,
+/// average = biased / (1 - accum); updated once at initialisation and after every step.
+struct Ema {
+    decay: f64,
+    accum: f64,
+    biased: Option<Latents>,
+}
+
+impl Ema {
+    fn update(&mut self, x: &Latents) -> Result<()> {
+        let d = self.decay;
+        self.accum *= d;
+        let next = |b: Option<&Tensor>, v: &Tensor| -> Result<Tensor> {
+            let v = (v.detach() * (1.0 - d))?;
+            match b {
+                Some(b) => (b * d)? + v,
+                None => Ok(v),
+            }
+        };
+        self.biased = Some(Latents {
+            z: next(self.biased.as_ref().map(|b| &b.z), &x.z)?,
+            class_logits: next(
+                self.biased.as_ref().map(|b| &b.class_logits),
+                &x.class_logits,
+            )?,
+        });
+        Ok(())
+    }
+
+    fn average(&self) -> Result<Latents> {
+        let b = self
+            .biased
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("EMA read before its first update".into()))?;
+        let k = 1.0 / (1.0 - self.accum);
+        Ok(Latents {
+            z: (&b.z * k)?,
+            class_logits: (&b.class_logits * k)?,
+        })
+    }
+}
+
+/// BigGAN latents being optimised towards one phrase.
+pub struct BigGanRun<'a> {
+    settings: Settings,
+    model: &'a BigGan,
+    encoder: &'a dyn ImageEncoder,
+    text: Tensor,
+    avoid: Vec<Tensor>,
+    z: Var,
+    class_logits: Var,
+    opt: AdamW,
+    ema: Ema,
+    rng: ChaCha8Rng,
+    step: usize,
+}
+
+impl<'a> BigGanRun<'a> {
+    /// `text` is the phrase's raw embedding [1, D], `avoid` those of the penalty phrases;
+    /// `seed` drives the initialisation (stream 0) and the cutouts (stream 1). `init` replaces
+    /// the drawn latents.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: &Settings,
+        model: &'a BigGan,
+        encoder: &'a dyn ImageEncoder,
+        text: &Tensor,
+        avoid: &[Tensor],
+        seed: u64,
+        init: Option<Latents>,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = model.config();
+        let l = model.num_latents();
+        let start = match init {
+            Some(x) => x,
+            None => Latents::init(l, cfg.z_dim, cfg.num_classes, seed, device)?,
+        };
+        let z = Var::from_tensor(&start.z)?;
+        let class_logits = Var::from_tensor(&start.class_logits)?;
+        let opt = AdamW::new(
+            vec![z.clone(), class_logits.clone()],
+            ParamsAdamW {
+                lr: settings.lr,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+        )?;
+        let mut ema = Ema {
+            decay: settings.ema_decay,
+            accum: 1.0,
+            biased: None,
+        };
+        ema.update(&start)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(1);
+        Ok(Self {
+            settings: settings.clone(),
+            model,
+            encoder,
+            text: l2_normalize(&text.detach())?,
+            avoid: avoid
+                .iter()
+                .map(|t| l2_normalize(&t.detach()))
+                .collect::<Result<_>>()?,
+            z,
+            class_logits,
+            opt,
+            ema,
+            rng,
+            step: 0,
+        })
+    }
+
+    /// Class weights from logits: sigmoid, or the differentiable top-k with `--max-classes`.
+    pub fn classes(&self, logits: &Tensor) -> Result<Tensor> {
+        match self.settings.max_classes {
+            Some(k) => differentiable_topk(logits, k, self.settings.class_temperature),
+            None => candle_nn::ops::sigmoid(logits),
+        }
+    }
+
+    /// The generator's image for latents, [3, S, S] in [0, 1] (truncation 1, as big-sleep).
+    pub fn render(&self, z: &Tensor, class_logits: &Tensor) -> Result<Tensor> {
+        let classes = self.classes(class_logits)?;
+        let x = self.model.forward_per_block(z, &classes, 1.0)?;
+        (x.squeeze(0)? + 1.0)? / 2.0
+    }
+
+    /// One Adam step on the latents; returns its record (loss = the sum of the three terms,
+    /// similarity = mean cosine of the cutouts with the phrase).
+    pub fn step(&mut self) -> Result<StepRecord> {
+        let t0 = Instant::now();
+        let s = &self.settings;
+        let z = self.z.as_tensor();
+        let logits = self.class_logits.as_tensor();
+        let classes = self.classes(logits)?;
+        let image = ((self.model.forward_per_block(z, &classes, 1.0)?.squeeze(0)? + 1.0)? / 2.0)?;
+        let width = image.dim(2)?;
+        let cuts = sample_cutouts(&mut self.rng, s.cutouts, width);
+        let batch = cutout_batch(&image, &cuts, self.encoder.input_size(), s.resize)?;
+        let emb = l2_normalize(&self.encoder.encode_images(&batch)?)?;
+        let cos = emb.matmul(&self.text.t()?)?.mean_all()?;
+        let mut sim_loss = (&cos * -100.0)?;
+        for a in &self.avoid {
+            sim_loss = (sim_loss + (emb.matmul(&a.t()?)?.mean_all()? * 100.0)?)?;
+        }
+        let loss = ((latent_loss(z)? + class_loss(&classes)?)? + sim_loss)?;
+        let value = loss.to_scalar::<f32>()?;
+        self.opt.backward_step(&loss)?;
+        self.ema.update(&Latents {
+            z: self.z.as_tensor().clone(),
+            class_logits: self.class_logits.as_tensor().clone(),
+        })?;
+        self.step += 1;
+        Ok(StepRecord {
+            step: self.step,
+            loss: value,
+            similarity: cos.to_scalar::<f32>()?,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The saved image: the generator's output for the moving-average latents, detached.
+    pub fn image(&self) -> Result<Tensor> {
+        let avg = self.ema.average()?;
+        Ok(self.render(&avg.z, &avg.class_logits)?.detach())
+    }
+
+    /// The current and moving-average latents.
+    pub fn latents(&self) -> Result<LatentsOut> {
+        Ok(LatentsOut {
+            last: Latents {
+                z: self.z.as_tensor().detach(),
+                class_logits: self.class_logits.as_tensor().detach(),
+            },
+            ema: self.ema.average()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32], shape: (usize, usize)) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn topk_keeps_the_k_largest_softmax_rounds() {
+        // Row [2, 0, 1] at temperature 1: round 1 keeps softmax's weight of index 0, round 2
+        // (index 0 masked) keeps the renormalised weight of index 2.
+        let x = t(&[2.0, 0.0, 1.0], (1, 3));
+        let y = differentiable_topk(&x, 2, 1.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let e = [2f32.exp(), 1.0, 1f32.exp()];
+        let p0 = e[0] / (e[0] + e[1] + e[2]);
+        let p2 = e[2] / (e[1] + e[2]);
+        assert!(
+            (y[0] - p0).abs() < 1e-6 && y[1] == 0.0 && (y[2] - p2).abs() < 1e-6,
+            "{y:?}"
+        );
+        // Differentiable: the gradient reaches the logits.
+        let v = Var::from_tensor(&x).unwrap();
+        let g = differentiable_topk(v.as_tensor(), 2, 2.0)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gv = g
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(gv.iter().any(|v| v.abs() > 1e-4), "{gv:?}");
+    }
+
+    #[test]
+    fn class_loss_skips_each_rows_largest() {
+        let c = t(&[0.1, 0.5, 0.2, 0.3, 0.0, 0.4], (2, 3));
+        let got = class_loss(&c).unwrap().to_scalar::<f32>().unwrap();
+        let want = [0.1f32, 0.2, 0.3, 0.0]
+            .iter()
+            .map(|v| (50.0 * v).powi(2))
+            .sum::<f32>()
+            / 4.0;
+        assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+    }
+
+    #[test]
+    fn latent_loss_matches_a_hand_computation() {
+        let v = [0.5f32, -1.0, 2.0, 0.25, 1.5, -0.75, 0.0, 1.0];
+        let z = t(&v, (2, 4));
+        let got = latent_loss(&z).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let mut want = 0.0f64;
+        let mut energy = 0.0f64;
+        for row in v.chunks(4) {
+            let r: Vec<f64> = row.iter().map(|x| *x as f64).collect();
+            let m = r.iter().sum::<f64>() / 4.0;
+            let var_b = r.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 4.0;
+            let std_u = (var_b * 4.0 / 3.0).sqrt();
+            want += (1.0 - std_u).abs() / 2.0 + m.abs() / 2.0;
+            let zs: Vec<f64> = r.iter().map(|x| (x - m) / var_b.sqrt()).collect();
+            let skew = zs.iter().map(|x| x.powi(3)).sum::<f64>() / 4.0;
+            let kurt = zs.iter().map(|x| x.powi(4)).sum::<f64>() / 4.0 - 3.0;
+            want += (kurt.abs() + skew.abs()) / 2.0;
+            energy += r.iter().map(|x| x * x).sum::<f64>();
+        }
+        want += 4.0 * (energy / 8.0).max(1.0);
+        assert!((got - want).abs() < 1e-4 * want.abs(), "{got} vs {want}");
+    }
+
+    #[test]
+    fn cutouts_follow_big_sleep_bounds() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for c in sample_cutouts(&mut rng, 500, 128) {
+            assert!((64..=121).contains(&c.side), "{c:?}");
+            assert!(c.y + c.side <= 128 && c.x + c.side <= 128);
+        }
+    }
+
+    #[test]
+    fn ema_is_bias_corrected() {
+        let d = Device::Cpu;
+        let l = |v: f32| Latents {
+            z: Tensor::new(&[[v]], &d).unwrap(),
+            class_logits: Tensor::new(&[[v]], &d).unwrap(),
+        };
+        let mut e = Ema {
+            decay: 0.5,
+            accum: 1.0,
+            biased: None,
+        };
+        e.update(&l(4.0)).unwrap();
+        let a = e
+            .average()
+            .unwrap()
+            .z
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        assert!(
+            (a - 4.0).abs() < 1e-6,
+            "the first average is the start: {a}"
+        );
+        e.update(&l(1.0)).unwrap();
+        // biased = 0.25 * 4 + 0.5 * 1 = 1.5; accum = 0.25; average = 1.5 / 0.75 = 2.
+        let a = e
+            .average()
+            .unwrap()
+            .z
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        assert!((a - 2.0).abs() < 1e-6, "{a}");
+    }
+}
