@@ -1,14 +1,18 @@
 //! W1: one SIREN guidance step (deep-daze's loss, Adam) at 224 px with SIREN 8 x 256, 8 cutouts
 //! and CLIP ViT-B/32 geometry with seeded random weights. Compare with
 //! `python3 ../shared/bench/torch_step.py` run in the same session (its first line is W1).
-//! Run: `cargo bench --bench guidance`.
+//! W2: one big-sleep guidance step with BigGAN-deep 128 geometry (random weights), 8 cutouts and
+//! CLIP ViT-B/32; compare with `python3 benches/biggan_torch.py` in the same session.
+//! Run: `cargo bench --bench guidance` (`-- w2` for W2 alone).
 
 use std::hint::black_box;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use criterion::{criterion_group, criterion_main, Criterion};
+use roundtrip::generate::biggan::{BigGanRun, Settings as BigGanSettings};
 use roundtrip::generate::siren::{Settings, SirenRun};
+use roundtrip::models::biggan::{BigGan, Config as BigGanConfig};
 use roundtrip::models::clip::{ClipConfig, ClipModel};
 use roundtrip::models::seeded_random_weights;
 
@@ -32,6 +36,26 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("siren8x256_224px_8cutouts_vitb32_step", |b| {
         b.iter(|| black_box(run.step().unwrap()))
+    });
+    g.finish();
+
+    // W2: BigGAN-deep 128 with random weights (running variances made positive).
+    let gcfg = BigGanConfig::deep_128();
+    let mut gw = seeded_random_weights(|vb| BigGan::new(vb, &gcfg), 1, 0.02, &dev).unwrap();
+    for (name, t) in gw.iter_mut() {
+        if name.ends_with("running_vars") {
+            *t = (t.abs().unwrap() + 1.0).unwrap();
+        }
+    }
+    let biggan = BigGan::new(VarBuilder::from_tensors(gw, DType::F32, &dev), &gcfg).unwrap();
+    let bsettings = BigGanSettings::default();
+    let mut brun =
+        BigGanRun::new(&bsettings, &biggan, &clip, &text, &[], 0, None, &dev).unwrap();
+    brun.step().unwrap();
+    let mut g = c.benchmark_group("w2");
+    g.sample_size(10);
+    g.bench_function("biggan_deep128_8cutouts_vitb32_step", |b| {
+        b.iter(|| black_box(brun.step().unwrap()))
     });
     g.finish();
 }
