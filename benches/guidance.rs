@@ -49,8 +49,7 @@ fn bench(c: &mut Criterion) {
     }
     let biggan = BigGan::new(VarBuilder::from_tensors(gw, DType::F32, &dev), &gcfg).unwrap();
     let bsettings = BigGanSettings::default();
-    let mut brun =
-        BigGanRun::new(&bsettings, &biggan, &clip, &text, &[], 0, None, &dev).unwrap();
+    let mut brun = BigGanRun::new(&bsettings, &biggan, &clip, &text, &[], 0, None, &dev).unwrap();
     brun.step().unwrap();
     let mut g = c.benchmark_group("w2");
     g.sample_size(10);
