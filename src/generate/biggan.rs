@@ -593,4 +593,76 @@ mod tests {
             .unwrap()[0];
         assert!((a - 2.0).abs() < 1e-6, "{a}");
     }
+
+    /// big-sleep 0.9.1's own functions and formulas, run in PyTorch (float64) by
+    /// tests/fixtures/make_bigsleep_fixtures.py: values and gradients agree.
+    #[test]
+    fn matches_big_sleep() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/bigsleep/reference.safetensors"
+        );
+        let r = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+        let get = |k: &str| r[k].to_dtype(DType::F32).unwrap();
+        let close = |name: &str, got: &Tensor, want: &Tensor| {
+            let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(g.len(), w.len(), "{name}");
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+                assert!((a - b).abs() <= 1e-4 * scale, "{name}[{i}]: {a} vs {b}");
+            }
+        };
+        let z = Var::from_tensor(&get("z")).unwrap();
+        let loss = latent_loss(z.as_tensor()).unwrap();
+        close("lat_loss", &loss, &get("lat_loss"));
+        let g = loss.backward().unwrap();
+        close(
+            "lat_grad_z",
+            g.get(z.as_tensor()).unwrap(),
+            &get("lat_grad_z"),
+        );
+
+        let cls = Var::from_tensor(&get("cls")).unwrap();
+        let loss = class_loss(&candle_nn::ops::sigmoid(cls.as_tensor()).unwrap()).unwrap();
+        close("cls_loss_sigmoid", &loss, &get("cls_loss_sigmoid"));
+        let g = loss.backward().unwrap();
+        let want = get("cls_loss_sigmoid_grad");
+        close(
+            "cls_loss_sigmoid_grad",
+            g.get(cls.as_tensor()).unwrap(),
+            &want,
+        );
+
+        let top = differentiable_topk(cls.as_tensor(), 3, 2.0).unwrap();
+        close("topk3", &top, &get("topk3"));
+        let g = (&top * get("topk3_w"))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            "topk3_grad",
+            g.get(cls.as_tensor()).unwrap(),
+            &get("topk3_grad"),
+        );
+
+        let inputs = get("ema_in");
+        let mut e = Ema {
+            decay: 0.5,
+            accum: 1.0,
+            biased: None,
+        };
+        for i in 0..3 {
+            let row = inputs.get(i).unwrap().unsqueeze(0).unwrap();
+            e.update(&Latents {
+                z: row.clone(),
+                class_logits: row,
+            })
+            .unwrap();
+            let avg = e.average().unwrap().z;
+            close("ema_avg", &avg, &get("ema_avg").get(i).unwrap());
+        }
+    }
 }
