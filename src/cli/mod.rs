@@ -38,7 +38,7 @@ enum Command {
     Run(run::Args),
     /// Put the shard folders of one run back together into one run folder and report.
     Merge(merge::Args),
-    /// Draw a phrase: optimise a SIREN so that CLIP finds the image similar to the phrase.
+    /// Draw a phrase: optimise a SIREN (or BigGAN latents) so that CLIP finds the image similar to the phrase.
     Generate(generate::Args),
     /// Raw encoder features of texts and images, and their CLIPScore matrix.
     Features(features::Args),
