@@ -24,12 +24,36 @@ fn batch(size: usize, dev: &Device) -> Tensor {
     Tensor::from_vec(v, (BATCH, 3, size, size), dev).unwrap()
 }
 
+/// Whether the command line's filter (if any) selects `name` (`encoders/<function>`): a filter
+/// also skips the other encoder's set-up, so that `benches/table.py` measures each one's peak
+/// memory alone.
+fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
 fn bench(c: &mut Criterion) {
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("encoders");
     g.sample_size(10);
     g.throughput(Throughput::Elements(BATCH as u64));
 
+    if wanted("encoders/vgg16_224px_batch8_fc2") {
+        vgg(&mut g, &dev);
+    }
+    if wanted("encoders/xception_299px_batch8_avgpool") {
+        xception(&mut g, &dev);
+    }
+    g.finish();
+}
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+fn vgg(g: &mut Group, dev: &Device) {
+    let dev = dev.clone();
     let cfg = vgg16::Config::vgg16();
     let w = seeded_random_weights(|vb| Vgg16::new(vb, &cfg), 0, 0.01, &dev).unwrap();
     let vgg = Vgg16::new(VarBuilder::from_tensors(w, DType::F32, &dev), &cfg).unwrap();
@@ -38,8 +62,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("vgg16_224px_batch8_fc2", |b| {
         b.iter(|| black_box(vgg.forward(&x).unwrap()))
     });
-    drop(vgg);
+}
 
+fn xception(g: &mut Group, dev: &Device) {
+    let dev = dev.clone();
     let cfg = xception::Config::xception();
     let w = seeded_random_weights(|vb| Xception::new(vb, &cfg), 0, 0.02, &dev).unwrap();
     let xc = Xception::new(VarBuilder::from_tensors(w, DType::F32, &dev), &cfg).unwrap();
@@ -48,7 +74,6 @@ fn bench(c: &mut Criterion) {
     g.bench_function("xception_299px_batch8_avgpool", |b| {
         b.iter(|| black_box(xc.forward(&x).unwrap()))
     });
-    g.finish();
 }
 
 criterion_group!(benches, bench);

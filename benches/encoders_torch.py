@@ -53,10 +53,15 @@ def bench(name: str, variant: str, size: int) -> None:
 
 
 def main() -> None:
+    import sys
+
+    only = sys.argv[1:]  # e.g. `vgg16` or `xception`: one model alone (benches/table.py)
     torch.set_num_threads(THREADS)
     print(f"torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}")
-    bench("vgg16", "vgg16.tv_in1k", 224)
-    bench("xception", "legacy_xception.tf_in1k", 299)
+    if not only or "vgg16" in only:
+        bench("vgg16", "vgg16.tv_in1k", 224)
+    if not only or "xception" in only:
+        bench("xception", "legacy_xception.tf_in1k", 299)
 
 
 if __name__ == "__main__":

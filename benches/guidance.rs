@@ -1,9 +1,11 @@
 //! W1: one SIREN guidance step (deep-daze's loss, Adam) at 224 px with SIREN 8 x 256, 8 cutouts
-//! and CLIP ViT-B/32 geometry with seeded random weights. Compare with
-//! `python3 ../shared/bench/torch_step.py` run in the same session (its first line is W1).
+//! and CLIP ViT-B/32 geometry with seeded random weights; W1b the same with SIREN 16 x 256 and 4
+//! cutouts. Compare with `python3 ../shared/bench/torch_step.py` run in the same session (its
+//! lines are W1 and W1b).
 //! W2: one big-sleep guidance step with BigGAN-deep 128 geometry (random weights), 8 cutouts and
 //! CLIP ViT-B/32; compare with `python3 benches/biggan_torch.py` in the same session.
-//! Run: `cargo bench --bench guidance` (`-- w2` for W2 alone).
+//! Run: `cargo bench --bench guidance [-- w1|w1b|w2]`; a filter also skips the other workloads'
+//! model set-up, so that `benches/table.py` can measure each one's peak memory alone.
 
 use std::hint::black_box;
 
@@ -16,30 +18,60 @@ use roundtrip::models::biggan::{BigGan, Config as BigGanConfig};
 use roundtrip::models::clip::{ClipConfig, ClipModel};
 use roundtrip::models::seeded_random_weights;
 
-fn bench(c: &mut Criterion) {
-    roundtrip::tune_allocator();
-    let dev = Device::Cpu;
+/// Whether the command line's filter (if any) selects the group `name`.
+fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| f == name || name.starts_with(&format!("{f}/")))
+}
+
+fn clip(dev: &Device) -> ClipModel {
     let cfg = ClipConfig::vit_b32();
-    let weights = seeded_random_weights(|vb| ClipModel::new(vb, &cfg), 0, 0.02, &dev).unwrap();
-    let clip = ClipModel::new(VarBuilder::from_tensors(weights, DType::F32, &dev), &cfg).unwrap();
-    let text = Tensor::ones((1, cfg.projection_dim), DType::F32, &dev).unwrap();
+    let weights = seeded_random_weights(|vb| ClipModel::new(vb, &cfg), 0, 0.02, dev).unwrap();
+    ClipModel::new(VarBuilder::from_tensors(weights, DType::F32, dev), &cfg).unwrap()
+}
+
+fn siren(c: &mut Criterion, group: &str, layers: usize, cutouts: usize) {
+    if !wanted(group) {
+        return;
+    }
+    let dev = Device::Cpu;
+    let clip = clip(&dev);
+    let text = Tensor::ones((1, 512), DType::F32, &dev).unwrap();
     let settings = Settings {
         size: 224,
-        layers: 8,
+        layers,
         hidden: 256,
-        cutouts: 8,
+        cutouts,
         ..Settings::default()
     };
     let mut run = SirenRun::new(&settings, &clip, &text, 0, &dev).unwrap();
     run.step().unwrap(); // warm-up outside the measurement
-    let mut g = c.benchmark_group("w1");
+    let mut g = c.benchmark_group(group);
     g.sample_size(10);
-    g.bench_function("siren8x256_224px_8cutouts_vitb32_step", |b| {
-        b.iter(|| black_box(run.step().unwrap()))
-    });
+    g.bench_function(
+        format!("siren{layers}x256_224px_{cutouts}cutouts_vitb32_step"),
+        |b| b.iter(|| black_box(run.step().unwrap())),
+    );
     g.finish();
+}
 
+fn bench(c: &mut Criterion) {
+    roundtrip::tune_allocator();
+    siren(c, "w1", 8, 8);
+    siren(c, "w1b", 16, 4);
+    if !wanted("w2") {
+        return;
+    }
     // W2: BigGAN-deep 128 with random weights (running variances made positive).
+    let dev = Device::Cpu;
+    let clip = clip(&dev);
+    let text = Tensor::ones((1, 512), DType::F32, &dev).unwrap();
     let gcfg = BigGanConfig::deep_128();
     let mut gw = seeded_random_weights(|vb| BigGan::new(vb, &gcfg), 1, 0.02, &dev).unwrap();
     for (name, t) in gw.iter_mut() {
