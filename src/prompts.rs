@@ -235,5 +235,16 @@ mod tests {
         assert_eq!(f.prompts.len(), 10);
         assert_eq!(f.prompts[0].phrase, "a cat eating a mouse");
         assert_eq!(f.prompts[9].phrase, "two guys playing chess");
+        let biggan: Vec<&str> = f
+            .prompts
+            .iter()
+            .filter(|p| p.generator.as_deref() == Some("biggan"))
+            .map(|p| p.phrase.as_str())
+            .collect();
+        assert_eq!(
+            biggan,
+            ["a macaw flying over a forest"],
+            "as the original drew it"
+        );
     }
 }

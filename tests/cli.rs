@@ -176,7 +176,9 @@ fn prompts_check_lists_phrases_and_rejects_bad_lines() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(
-        out.contains("10 phrases") && out.contains("two guys playing chess"),
+        out.contains("10 phrases")
+            && out.contains("two guys playing chess")
+            && out.contains("[biggan] a macaw flying over a forest"),
         "{out}"
     );
 

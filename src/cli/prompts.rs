@@ -33,9 +33,17 @@ pub fn run(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
         photos
     )?;
     for p in &prompts.prompts {
+        let generator = p
+            .generator
+            .as_ref()
+            .map_or(String::new(), |g| format!("[{g}] "));
         match &p.photo {
-            Some(photo) => writeln!(out, "{:>5}  {}  [photo: {}]", p.line, p.phrase, photo)?,
-            None => writeln!(out, "{:>5}  {}", p.line, p.phrase)?,
+            Some(photo) => writeln!(
+                out,
+                "{:>5}  {generator}{}  [photo: {}]",
+                p.line, p.phrase, photo
+            )?,
+            None => writeln!(out, "{:>5}  {generator}{}", p.line, p.phrase)?,
         }
     }
     Ok(())
