@@ -684,4 +684,24 @@ fn a_bracket_prefix_draws_that_line_with_biggan() {
         "{}",
         plain["settings"]
     );
+    // Two shards merged: the BigGAN phrase's latents come along, and the merged folder resumes
+    // with nothing to compute.
+    let mut shards = Vec::new();
+    for k in 1..=2 {
+        let d = dir.join(format!("shard{k}"));
+        let spec = format!("{k}/2");
+        let mut e = extra.to_vec();
+        e.extend(["--shard", spec.as_str()]);
+        ok(&run(p, &d, &e));
+        shards.push(d.to_str().unwrap().to_owned());
+    }
+    let merged = dir.join("merged");
+    let mut args = vec!["merge"];
+    args.extend(shards.iter().map(String::as_str));
+    args.extend(["--out", merged.to_str().unwrap()]);
+    ok(&roundtrip(&args));
+    let id = recs[0]["id"].as_str().unwrap();
+    let rec = read_json(&merged.join("phrases").join(format!("{id}.json")));
+    assert!(merged.join(rec["latents"].as_str().unwrap()).is_file());
+    assert_eq!(count(&ok(&run(p, &merged, &extra)), "computed"), 0);
 }

@@ -186,6 +186,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
         };
         for rel in std::iter::once(&r.image)
             .chain(&r.frames)
+            .chain(&r.latents)
             .chain(r.photo.as_ref().map(|p| &p.file))
         {
             copy_into(&from, &to, rel)?;
