@@ -103,12 +103,13 @@ pub struct BigGanArgs {
     /// sigmoid over all classes.
     #[arg(long)]
     max_classes: Option<usize>,
-    /// Temperature of the --max-classes top-k (big-sleep: 2).
-    #[arg(long, default_value_t = 2.0)]
-    class_temperature: f64,
-    /// Decay of the latents' moving average that draws the saved image (big-sleep's CLI: 0.5).
-    #[arg(long, default_value_t = 0.5)]
-    ema_decay: f64,
+    /// Temperature of the --max-classes top-k (big-sleep: 2) [default: 2].
+    #[arg(long)]
+    class_temperature: Option<f64>,
+    /// Decay of the latents' moving average that draws the saved image (big-sleep's CLI: 0.5)
+    /// [default: 0.5].
+    #[arg(long)]
+    ema_decay: Option<f64>,
     /// Resize cutouts bilinearly (big-sleep's default: nearest).
     #[arg(long)]
     bilinear: bool,
@@ -146,8 +147,8 @@ impl BigGanArgs {
             cutouts: shared.cutouts.unwrap_or(d.cutouts),
             lr: shared.lr.unwrap_or(d.lr),
             max_classes: self.max_classes,
-            class_temperature: self.class_temperature,
-            ema_decay: self.ema_decay,
+            class_temperature: self.class_temperature.unwrap_or(d.class_temperature),
+            ema_decay: self.ema_decay.unwrap_or(d.ema_decay),
             resize: if self.bilinear {
                 Resize::Bilinear
             } else {
@@ -176,8 +177,8 @@ impl BigGanArgs {
             ("--max-classes", self.max_classes.is_some()),
             ("--bilinear", self.bilinear),
             ("--avoid", !self.avoid.is_empty()),
-            ("--class-temperature", self.class_temperature != 2.0),
-            ("--ema-decay", self.ema_decay != 0.5),
+            ("--class-temperature", self.class_temperature.is_some()),
+            ("--ema-decay", self.ema_decay.is_some()),
         ]
         .into_iter()
         .find(|(_, g)| *g)

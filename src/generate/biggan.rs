@@ -411,8 +411,12 @@ impl<'a> BigGanRun<'a> {
 
     /// The generator's image for latents, [3, S, S] in [0, 1] (truncation 1, as big-sleep).
     pub fn render(&self, z: &Tensor, class_logits: &Tensor) -> Result<Tensor> {
-        let classes = self.classes(class_logits)?;
-        let x = self.model.forward_per_block(z, &classes, 1.0)?;
+        self.draw(z, &self.classes(class_logits)?)
+    }
+
+    /// The generator's image for z and class weights, [3, S, S] in [0, 1].
+    fn draw(&self, z: &Tensor, classes: &Tensor) -> Result<Tensor> {
+        let x = self.model.forward_per_block(z, classes, 1.0)?;
         (x.squeeze(0)? + 1.0)? / 2.0
     }
 
@@ -424,7 +428,7 @@ impl<'a> BigGanRun<'a> {
         let z = self.z.as_tensor();
         let logits = self.class_logits.as_tensor();
         let classes = self.classes(logits)?;
-        let image = ((self.model.forward_per_block(z, &classes, 1.0)?.squeeze(0)? + 1.0)? / 2.0)?;
+        let image = self.draw(z, &classes)?;
         let width = image.dim(2)?;
         let cuts = sample_cutouts(&mut self.rng, s.cutouts, width);
         let batch = cutout_batch(&image, &cuts, self.encoder.input_size(), s.resize)?;

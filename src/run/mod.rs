@@ -459,7 +459,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
                 .with_context(|| format!("loading BigGAN `{}`", b.model))?;
             b.settings.validate(Some(g.config().num_classes))?;
             models.insert("biggan".to_owned(), serde_json::to_value(m.record())?);
-            Some((g, ()))
+            Some(g)
         }
     };
     for c in &settings.captioners {
@@ -515,7 +515,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
     };
     let biggan = match &biggan_model {
         None => None,
-        Some((model, _)) => {
+        Some(model) => {
             let b = settings
                 .biggan
                 .as_ref()
@@ -556,10 +556,6 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
                     .ok_or_else(|| anyhow::anyhow!("BigGAN not loaded"))?,
                 _ => &siren,
             };
-        let steps = match generator.name() {
-            "biggan" => settings.biggan.as_ref().map_or(0, |b| b.settings.steps),
-            _ => settings.siren.steps,
-        };
         let photo_sha = p.photo.as_ref().map(|(_, b, _)| sha256_hex(b));
         if let Some(r) = record::load_finished(
             &layout,
@@ -609,7 +605,11 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             &caps,
             &judge,
             settings.save_every,
-            &crate::progress::bar(steps as u64, &format!("[{}/{total}]", i + 1), req.quiet),
+            &crate::progress::bar(
+                generator.steps() as u64,
+                &format!("[{}/{total}]", i + 1),
+                req.quiet,
+            ),
         )?;
         write_json(&layout.record(&p.id), &rec)?;
         records.push(rec);

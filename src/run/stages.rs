@@ -23,6 +23,8 @@ use crate::text::normalize;
 pub trait Generator {
     /// The name recorded with each image (`siren`, `biggan`).
     fn name(&self) -> &'static str;
+    /// Optimiser steps per image (for progress bars).
+    fn steps(&self) -> usize;
     /// Optimises an image towards the phrase embedding `text` [1, D] from `seed`, writing a
     /// progress frame to `frames_dir` every `save_every` steps.
     fn generate(
@@ -47,6 +49,10 @@ pub struct SirenGenerator<'a> {
 impl Generator for SirenGenerator<'_> {
     fn name(&self) -> &'static str {
         "siren"
+    }
+
+    fn steps(&self) -> usize {
+        self.settings.steps
     }
 
     fn generate(
@@ -87,6 +93,10 @@ pub struct BigGanGenerator<'a> {
 impl Generator for BigGanGenerator<'_> {
     fn name(&self) -> &'static str {
         "biggan"
+    }
+
+    fn steps(&self) -> usize {
+        self.settings.steps
     }
 
     fn generate(
