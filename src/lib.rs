@@ -8,6 +8,7 @@ pub mod captioner;
 pub mod cli;
 pub mod clip_train;
 pub mod dataset;
+pub mod device;
 pub mod error;
 pub mod features;
 pub mod fsutil;

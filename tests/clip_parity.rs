@@ -639,3 +639,14 @@ fn trainable_weights_get_gradients() {
         assert!(n > 0.0, "zero gradient for {name}");
     }
 }
+
+/// The portable path, what CUDA and Metal run (LayerNorm, QuickGELU and attention from candle
+/// ops, candle's autograd), matches transformers in values and pixel gradients, as the fused CPU
+/// kernels do: the optimised gradient path and the straightforward one agree.
+#[test]
+fn portable_path_matches_transformers() {
+    roundtrip::models::with_portable_ops(|| {
+        hidden_states_match_transformers();
+        pixel_gradient_matches_pytorch();
+    });
+}

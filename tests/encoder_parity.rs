@@ -580,3 +580,13 @@ fn backward_through_the_encoders_is_an_error() {
     let f = xception_tiny().forward(x.as_tensor()).unwrap();
     assert!(f.sum_all().unwrap().backward().is_err());
 }
+
+/// The portable path, what CUDA and Metal run (candle's conv2d and max_pool2d, shifted
+/// multiply-adds for the depthwise convolutions, no Winograd), matches timm as the CPU kernels do.
+#[test]
+fn portable_path_matches_timm() {
+    roundtrip::models::with_portable_ops(|| {
+        vgg16_tiny_matches_timm();
+        xception_tiny_matches_timm();
+    });
+}

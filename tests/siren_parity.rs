@@ -119,3 +119,10 @@ fn fused_siren_matches_candle_autograd() {
         }
     }
 }
+
+/// The portable sine layers (candle ops, what CUDA and Metal run) behind the same hand-written
+/// backward agree with autograd too.
+#[test]
+fn portable_sine_layers_match_candle_autograd() {
+    roundtrip::models::with_portable_ops(fused_siren_matches_candle_autograd);
+}

@@ -8,6 +8,8 @@ use crate::hub::Locator;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    device: super::DeviceArg,
     #[arg(long)]
     captioner: PathBuf,
     /// Beam width (1: greedy).
@@ -20,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let device = candle_core::Device::Cpu;
+    let device = a.device.open()?;
     let c = Captioner::load(&a.captioner, &Locator::from_env(), &device)?;
     let captions = c.caption_images(&a.images, a.beam, &device)?;
     if a.json {

@@ -9,6 +9,8 @@ use crate::dataset::Split;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    device: super::DeviceArg,
     #[arg(long)]
     captioner: PathBuf,
     #[arg(long)]
@@ -39,7 +41,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         a.beam,
         &cache,
         a.quiet,
-        &candle_core::Device::Cpu,
+        &a.device.open()?,
     )?;
     if a.json {
         serde_json::to_writer(&mut *out, &r)?;

@@ -8,6 +8,8 @@ use crate::dataset::Split;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// CLIP: preset, hub id `org/name[@rev]`, or a model folder (e.g. from train-clip).
     #[arg(long)]
     clip: String,
@@ -26,13 +28,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let r = evaluate_clip(
-        &a.clip,
-        &a.dataset,
-        a.split,
-        a.limit,
-        &candle_core::Device::Cpu,
-    )?;
+    let r = evaluate_clip(&a.clip, &a.dataset, a.split, a.limit, &a.device.open()?)?;
     if a.json {
         serde_json::to_writer(&mut *out, &r)?;
         writeln!(out)?;

@@ -19,6 +19,8 @@ enum Encoder {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// Which encoder.
     #[arg(long, value_enum, default_value = "clip")]
     encoder: Encoder,
@@ -42,7 +44,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             "nothing to embed: give --text PHRASE and/or IMAGE paths"
         ));
     }
-    let device = candle_core::Device::Cpu;
+    let device = a.device.open()?;
     let locator = Locator::from_env();
     let f = match a.encoder {
         Encoder::Clip => {

@@ -20,6 +20,8 @@ pub enum GeneratorKind {
 #[derive(Debug, clap::Args)]
 #[command(args_override_self = true)]
 pub struct Args {
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// The phrase to draw.
     phrase: String,
     /// Output folder: DIR/<slug>.png, DIR/<slug>.json and progress frames in DIR/<slug>/.
@@ -254,7 +256,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         save_every: a.save_every,
         force: a.force,
         quiet: a.quiet,
-        device: candle_core::Device::Cpu,
+        device: a.device.open()?,
     };
     let done = generate(&req)?;
     writeln!(

@@ -63,6 +63,21 @@ enum Command {
     Models(models::Command),
 }
 
+/// `--device`, shared by every command that runs a model.
+#[derive(Debug, clap::Args)]
+struct DeviceArg {
+    /// Where the models run: cpu, cuda, metal (GPU builds: `--features cuda` or `metal`), or
+    /// auto: the GPU when this build has one and finds it, else the CPU.
+    #[arg(long = "device", value_name = "DEVICE", default_value = "auto")]
+    choice: crate::device::DeviceChoice,
+}
+
+impl DeviceArg {
+    fn open(&self) -> anyhow::Result<candle_core::Device> {
+        crate::device::open(self.choice)
+    }
+}
+
 /// Runs a parsed command line, writing results to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {

@@ -19,6 +19,8 @@ enum PresetArg {
 #[derive(Debug, clap::Args)]
 #[command(args_override_self = true)]
 pub struct Args {
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// Prompts file: one phrase per line, optionally TAB and the path of a real photo of it.
     prompts: PathBuf,
     /// Run folder: report.json, report.html, report.md, run.json, images/, photos/, phrases/.
@@ -104,7 +106,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         shard: a.shard,
         force: a.force,
         quiet: a.quiet,
-        device: candle_core::Device::Cpu,
+        device: a.device.open()?,
     };
     let s = run_all(&req)?;
     writeln!(

@@ -11,6 +11,8 @@ use crate::captioner::train::{train, TrainRequest};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// Image encoder: vgg16 (fc2, 4096-d, 224 px) or xception (average pool, 2048-d, 299 px).
     #[arg(long)]
     encoder: EncoderKind,
@@ -97,7 +99,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         resume: a.resume,
         cache_dir: a.cache.unwrap_or_else(default_cache_dir),
         quiet: a.quiet,
-        device: candle_core::Device::Cpu,
+        device: a.device.open()?,
     };
     let s = train(&req)?;
     let encoder = match s.features {

@@ -11,6 +11,8 @@ fn d() -> ClipTrainSettings {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    device: super::DeviceArg,
     /// Dataset folder in a Flickr8k layout (original, Kaggle or Karpathy).
     #[arg(long)]
     dataset: PathBuf,
@@ -96,7 +98,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         resume: a.resume,
         quiet: a.quiet,
         command_line: std::env::args().collect(),
-        device: candle_core::Device::Cpu,
+        device: a.device.open()?,
     };
     let s = train_clip(&req)?;
     let dev = s

@@ -43,7 +43,7 @@ impl HiddenAct {
     /// `gelu` are unary ops with gradients).
     fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::QuickGelu if xs.dtype() == DType::F32 && xs.device().is_cpu() => {
+            Self::QuickGelu if xs.dtype() == DType::F32 && super::native_kernels(xs.device()) => {
                 xs.contiguous()?.apply_op1(FusedQuickGelu)
             }
             Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
@@ -492,7 +492,7 @@ impl LayerNorm {
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         if let Some(op) = &self.fused {
-            if xs.dtype() == DType::F32 && xs.device().is_cpu() {
+            if xs.dtype() == DType::F32 && super::native_kernels(xs.device()) {
                 return xs.contiguous()?.apply_op1(op.clone());
             }
         }
@@ -589,7 +589,7 @@ impl Attention {
             Some(l) => l.forward(xs)?,
             None => self.stacked_qkv()?.forward(xs)?,
         };
-        if mask.is_none() && qkv.dtype() == DType::F32 && qkv.device().is_cpu() {
+        if mask.is_none() && qkv.dtype() == DType::F32 && super::native_kernels(qkv.device()) {
             let op = FusedAttention {
                 heads: self.heads,
                 queries: queries.unwrap_or(n),

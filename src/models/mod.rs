@@ -12,12 +12,38 @@ pub mod trainable;
 pub mod vgg16;
 pub mod xception;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_distr::Distribution;
+
+thread_local! {
+    static PORTABLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the hand-written f32 CPU kernels (fused CLIP ops, SIREN sine layers, the encoders'
+/// NHWC kernels) serve tensors on `device`. They exist for the CPU only; on CUDA or Metal every
+/// model takes its portable path, plain candle ops that each backend implements.
+/// [`with_portable_ops`] forces that path on the CPU too, so tests check it against the kernels.
+pub fn native_kernels(device: &Device) -> bool {
+    device.is_cpu() && !PORTABLE.with(Cell::get)
+}
+
+/// Runs `f` with the portable (GPU) code path on the CPU: models built and run inside `f`, on this
+/// thread, use plain candle ops instead of the CPU kernels. For tests and benchmarks.
+pub fn with_portable_ops<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PORTABLE.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PORTABLE.with(|p| p.replace(true)));
+    f()
+}
 
 /// Seeded random weights for any model: builds it once to learn its tensor names and shapes,
 /// then fills each tensor from N(0, std) drawn on the host (candle's CPU RNG cannot be seeded).

@@ -185,7 +185,12 @@ impl CustomOp2 for SineForward {
 }
 
 /// `sin(w0 (z + b))` and `w0 cos(w0 (z + b))` for z [N, H] and b [H], in one pass.
+/// Off the CPU ([`super::native_kernels`]) the same from candle ops.
 pub fn sine_forward(z: &Tensor, b: &Tensor, w0: f64) -> Result<(Tensor, Tensor)> {
+    if !super::native_kernels(z.device()) {
+        let t = (z.broadcast_add(b)? * w0)?;
+        return Ok((t.sin()?, (t.cos()? * w0)?));
+    }
     let out = z.apply_op2_no_bwd(b, &SineForward { w0: w0 as f32 })?;
     Ok((out.get(0)?, out.get(1)?))
 }
@@ -249,7 +254,13 @@ impl CustomOp2 for SineBackward {
 /// For the gradient `g` at a sine layer's output and its derivative `d` from [`sine_forward`]:
 /// the gradient at the pre-activation z, `g * d` [N, H], and the bias gradient [H]. The bias
 /// gradient sums fixed row blocks, then the blocks in order (deterministic).
+/// Off the CPU the same from candle ops (the bias sum in the backend's order).
 pub fn sine_backward(g: &Tensor, d: &Tensor) -> Result<(Tensor, Tensor)> {
+    if !super::native_kernels(g.device()) {
+        let gz = g.mul(d)?;
+        let gb = gz.sum(0)?;
+        return Ok((gz, gb));
+    }
     let n = g.dim(0)?;
     let out = g.apply_op2_no_bwd(d, &SineBackward)?;
     let rows = out.dim(0)?;

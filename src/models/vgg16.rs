@@ -28,7 +28,8 @@
 //! reading, so no elementwise pass is spent on them. The kernels are shared with
 //! [`super::xception`] (module [`nhwc`]). They are f32 CPU kernels without a backward: the encoders
 //! are frozen feature extractors, and calling `backward` through them is an error, not a silent
-//! zero gradient.
+//! zero gradient. On CUDA or Metal the same graph runs as candle ops (conv2d, max_pool2d, shifted
+//! multiply-adds; no Winograd), see [`super::native_kernels`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -182,13 +183,12 @@ pub struct Vgg16 {
 impl Vgg16 {
     /// Tensor names as timm's `vgg16.tv_in1k`: `features.{0,2,5,...,28}.{weight,bias}`,
     /// `pre_logits.fc1.{weight,bias}` ([fc, C, k, k]), `pre_logits.fc2.{weight,bias}` ([fc, fc, 1,
-    /// 1]). `head.fc.*` is not requested. Weights are converted to f32; CPU only.
+    /// 1]). `head.fc.*` is not requested. Weights are converted to f32.
     pub fn new(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(format!("VGG16 config: {e}")))?;
-        if !vb.device().is_cpu() {
-            candle_core::bail!("VGG16: the encoder kernels run on the CPU only");
-        }
+        // Winograd is a CPU kernel; the portable path (GPUs) convolves with candle's conv2d.
+        let native = super::native_kernels(vb.device());
         let features = vb.pp("features");
         let mut indices = conv_indices(cfg).into_iter();
         let mut c_in = 3;
@@ -203,8 +203,8 @@ impl Vgg16 {
                     .get((c_out, c_in, 3, 3), "weight")?
                     .to_dtype(DType::F32)?;
                 let b = vb.get(c_out, "bias")?.to_dtype(DType::F32)?;
-                let tile =
-                    nhwc::winograd_tile(side, side).filter(|_| c_in >= WINOGRAD_MIN_CHANNELS);
+                let tile = nhwc::winograd_tile(side, side)
+                    .filter(|_| native && c_in >= WINOGRAD_MIN_CHANNELS);
                 let kind = match tile {
                     Some(m) => ConvKind::Winograd {
                         m,
@@ -302,12 +302,13 @@ impl Vgg16 {
                 bias: pending.take(),
                 relu: true,
             };
-            x = x.apply_op1(nhwc::MaxPool {
+            x = nhwc::MaxPool {
                 k: 2,
                 stride: 2,
                 pad: 0,
                 pre,
-            })?;
+            }
+            .run(&x)?;
         }
         Ok(x)
     }
@@ -469,7 +470,7 @@ pub fn pil_resize_nearest(img: &image::RgbImage, new_w: usize, new_h: usize) -> 
 /// so that a gradient reaching them is an error (`BackwardNotSupported`) rather than silently
 /// dropped (`apply_op*_no_bwd` would cut the graph).
 pub(crate) mod nhwc {
-    use crate::models::f32_slice;
+    use crate::models::{f32_slice, native_kernels};
     use std::sync::Arc;
 
     use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
@@ -505,6 +506,20 @@ pub(crate) mod nhwc {
                 }
                 _ => Ok(()),
             }
+        }
+
+        /// `pre(x)` from candle ops, for an NHWC tensor on any device (the portable path).
+        pub fn portable(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+            let c = x.dim(candle_core::D::Minus1)?;
+            self.check(c, "pre")?;
+            let mut y = x.clone();
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(&Tensor::from_slice(b, c, x.device())?)?;
+            }
+            if self.relu {
+                y = y.relu()?;
+            }
+            Ok(y)
         }
 
         /// dst = pre(src) for one pixel (or any whole number of pixels) of C channels.
@@ -629,6 +644,18 @@ pub(crate) mod nhwc {
         let (b, h, w, c) = x.dims4()?;
         let (ho, wo) = (out_size(h, k, stride, pad)?, out_size(w, k, stride, pad)?);
         let o = weight.dim(1)?;
+        if !native_kernels(x.device()) {
+            // candle's conv2d in NCHW, the weight back in [O, C, ky, kx].
+            let w = weight
+                .reshape((k, k, c, o))?
+                .permute((3, 2, 0, 1))?
+                .contiguous()?;
+            let xin = pre.portable(x)?.permute((0, 3, 1, 2))?.contiguous()?;
+            return xin
+                .conv2d(&w, pad, stride, 1, 1)?
+                .permute((0, 2, 3, 1))?
+                .contiguous();
+        }
         let row_elems = wo * k * k * c;
         let total = b * ho;
         let band = (BAND_ELEMS / row_elems.max(1)).clamp(1, total);
@@ -976,6 +1003,33 @@ pub(crate) mod nhwc {
         pub pre: Pre,
     }
 
+    impl MaxPool {
+        /// Applies the pool: the CPU kernel, or candle ops elsewhere ([`native_kernels`]).
+        pub fn run(self, x: &Tensor) -> candle_core::Result<Tensor> {
+            if native_kernels(x.device()) {
+                return x.apply_op1(self);
+            }
+            let (k, st, pad) = (self.k, self.stride, self.pad);
+            if pad * 2 > k {
+                candle_core::bail!("max pool: padding {pad} more than half the kernel {k}");
+            }
+            let mut y = self.pre.portable(x)?;
+            if pad > 0 {
+                // -inf padding on H and W (dims 1 and 2): never the maximum.
+                for dim in [1, 2] {
+                    let mut dims = y.dims().to_vec();
+                    dims[dim] = pad;
+                    let fill = Tensor::full(f32::NEG_INFINITY, dims, y.device())?;
+                    y = Tensor::cat(&[&fill, &y, &fill], dim)?;
+                }
+            }
+            y.permute((0, 3, 1, 2))?
+                .max_pool2d_with_stride(k, st)?
+                .permute((0, 2, 3, 1))?
+                .contiguous()
+        }
+    }
+
     impl CustomOp1 for MaxPool {
         fn name(&self) -> &'static str {
             "max-pool-nhwc"
@@ -1029,6 +1083,44 @@ pub(crate) mod nhwc {
         /// [3, 3, C] (ky, kx, c).
         pub taps: Arc<[f32]>,
         pub pre: Pre,
+    }
+
+    impl Depthwise3x3 {
+        /// Applies the convolution: the CPU kernel, or nine shifted multiply-adds in candle ops
+        /// elsewhere ([`native_kernels`]; candle's grouped conv2d runs one convolution per group).
+        pub fn run(self, x: &Tensor) -> candle_core::Result<Tensor> {
+            if native_kernels(x.device()) {
+                return x.apply_op1(self);
+            }
+            let (_, h, w, c) = x.dims4()?;
+            if self.taps.len() != 9 * c {
+                candle_core::bail!(
+                    "depthwise: {} taps for {c} channels (expected {})",
+                    self.taps.len(),
+                    9 * c
+                );
+            }
+            let taps = Tensor::from_slice(&self.taps, (9, c), x.device())?;
+            let xp = self
+                .pre
+                .portable(x)?
+                .pad_with_zeros(1, 1, 1)?
+                .pad_with_zeros(2, 1, 1)?;
+            let mut out: Option<Tensor> = None;
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let term = xp
+                        .narrow(1, ky, h)?
+                        .narrow(2, kx, w)?
+                        .broadcast_mul(&taps.get(ky * 3 + kx)?)?;
+                    out = Some(match out {
+                        None => term,
+                        Some(o) => (o + term)?,
+                    });
+                }
+            }
+            out.ok_or_else(|| candle_core::Error::Msg("depthwise: no taps".into()))
+        }
     }
 
     impl CustomOp1 for Depthwise3x3 {
@@ -1095,6 +1187,17 @@ pub(crate) mod nhwc {
     /// `pre(x)`, materialised.
     pub struct Apply(pub Pre);
 
+    impl Apply {
+        /// `pre(x)`: the CPU kernel, or candle ops elsewhere ([`native_kernels`]).
+        pub fn run(self, x: &Tensor) -> candle_core::Result<Tensor> {
+            if native_kernels(x.device()) {
+                x.apply_op1(self)
+            } else {
+                self.0.portable(x)
+            }
+        }
+    }
+
     impl CustomOp1 for Apply {
         fn name(&self) -> &'static str {
             "bias-relu-nhwc"
@@ -1118,6 +1221,24 @@ pub(crate) mod nhwc {
     pub struct AddBiased {
         pub bias_a: Option<Arc<[f32]>>,
         pub bias_b: Option<Arc<[f32]>>,
+    }
+
+    impl AddBiased {
+        /// `(a + bias_a) + (b + bias_b)`: the CPU kernel, or candle ops elsewhere.
+        pub fn run(self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+            if native_kernels(a.device()) {
+                return a.apply_op2(b, self);
+            }
+            let pa = Pre {
+                bias: self.bias_a,
+                relu: false,
+            };
+            let pb = Pre {
+                bias: self.bias_b,
+                relu: false,
+            };
+            pa.portable(a)? + pb.portable(b)?
+        }
     }
 
     impl CustomOp2 for AddBiased {

@@ -21,7 +21,7 @@
 //! input; a pointwise convolution is one GEMM over all pixels of the batch. Pending BatchNorm biases
 //! are applied by the next kernel that reads the tensor (depthwise, max pool, the residual add), so
 //! they cost no pass of their own. The kernels live in [`super::vgg16::nhwc`]; they are f32, CPU
-//! only, without a backward (frozen encoder): `backward` through them is an error, not a silently
+//! only (on other devices the same graph runs as candle ops), without a backward (frozen encoder): `backward` through them is an error, not a silently
 //! cut gradient.
 
 use std::sync::Arc;
@@ -200,10 +200,11 @@ impl SepConv {
 
     /// Depthwise (input read through `pre`) then pointwise: [B, H, W, O] without the bias.
     fn forward(&self, x: &Tensor, pre: Pre) -> candle_core::Result<Tensor> {
-        let d = x.apply_op1(nhwc::Depthwise3x3 {
+        let d = nhwc::Depthwise3x3 {
             taps: self.taps.clone(),
             pre,
-        })?;
+        }
+        .run(x)?;
         pointwise(&d, &self.pointwise)
     }
 }
@@ -337,7 +338,7 @@ impl Block {
                     relu: false,
                 },
             };
-            (y.apply_op1(pool)?, None)
+            (pool.run(&y)?, None)
         } else {
             (y, last)
         };
@@ -349,13 +350,11 @@ impl Block {
                 Some(b.clone()),
             ),
         };
-        y.apply_op2(
-            &s,
-            nhwc::AddBiased {
-                bias_a: y_bias,
-                bias_b: s_bias,
-            },
-        )
+        nhwc::AddBiased {
+            bias_a: y_bias,
+            bias_b: s_bias,
+        }
+        .run(&y, &s)
     }
 }
 
@@ -376,13 +375,10 @@ impl Xception {
     /// `bn2.*`, `block{1..12}.rep.{i}.conv1.weight` (depthwise) / `.pointwise.weight` /
     /// `rep.{i}.{weight,bias,running_mean,running_var}` (BN), `block{n}.skip.weight` and
     /// `block{n}.skipbn.*` where the shape changes, `conv3.*`, `bn3.*`, `conv4.*`, `bn4.*`. `fc.*`
-    /// and `*.num_batches_tracked` are not requested. Weights are converted to f32; CPU only.
+    /// and `*.num_batches_tracked` are not requested. Weights are converted to f32.
     pub fn new(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(format!("Xception config: {e}")))?;
-        if !vb.device().is_cpu() {
-            candle_core::bail!("Xception: the encoder kernels run on the CPU only");
-        }
         let eps = cfg.bn_eps;
         let [s1, s2] = cfg.stem;
         let conv1 = folded_conv(vb.pp("conv1"), vb.pp("bn1"), (s1, 3, 3), eps)?;
@@ -423,10 +419,11 @@ impl Xception {
             relu: true,
         };
         let y = nhwc::conv_im2col(&y, &self.conv2.0, 3, 1, 0, &pre)?;
-        let mut x = y.apply_op1(nhwc::Apply(Pre {
+        let mut x = nhwc::Apply(Pre {
             bias: Some(self.conv2.1.clone()),
             relu: true,
-        }))?;
+        })
+        .run(&y)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
@@ -436,10 +433,11 @@ impl Xception {
             relu: true,
         };
         let y = self.conv4.forward(&y, pre)?;
-        y.apply_op1(nhwc::Apply(Pre {
+        nhwc::Apply(Pre {
             bias: Some(self.conv4.bias.clone()),
             relu: true,
-        }))
+        })
+        .run(&y)
     }
 
     /// act4 as timm's `forward_features`: [B, C, h, w] (NCHW). `x` as for [`Self::forward`].

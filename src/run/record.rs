@@ -71,6 +71,10 @@ pub struct PhraseRecord {
     pub reference_tokens: Vec<String>,
     pub seed: u64,
     pub generator: String,
+    /// Where it was computed (`cpu`, `cuda:0`, `metal:0`): floating-point results differ in the
+    /// last bits between devices.
+    #[serde(default = "cpu_label")]
+    pub device: String,
     /// Paths relative to the run folder.
     pub image: String,
     pub frames: Vec<String>,
@@ -86,6 +90,10 @@ pub struct PhraseRecord {
     pub captions: BTreeMap<String, CaptionerResult>,
     pub steps: Vec<StepPoint>,
     pub seconds: Timings,
+}
+
+fn cpu_label() -> String {
+    "cpu".into()
 }
 
 /// The finished record of a phrase, if the folder has one made with the same phrase, seed,
@@ -220,6 +228,7 @@ pub fn compute(
         reference_tokens: crate::text::normalize(phrase),
         seed,
         generator: generator.name().to_owned(),
+        device: crate::device::label(&judge.device),
         image: layout.relative(&image_path),
         frames: out.frames.iter().map(|f| layout.relative(f)).collect(),
         latents,

@@ -130,6 +130,11 @@ impl Store {
     /// Takes every tensor of `specs` from `tensors` (f32, the spec's shape); extra tensors (a
     /// classifier head, `num_batches_tracked`) are ignored.
     pub fn new(specs: &[Spec], tensors: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+        if !device.is_cpu() {
+            candle_core::bail!(
+                "the trainable encoders (train --train-encoder) have CPU kernels only: use --device cpu"
+            )
+        }
         let mut vars = Vec::new();
         let mut buffers = BTreeMap::new();
         for s in specs {
