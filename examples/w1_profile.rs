@@ -56,17 +56,18 @@ fn main() -> anyhow::Result<()> {
         "siren fwd",
         "cutouts+resize",
         "clip fwd+loss",
-        "clip+resize bwd",
+        "clip bwd",
+        "resize bwd",
         "siren bwd",
         "adam",
         "total",
     ];
     let mut sums = vec![0f64; names.len()];
     for step in 0..=steps {
-        let mut t = [0f64; 7];
+        let mut t = [0f64; 8];
         let t0 = Instant::now();
         let mut lap = Instant::now();
-        let mut mark = |i: usize, t: &mut [f64; 7]| {
+        let mut mark = |i: usize, t: &mut [f64; 8]| {
             t[i] = lap.elapsed().as_secs_f64();
             lap = Instant::now();
         };
@@ -81,16 +82,37 @@ fn main() -> anyhow::Result<()> {
         let cuts = sample_cutouts(&mut rng, s.cutouts, s.size, s.lower, s.upper);
         let batch = cutout_batch(leaf.as_tensor(), &cuts, clip.input_size())?;
         mark(1, &mut t);
-        let emb = clip.encode_images(&batch)?;
-        let (loss, _) = deep_daze_loss(&text, &emb, s.averaging_weight)?;
-        let _ = loss.to_scalar::<f32>()?;
-        mark(2, &mut t);
-        let g = loss.backward()?;
-        let gimg = g
-            .get(leaf.as_tensor())
-            .ok_or_else(|| anyhow::anyhow!("no image gradient"))?
-            .clone();
-        mark(3, &mut t);
+        let (g, gimg) = match clip.encode_images_taped(&batch)? {
+            Some((emb, back)) => {
+                let ev = Var::from_tensor(&emb)?;
+                let (loss, _) = deep_daze_loss(&text, ev.as_tensor(), s.averaging_weight)?;
+                let _ = loss.to_scalar::<f32>()?;
+                mark(2, &mut t);
+                let g_emb = loss.backward()?.get(ev.as_tensor()).cloned();
+                let g_batch = back(&g_emb.ok_or_else(|| anyhow::anyhow!("no emb gradient"))?)?;
+                mark(3, &mut t);
+                let g = batch.mul(&g_batch)?.sum_all()?.backward()?;
+                let gimg = g
+                    .get(leaf.as_tensor())
+                    .ok_or_else(|| anyhow::anyhow!("no image gradient"))?
+                    .clone();
+                mark(4, &mut t);
+                (g, gimg)
+            }
+            None => {
+                let emb = clip.encode_images(&batch)?;
+                let (loss, _) = deep_daze_loss(&text, &emb, s.averaging_weight)?;
+                let _ = loss.to_scalar::<f32>()?;
+                mark(2, &mut t);
+                let g = loss.backward()?;
+                let gimg = g
+                    .get(leaf.as_tensor())
+                    .ok_or_else(|| anyhow::anyhow!("no image gradient"))?
+                    .clone();
+                mark(3, &mut t);
+                (g, gimg)
+            }
+        };
         let grads = match &tape {
             Some(tape) => {
                 let mut store = g;
@@ -101,10 +123,10 @@ fn main() -> anyhow::Result<()> {
             }
             None => (image * gimg)?.sum_all()?.backward()?,
         };
-        mark(4, &mut t);
-        opt.step(&grads)?;
         mark(5, &mut t);
-        t[6] = t0.elapsed().as_secs_f64();
+        opt.step(&grads)?;
+        mark(6, &mut t);
+        t[7] = t0.elapsed().as_secs_f64();
         if step > 0 {
             for (a, b) in sums.iter_mut().zip(t) {
                 *a += b;

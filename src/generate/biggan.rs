@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use super::{l2_normalize, Cutout, ImageEncoder, StepRecord};
+use super::{encode_and_backward, l2_normalize, Cutout, ImageEncoder, StepRecord};
 use crate::error::InputError;
 use crate::imageops::{resize_bilinear, resize_nearest};
 use crate::models::biggan::BigGan;
@@ -432,15 +432,19 @@ impl<'a> BigGanRun<'a> {
         let width = image.dim(2)?;
         let cuts = sample_cutouts(&mut self.rng, s.cutouts, width);
         let batch = cutout_batch(&image, &cuts, self.encoder.input_size(), s.resize)?;
-        let emb = l2_normalize(&self.encoder.encode_images(&batch)?)?;
-        let cos = emb.matmul(&self.text.t()?)?.mean_all()?;
-        let mut sim_loss = (&cos * -100.0)?;
-        for a in &self.avoid {
-            sim_loss = (sim_loss + (emb.matmul(&a.t()?)?.mean_all()? * 100.0)?)?;
-        }
-        let loss = ((latent_loss(z)? + class_loss(&classes)?)? + sim_loss)?;
+        let (text, avoid) = (&self.text, &self.avoid);
+        let (loss, cos, grads) = encode_and_backward(self.encoder, &batch, |raw| {
+            let emb = l2_normalize(raw)?;
+            let cos = emb.matmul(&text.t()?)?.mean_all()?;
+            let mut sim_loss = (&cos * -100.0)?;
+            for a in avoid {
+                sim_loss = (sim_loss + (emb.matmul(&a.t()?)?.mean_all()? * 100.0)?)?;
+            }
+            let loss = ((latent_loss(z)? + class_loss(&classes)?)? + sim_loss)?;
+            Ok((loss, cos))
+        })?;
         let value = loss.to_scalar::<f32>()?;
-        self.opt.backward_step(&loss)?;
+        self.opt.step(&grads)?;
         self.ema.update(&Latents {
             z: self.z.as_tensor().clone(),
             class_logits: self.class_logits.as_tensor().clone(),

@@ -33,6 +33,24 @@ impl ImageEncoder for ClipModel {
         let std = Tensor::new(&CLIP_STD, dev)?.reshape((1, 3, 1, 1))?;
         self.image_features(&images.broadcast_sub(&mean)?.broadcast_div(&std)?)
     }
+
+    fn encode_images_taped(
+        &self,
+        images: &Tensor,
+    ) -> candle_core::Result<Option<(Tensor, super::EncoderBackward<'_>)>> {
+        if !self.image_tape_available() {
+            return Ok(None);
+        }
+        let dev = images.device();
+        let mean = Tensor::new(&CLIP_MEAN, dev)?.reshape((1, 3, 1, 1))?;
+        let std = Tensor::new(&CLIP_STD, dev)?.reshape((1, 3, 1, 1))?;
+        let px = images.detach().broadcast_sub(&mean)?.broadcast_div(&std)?;
+        let Some((emb, tape)) = self.image_features_taped(&px)? else {
+            return Ok(None);
+        };
+        let back = move |g: &Tensor| tape.backward(self, g)?.broadcast_div(&std);
+        Ok(Some((emb, Box::new(back))))
+    }
 }
 
 /// The phrase's raw CLIP text embedding [1, D].

@@ -8,12 +8,15 @@ pub mod biggan;
 pub mod job;
 pub mod siren;
 
-use candle_core::{Result, Tensor};
+use candle_core::{backprop::GradStore, Result, Tensor, Var};
 use rand::Rng;
 use serde::Serialize;
 
 use crate::imageops::resize_bilinear;
 pub use crate::models::clip::l2_normalize;
+
+/// d loss / d images from d loss / d embeddings: an encoder's hand-written backward.
+pub type EncoderBackward<'a> = Box<dyn FnOnce(&Tensor) -> Result<Tensor> + 'a>;
 
 /// An image encoder that guides generation (CLIP's image tower).
 pub trait ImageEncoder {
@@ -21,6 +24,44 @@ pub trait ImageEncoder {
     fn input_size(&self) -> usize;
     /// [N, 3, S, S] images in [0, 1] -> [N, D] raw embeddings, differentiable w.r.t. the images.
     fn encode_images(&self, images: &Tensor) -> Result<Tensor>;
+    /// The embeddings (detached) and the encoder's hand-written backward, where it has one for
+    /// these images on this device; `None` means "use autograd through [`Self::encode_images`]".
+    fn encode_images_taped(
+        &self,
+        _images: &Tensor,
+    ) -> Result<Option<(Tensor, EncoderBackward<'_>)>> {
+        Ok(None)
+    }
+}
+
+/// Encodes `batch`, computes `loss_of(embeddings)` = (loss, similarity) and back-propagates the
+/// loss to everything `batch` was computed from. With an encoder's hand-written backward
+/// ([`ImageEncoder::encode_images_taped`]) autograd runs on the two ends only: loss ->
+/// embeddings, and batch -> its sources (through the surrogate `sum(batch * d loss / d batch)`,
+/// whose gradient w.r.t. the sources is exactly the loss's through the encoder; terms of the loss
+/// that do not depend on the embeddings keep their gradients).
+pub fn encode_and_backward(
+    encoder: &dyn ImageEncoder,
+    batch: &Tensor,
+    loss_of: impl FnOnce(&Tensor) -> Result<(Tensor, Tensor)>,
+) -> Result<(Tensor, Tensor, GradStore)> {
+    let Some((emb, back)) = encoder.encode_images_taped(batch)? else {
+        let (loss, sim) = loss_of(&encoder.encode_images(batch)?)?;
+        let store = loss.backward()?;
+        return Ok((loss, sim, store));
+    };
+    let emb = Var::from_tensor(&emb)?;
+    let (loss, sim) = loss_of(emb.as_tensor())?;
+    let g_emb = loss
+        .backward()?
+        .get(emb.as_tensor())
+        .cloned()
+        .ok_or_else(|| candle_core::Error::Msg("no gradient reached the embeddings".into()))?;
+    let g_batch = back(&g_emb)?;
+    // The loss again for the terms that do not go through the encoder (regularisers of the
+    // sources); its path through the embeddings ends at their detached copy.
+    let store = (&loss + batch.mul(&g_batch)?.sum_all()?)?.backward()?;
+    Ok((loss, sim, store))
 }
 
 /// deep-daze's loss for one batch of cutout embeddings `emb` [N, D] and the normalised phrase

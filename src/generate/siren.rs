@@ -9,7 +9,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{cutout_batch, deep_daze_loss, l2_normalize, sample_cutouts, ImageEncoder, StepRecord};
+use super::{
+    cutout_batch, deep_daze_loss, encode_and_backward, l2_normalize, sample_cutouts, ImageEncoder,
+    StepRecord,
+};
 use crate::error::InputError;
 use crate::models::siren::{coord_grid, Config as SirenConfig, Siren};
 
@@ -174,12 +177,12 @@ impl<'a> SirenRun<'a> {
             let image = Var::from_tensor(&image)?;
             let cuts = sample_cutouts(&mut self.rng, s.cutouts, s.size, s.lower, s.upper);
             let batch = cutout_batch(image.as_tensor(), &cuts, self.encoder.input_size())?;
-            let emb = self.encoder.encode_images(&batch)?;
-            let (loss, sim) = deep_daze_loss(&self.text, &emb, s.averaging_weight)?;
-            let loss = (loss / accum as f64)?;
+            let (loss, sim, store) = encode_and_backward(self.encoder, &batch, |emb| {
+                let (loss, sim) = deep_daze_loss(&self.text, emb, s.averaging_weight)?;
+                Ok(((loss / accum as f64)?, sim))
+            })?;
             loss_sum += loss.to_scalar::<f32>()?;
             sim_sum += sim.to_scalar::<f32>()? / accum as f32;
-            let store = loss.backward()?;
             let grad_image = store
                 .get(image.as_tensor())
                 .ok_or_else(|| candle_core::Error::Msg("no gradient reached the image".into()))?;

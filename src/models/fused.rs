@@ -69,6 +69,15 @@ impl CustomOp1 for FusedLayerNorm {
     }
 }
 
+impl FusedLayerNorm {
+    /// The input gradient for the output gradient `g`, recomputing the row moments from `x`
+    /// (for hand-written backwards; the op's own `bwd` does the same).
+    pub fn grad(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
+        x.contiguous()?
+            .apply_op2_no_bwd(&g.contiguous()?, &LayerNormGrad(self.clone()))
+    }
+}
+
 /// `[x, g] -> dx` for [`FusedLayerNorm`]: with x^ the normalised row and gw = g * weight,
 /// dx = rstd * (gw - mean(gw) - x^ * mean(gw * x^)).
 struct LayerNormGrad(FusedLayerNorm);
@@ -149,6 +158,14 @@ impl CustomOp1 for FusedQuickGelu {
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.contiguous()?;
         Ok(Some(x.apply_op2_no_bwd(&g, &QuickGeluGrad)?))
+    }
+}
+
+impl FusedQuickGelu {
+    /// The input gradient for the output gradient `g` at input `x`.
+    pub fn grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+        x.contiguous()?
+            .apply_op2_no_bwd(&g.contiguous()?, &QuickGeluGrad)
     }
 }
 
@@ -293,6 +310,14 @@ impl CustomOp1 for FusedAttention {
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.contiguous()?;
         Ok(Some(x.apply_op2_no_bwd(&g, &AttentionGrad(self.clone()))?))
+    }
+}
+
+impl FusedAttention {
+    /// The gradient w.r.t. `qkv` for the output gradient `g` (probabilities recomputed).
+    pub fn grad(&self, qkv: &Tensor, g: &Tensor) -> Result<Tensor> {
+        qkv.contiguous()?
+            .apply_op2_no_bwd(&g.contiguous()?, &AttentionGrad(self.clone()))
     }
 }
 
