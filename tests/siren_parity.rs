@@ -76,7 +76,8 @@ fn deep_daze_loss_matches_pytorch() {
 #[test]
 fn fused_siren_matches_candle_autograd() {
     let dev = Device::Cpu;
-    for (layers, hidden, size) in [(3, 20, 7), (2, 32, 5)] {
+    // 37 x 37 = 1369 rows: several row blocks and two gradient groups, the last ones partial.
+    for (layers, hidden, size) in [(3, 20, 7), (2, 32, 5), (3, 24, 37)] {
         let cfg = Config {
             layers,
             hidden,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, gemm_1t};
 
 /// Rows per parallel work unit.
 const ROWS: usize = 16;
@@ -132,9 +132,31 @@ impl CustomOp2 for LayerNormGrad {
 /// `x * sigmoid(1.702 x)` (OpenAI CLIP's activation), f32.
 pub struct FusedQuickGelu;
 
-#[inline]
+/// e^x to ~2 ulp (Cephes' expf: reduction by ln 2 in two parts, degree-6 polynomial), branch-free
+/// so that it vectorises (libm's `expf` is a scalar call). Arguments are clamped to
+/// [-87.3, 88.3], where 2^n stays a normal float; sigmoid only needs the clamped range.
+#[inline(always)]
+fn exp_poly(x: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.3);
+    let k = x * LOG2E + SHIFTER;
+    let n = k - SHIFTER;
+    let r = (x - n * C1) - n * C2;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * r * r + r + 1.0;
+    let e = (k.to_bits() as i32 - SHIFTER.to_bits() as i32 + 127) as u32;
+    y * f32::from_bits(e << 23)
+}
+
+#[inline(always)]
 fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
+    1.0 / (1.0 + exp_poly(-v))
 }
 
 impl CustomOp1 for FusedQuickGelu {
@@ -148,9 +170,11 @@ impl CustomOp1 for FusedQuickGelu {
         y.par_chunks_mut(4096)
             .zip(x.par_chunks(4096))
             .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = x * sigmoid(1.702 * x);
-                }
+                super::wide(|| {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = x * sigmoid(1.702 * x);
+                    }
+                })
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -193,50 +217,25 @@ impl CustomOp2 for QuickGeluGrad {
         dx.par_chunks_mut(4096)
             .zip(x.par_chunks(4096).zip(g.par_chunks(4096)))
             .for_each(|(dx, (x, g))| {
-                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                    let s = sigmoid(1.702 * x);
-                    *dx = g * (s + 1.702 * x * s * (1.0 - s));
-                }
+                super::wide(|| {
+                    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                        let s = sigmoid(1.702 * x);
+                        *dx = g * (s + 1.702 * x * s * (1.0 - s));
+                    }
+                })
             });
         Ok((CpuStorage::F32(dx), lx.shape().clone()))
-    }
-}
-
-/// Dot product with eight independent accumulators, so that it vectorises (a fixed order, hence
-/// deterministic).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `y += a * x`.
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
     }
 }
 
 /// Multi-head self-attention core, softmax(q k^T * scale) v, on the stacked projection output
 /// `qkv` [B, N, 3, H, hd] (f32, contiguous) -> [B, nq, H * hd], for the first `queries`
 /// positions. Written with basic ops this is a permute copy, two batched matmuls of tiny
-/// matrices and ~6 softmax passes forward, twice that backward; here it is one pass per batch
-/// element each way (the probabilities are recomputed in the backward rather than stored).
-/// Batch elements are split between threads, never shared, so results do not depend on
-/// scheduling. No mask: the image tower has none.
+/// matrices and ~6 softmax passes forward, twice that backward; here each head of each batch
+/// element is two small matrix products on strided views of `qkv` and an in-cache softmax
+/// forward, five products backward (the probabilities are recomputed rather than stored).
+/// Batch elements are split between threads, never shared, and each product runs on one
+/// thread, so results do not depend on scheduling. No mask: the image tower has none.
 #[derive(Clone)]
 pub struct FusedAttention {
     pub heads: usize,
@@ -259,23 +258,40 @@ impl FusedAttention {
         Ok((b, n, h, three_d / (3 * h)))
     }
 
-    /// Softmax probabilities of query row `i` of head `h` in batch element `x` ([N, 3, H, hd]).
-    fn probs(&self, x: &[f32], i: usize, h: usize, hd: usize, p: &mut [f32]) {
-        let row = 3 * self.heads * hd;
-        let q = &x[i * row + h * hd..][..hd];
-        let mut max = f32::NEG_INFINITY;
-        for (j, p) in p.iter_mut().enumerate() {
-            let k = &x[j * row + (self.heads + h) * hd..][..hd];
-            *p = dot(q, k) * self.scale;
-            max = max.max(*p);
-        }
-        let mut sum = 0f32;
-        for p in p.iter_mut() {
-            *p = (*p - max).exp();
-            sum += *p;
-        }
-        for p in p.iter_mut() {
-            *p /= sum;
+    /// Softmax probabilities [nq, N] of head `hh` in batch element `x` ([N, 3, H, hd]): the
+    /// scores `q k^T` as one small matrix product on the strided head views, then each row's
+    /// softmax of `scale * scores`.
+    #[inline(always)]
+    fn head_probs(&self, x: &[f32], hh: usize, hd: usize, n: usize, p: &mut [f32]) {
+        let h = self.heads;
+        let row = 3 * h * hd;
+        let nq = self.queries;
+        // SAFETY: p is [nq, n]; q rows (nq of them) and k rows (n) lie in x ([n, row]).
+        unsafe {
+            gemm_1t(
+                (nq, n, hd),
+                (p.as_mut_ptr(), n),
+                false,
+                x[hh * hd..].as_ptr(),
+                (row, 1),
+                x[(h + hh) * hd..].as_ptr(),
+                (1, row),
+            )
+        };
+        for r in p.chunks_exact_mut(n) {
+            let mut max = f32::NEG_INFINITY;
+            for v in r.iter_mut() {
+                *v *= self.scale;
+                max = max.max(*v);
+            }
+            let mut sum = 0f32;
+            for v in r.iter_mut() {
+                *v = exp_poly(*v - max);
+                sum += *v;
+            }
+            for v in r.iter_mut() {
+                *v /= sum;
+            }
         }
     }
 }
@@ -293,16 +309,25 @@ impl CustomOp1 for FusedAttention {
         y.par_chunks_mut(nq * d)
             .zip(x.par_chunks(n * 3 * d))
             .for_each(|(y, x)| {
-                let mut p = vec![0f32; n];
-                for hh in 0..h {
-                    for i in 0..nq {
-                        self.probs(x, i, hh, hd, &mut p);
-                        let o = &mut y[i * d + hh * hd..][..hd];
-                        for (j, &pj) in p.iter().enumerate() {
-                            axpy(o, pj, &x[j * 3 * d + (2 * h + hh) * hd..][..hd]);
-                        }
+                super::wide(|| {
+                    let mut p = vec![0f32; nq * n];
+                    for hh in 0..h {
+                        self.head_probs(x, hh, hd, n, &mut p);
+                        // SAFETY: y is [nq, d] (this head's hd columns written), p [nq, n], the
+                        // v rows (n of them) lie in x.
+                        unsafe {
+                            gemm_1t(
+                                (nq, hd, n),
+                                (y[hh * hd..].as_mut_ptr(), d),
+                                false,
+                                p.as_ptr(),
+                                (n, 1),
+                                x[(2 * h + hh) * hd..].as_ptr(),
+                                (3 * d, 1),
+                            )
+                        };
                     }
-                }
+                })
             });
         Ok((CpuStorage::F32(y), Shape::from((b, nq, d))))
     }
@@ -350,29 +375,67 @@ impl CustomOp2 for AttentionGrad {
         dx.par_chunks_mut(n * 3 * d)
             .zip(x.par_chunks(n * 3 * d).zip(g.par_chunks(nq * d)))
             .for_each(|(dx, (x, g))| {
-                let (mut p, mut ds) = (vec![0f32; n], vec![0f32; n]);
-                for hh in 0..h {
-                    let (qo, ko, vo) = (hh * hd, (h + hh) * hd, (2 * h + hh) * hd);
-                    for i in 0..nq {
-                        op.probs(x, i, hh, hd, &mut p);
-                        let gi = &g[i * d + hh * hd..][..hd];
-                        let mut pdp = 0f32;
-                        for j in 0..n {
-                            ds[j] = dot(gi, &x[j * 3 * d + vo..][..hd]);
-                            pdp += p[j] * ds[j];
-                            axpy(&mut dx[j * 3 * d + vo..][..hd], p[j], gi);
+                super::wide(|| {
+                    let row = 3 * d;
+                    let (mut p, mut ds) = (vec![0f32; nq * n], vec![0f32; nq * n]);
+                    for hh in 0..h {
+                        let (qo, ko, vo, go) = (hh * hd, (h + hh) * hd, (2 * h + hh) * hd, hh * hd);
+                        op.head_probs(x, hh, hd, n, &mut p);
+                        // SAFETY (all four products): p and ds are [nq, n]; g is [nq, d] and x,
+                        // dx are [n, row], of which each product reads or writes one head's hd
+                        // columns of the q, k or v section; dx does not overlap the others.
+                        unsafe {
+                            // d probs = g_h v^T
+                            gemm_1t(
+                                (nq, n, hd),
+                                (ds.as_mut_ptr(), n),
+                                false,
+                                g[go..].as_ptr(),
+                                (d, 1),
+                                x[vo..].as_ptr(),
+                                (1, row),
+                            );
                         }
-                        for (ds, &pj) in ds.iter_mut().zip(&p) {
-                            *ds = pj * (*ds - pdp) * op.scale;
+                        // d scores = p * (d probs - sum_j p d probs) * scale
+                        for (dr, pr) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+                            let pdp: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                            for (v, &pj) in dr.iter_mut().zip(pr) {
+                                *v = pj * (*v - pdp) * op.scale;
+                            }
                         }
-                        let qi = i * 3 * d + qo;
-                        for (j, &dsj) in ds.iter().enumerate() {
-                            let kj = j * 3 * d + ko;
-                            axpy(&mut dx[qi..][..hd], dsj, &x[kj..][..hd]);
-                            axpy(&mut dx[kj..][..hd], dsj, &x[qi..][..hd]);
+                        let dxp = dx.as_mut_ptr();
+                        unsafe {
+                            // dq = ds k, dk = ds^T q, dv = p^T g_h
+                            gemm_1t(
+                                (nq, hd, n),
+                                (dxp.add(qo), row),
+                                false,
+                                ds.as_ptr(),
+                                (n, 1),
+                                x[ko..].as_ptr(),
+                                (row, 1),
+                            );
+                            gemm_1t(
+                                (n, hd, nq),
+                                (dxp.add(ko), row),
+                                false,
+                                ds.as_ptr(),
+                                (1, n),
+                                x[qo..].as_ptr(),
+                                (row, 1),
+                            );
+                            gemm_1t(
+                                (n, hd, nq),
+                                (dxp.add(vo), row),
+                                false,
+                                p.as_ptr(),
+                                (1, n),
+                                g[go..].as_ptr(),
+                                (d, 1),
+                            );
                         }
                     }
-                }
+                })
             });
         Ok((CpuStorage::F32(dx), lx.shape().clone()))
     }
@@ -381,6 +444,21 @@ impl CustomOp2 for AttentionGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_poly_is_within_a_few_ulp_of_f64_exp() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f64 / 200_000.0;
+            let got = exp_poly(x as f32) as f64;
+            let want = (x as f32 as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 3e-7, "max relative error {worst:e}");
+        assert_eq!(exp_poly(0.0), 1.0);
+        // Clamped, not overflowing: sigmoid saturates cleanly.
+        assert!(exp_poly(1e4).is_finite() && sigmoid(-1e4) < 1e-30 && sigmoid(1e4) == 1.0);
+    }
     use candle_core::{Device, Var, D};
 
     fn rel_err(a: &Tensor, b: &Tensor) -> f32 {

@@ -3,19 +3,18 @@
 //! Built from candle ops, one sine layer is `matmul`, bias add, `* w0`, `sin` forward and
 //! `cos`, two multiplies, a row sum and several gradient accumulations backward: each a full pass
 //! over an [N, H] tensor (N = 50,176 pixels at 224 px) that allocates a fresh buffer, and
-//! libm's scalar `sinf`. These kernels do the elementwise part in one parallel pass each way,
-//! with a vectorisable sine/cosine. Work is split by fixed row blocks, never by thread count, and
-//! partial sums are combined in block order, so results do not depend on scheduling.
+//! libm's scalar `sinf`. These kernels run a whole layer block by block of rows, each block's
+//! matrix products (gemm on one thread) and elementwise work done while it is in cache, with a
+//! vectorisable sine/cosine. Work is split by fixed row blocks and groups, never by thread count,
+//! and partial sums are combined in group order, so results do not depend on scheduling.
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, gemm_1t};
 
-/// Rows per parallel work unit (and per partial bias-gradient sum).
-const ROW_BLOCK: usize = 128;
 /// Lanes processed together; a multiple of every SIMD width we target.
 const LANES: usize = 16;
 /// Beyond this |argument| the three-part pi/2 reduction loses accuracy; such chunks use libm.
@@ -144,64 +143,122 @@ pub fn sin_cos(xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (yd[..n].to_vec(), yd[n..].to_vec())
 }
 
-/// `[z [N, H], b [H]] -> [2, N, H]`: `sin(w0 (z + b))` then its derivative w.r.t. z,
-/// `w0 cos(w0 (z + b))`. No `bwd`: the SIREN's backward is written by hand (see `SirenTape`).
-struct SineForward {
+/// `sin(w0 (z + b))` and `w0 cos(w0 (z + b))` for z [N, H] and b [H] from candle ops: the
+/// portable path of [`sine_layer_forward`].
+fn sine_portable(z: &Tensor, b: &Tensor, w0: f64) -> Result<(Tensor, Tensor)> {
+    let t = (z.broadcast_add(b)? * w0)?;
+    Ok((t.sin()?, (t.cos()? * w0)?))
+}
+
+/// Rows per block of the fused layer kernels: a block's pre-activations [256, H] stay in cache
+/// between the matrix product that makes them and the sine that reads them.
+const LAYER_BLOCK: usize = 512;
+/// Rows per partial weight-gradient sum in [`sine_layer_backward`]: fixed, so that the sums and
+/// their order (hence the bits) do not depend on the thread count.
+const GRAD_GROUP: usize = 1024;
+const BWD_BLOCK: usize = 1024;
+
+/// `[x [N, K], w [H, K], b [H]] -> [2, N, H]`: a whole SIREN sine layer forward, `y = sin(w0 (x
+/// w^T + b))` and its derivative `w0 cos(..)`, block by block of rows: each block's matrix
+/// product goes to a per-thread scratch that the sine kernel reads while it is in cache, so the
+/// [N, H] pre-activation never goes to memory (written and read back, it cost a fifth of the
+/// SIREN's forward).
+struct SineLayer {
     w0: f32,
 }
 
-impl CustomOp2 for SineForward {
+impl CustomOp3 for SineLayer {
     fn name(&self) -> &'static str {
-        "siren-sine-forward"
+        "siren-sine-layer"
     }
 
     fn cpu_fwd(
         &self,
-        z: &CpuStorage,
-        lz: &Layout,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
         b: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, h) = lz.shape().dims2()?;
+        let (n, k) = lx.shape().dims2()?;
+        let (h, k2) = lw.shape().dims2()?;
         let bias = f32_slice(b, lb, self.name())?;
-        if bias.len() != h {
+        if k != k2 || bias.len() != h {
             candle_core::bail!(
-                "{}: bias has {} values, expected {h}",
+                "{}: x {:?}, w {:?}, b {:?}",
                 self.name(),
-                bias.len()
+                lx.dims(),
+                lw.dims(),
+                lb.dims()
             )
         }
-        let z = f32_slice(z, lz, self.name())?;
-        let blk = ROW_BLOCK * h;
+        let (x, w) = (
+            f32_slice(x, lx, self.name())?,
+            f32_slice(w, lw, self.name())?,
+        );
+        let blk = LAYER_BLOCK * h;
         let out = filled(2 * n * h, |out| {
             let (y, d) = out.split_at_mut(n * h);
-            z.par_chunks(blk)
-                .zip(y.par_chunks_mut(blk))
+            y.par_chunks_mut(blk)
                 .zip(d.par_chunks_mut(blk))
-                .for_each(|((z, y), d)| sine_rows(z, bias, self.w0, y, d))
+                .zip(x.par_chunks(LAYER_BLOCK * k))
+                .for_each_init(
+                    || vec![0f32; blk],
+                    |z, ((y, d), x)| {
+                        let rows = x.len() / k.max(1);
+                        let z = &mut z[..rows * h];
+                        // SAFETY: z is [rows, h], x [rows, k] row-major, w [h, k] read as w^T
+                        // (k rows 1 apart, h columns k apart).
+                        unsafe {
+                            gemm_1t(
+                                (rows, h, k),
+                                (z.as_mut_ptr(), h),
+                                false,
+                                x.as_ptr(),
+                                (k, 1),
+                                w.as_ptr(),
+                                (1, k),
+                            )
+                        };
+                        sine_rows(z, bias, self.w0, y, d);
+                    },
+                )
         });
         Ok((CpuStorage::F32(out), (2, n, h).into()))
     }
 }
 
-/// `sin(w0 (z + b))` and `w0 cos(w0 (z + b))` for z [N, H] and b [H], in one pass.
-/// Off the CPU ([`super::native_kernels`]) the same from candle ops.
-pub fn sine_forward(z: &Tensor, b: &Tensor, w0: f64) -> Result<(Tensor, Tensor)> {
-    if !super::native_kernels(z.device()) {
-        let t = (z.broadcast_add(b)? * w0)?;
-        return Ok((t.sin()?, (t.cos()? * w0)?));
+/// One SIREN sine layer forward from its input `x` [N, K] and (frozen for this pass) weight `w`
+/// [H, K] and bias `b` [H]: `(y, d)` = `sin(w0 (x w^T + b))` and `w0 cos(w0 (x w^T + b))`. On
+/// the CPU one fused kernel ([`SineLayer`]); elsewhere ([`super::native_kernels`]) candle ops.
+pub fn sine_layer_forward(x: &Tensor, w: &Tensor, b: &Tensor, w0: f64) -> Result<(Tensor, Tensor)> {
+    if !super::native_kernels(x.device()) {
+        return sine_portable(&x.matmul(&w.t()?)?, b, w0);
     }
-    let out = z.apply_op2_no_bwd(b, &SineForward { w0: w0 as f32 })?;
+    let out = x.contiguous()?.apply_op3_no_bwd(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        &SineLayer { w0: w0 as f32 },
+    )?;
     Ok((out.get(0)?, out.get(1)?))
 }
 
-/// `[g [N, H], d [N, H]] -> [N + blocks, H]`: rows 0..N are `g * d` (the gradient at the sine
-/// layer's pre-activation), the following rows the column sums of each row block of it.
-struct SineBackward;
+/// `[g [N, H], d [N, H], x [N, K]] -> flat [N K (when `input_grad`) + H K + H]`: the backward of
+/// a sine layer for the gradient `g` at its output: the gradient at its input `gz @ w`, the
+/// weight gradient `gz^T @ x` and the bias gradient `sum gz`, with gz = g * d. Block by block of
+/// rows, gz staying in cache; weight and bias gradients are summed per fixed group of rows,
+/// then over the groups in order.
+struct SineLayerGrad {
+    /// The layer's weight [H, K], row-major.
+    w: Vec<f32>,
+    h: usize,
+    input_grad: bool,
+}
 
-impl CustomOp2 for SineBackward {
+impl CustomOp3 for SineLayerGrad {
     fn name(&self) -> &'static str {
-        "siren-sine-backward"
+        "siren-sine-layer-grad"
     }
 
     fn cpu_fwd(
@@ -210,63 +267,148 @@ impl CustomOp2 for SineBackward {
         lg: &Layout,
         d: &CpuStorage,
         ld: &Layout,
+        x: &CpuStorage,
+        lx: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, h) = lg.shape().dims2()?;
-        if ld.shape().dims2()? != (n, h) {
+        let (n2, k) = lx.shape().dims2()?;
+        if ld.shape().dims2()? != (n, h) || n2 != n || h != self.h || self.w.len() != h * k {
             candle_core::bail!(
-                "{}: shapes {:?} and {:?} differ",
+                "{}: g {:?}, d {:?}, x {:?}, w {} values",
                 self.name(),
-                lg.shape(),
-                ld.shape()
+                lg.dims(),
+                ld.dims(),
+                lx.dims(),
+                self.w.len()
             )
         }
         let g = f32_slice(g, lg, self.name())?;
         let d = f32_slice(d, ld, self.name())?;
-        let blocks = n.div_ceil(ROW_BLOCK);
-        let blk = ROW_BLOCK * h;
-        let out = filled((n + blocks) * h, |out| {
-            let (gz, partial) = out.split_at_mut(n * h);
-            gz.par_chunks_mut(blk)
-                .zip(partial.par_chunks_mut(h))
-                .zip(g.par_chunks(blk).zip(d.par_chunks(blk)))
-                .for_each(|((gz, sum), (g, d))| {
-                    let mut acc = vec![0f32; h];
-                    for ((gz, g), d) in gz
-                        .chunks_exact_mut(h)
-                        .zip(g.chunks_exact(h))
-                        .zip(d.chunks_exact(h))
-                    {
-                        for j in 0..h {
-                            let v = g[j] * d[j];
-                            gz[j].write(v);
-                            acc[j] += v;
+        let x = f32_slice(x, lx, self.name())?;
+        let w = &self.w;
+        let gin_len = if self.input_grad { n * k } else { 0 };
+        let groups = n.div_ceil(GRAD_GROUP);
+        // Per group: [H K weight gradient, H bias gradient].
+        let part = h * k + h;
+        let mut partial = vec![0f32; groups * part];
+        let mut gin = filled(gin_len, |gin| {
+            // One work item per group; its slice of the input gradient (empty when not wanted).
+            let gin_chunks: Vec<&mut [Out]> = if self.input_grad {
+                gin.chunks_mut(GRAD_GROUP * k).collect()
+            } else {
+                (0..groups).map(|_| &mut [][..]).collect()
+            };
+            partial
+                .par_chunks_mut(part)
+                .zip(gin_chunks)
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; BWD_BLOCK * h],
+                    |gz, (gi, (acc, gin))| {
+                        let (gw, gb) = acc.split_at_mut(h * k);
+                        let r0 = gi * GRAD_GROUP;
+                        let r1 = (r0 + GRAD_GROUP).min(n);
+                        let mut r = r0;
+                        while r < r1 {
+                            let rows = BWD_BLOCK.min(r1 - r);
+                            let gz = &mut gz[..rows * h];
+                            let (gb_rows, db_rows) =
+                                (&g[r * h..][..rows * h], &d[r * h..][..rows * h]);
+                            for ((gzr, gr), dr) in gz
+                                .chunks_exact_mut(h)
+                                .zip(gb_rows.chunks_exact(h))
+                                .zip(db_rows.chunks_exact(h))
+                            {
+                                for j in 0..h {
+                                    let v = gr[j] * dr[j];
+                                    gzr[j] = v;
+                                    gb[j] += v;
+                                }
+                            }
+                            let xb = &x[r * k..][..rows * k];
+                            // SAFETY (both): shapes as named; gz [rows, h], xb [rows, k] and
+                            // w [h, k] row-major, gw [h, k], the input-gradient rows [rows, k].
+                            unsafe {
+                                // gw += gz^T @ xb: gz^T has its h rows 1 apart, rows columns h
+                                // apart.
+                                gemm_1t(
+                                    (h, k, rows),
+                                    (gw.as_mut_ptr(), k),
+                                    true,
+                                    gz.as_ptr(),
+                                    (1, h),
+                                    xb.as_ptr(),
+                                    (k, 1),
+                                );
+                                if !gin.is_empty() {
+                                    let off = (r - r0) * k;
+                                    let dst = gin[off..off + rows * k].as_mut_ptr() as *mut f32;
+                                    gemm_1t(
+                                        (rows, k, h),
+                                        (dst, k),
+                                        false,
+                                        gz.as_ptr(),
+                                        (h, 1),
+                                        w.as_ptr(),
+                                        (k, 1),
+                                    );
+                                }
+                            }
+                            r += rows;
                         }
-                    }
-                    for (s, a) in sum.iter_mut().zip(acc) {
-                        s.write(a);
-                    }
-                })
+                    },
+                );
         });
-        Ok((CpuStorage::F32(out), (n + blocks, h).into()))
+        let mut sums = vec![0f32; part];
+        for p in partial.chunks_exact(part) {
+            for (s, v) in sums.iter_mut().zip(p) {
+                *s += v;
+            }
+        }
+        gin.extend_from_slice(&sums);
+        let len = gin.len();
+        Ok((CpuStorage::F32(gin), len.into()))
     }
 }
 
-/// For the gradient `g` at a sine layer's output and its derivative `d` from [`sine_forward`]:
-/// the gradient at the pre-activation z, `g * d` [N, H], and the bias gradient [H]. The bias
-/// gradient sums fixed row blocks, then the blocks in order (deterministic).
-/// Off the CPU the same from candle ops (the bias sum in the backend's order).
-pub fn sine_backward(g: &Tensor, d: &Tensor) -> Result<(Tensor, Tensor)> {
+/// The backward of [`sine_layer_forward`] for the gradient `g` [N, H] at its output, given its
+/// `d` and input `x` [N, K] and weight `w` [H, K]: (gradient at the input [N, K] when
+/// `input_grad`, weight gradient [H, K], bias gradient [H]). Deterministic on the CPU (fixed
+/// blocks and groups); elsewhere candle ops.
+pub fn sine_layer_backward(
+    g: &Tensor,
+    d: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    input_grad: bool,
+) -> Result<(Option<Tensor>, Tensor, Tensor)> {
     if !super::native_kernels(g.device()) {
         let gz = g.mul(d)?;
         let gb = gz.sum(0)?;
-        return Ok((gz, gb));
+        let gw = gz.t()?.matmul(x)?;
+        let gin = input_grad.then(|| gz.matmul(w)).transpose()?;
+        return Ok((gin, gw, gb));
     }
-    let n = g.dim(0)?;
-    let out = g.apply_op2_no_bwd(d, &SineBackward)?;
-    let rows = out.dim(0)?;
-    let gz = out.narrow(0, 0, n)?;
-    let gb = out.narrow(0, n, rows - n)?.sum(0)?;
-    Ok((gz, gb))
+    let (n, k) = x.dims2()?;
+    let h = w.dim(0)?;
+    let op = SineLayerGrad {
+        w: w.flatten_all()?.to_vec1::<f32>()?,
+        h,
+        input_grad,
+    };
+    let out = g
+        .contiguous()?
+        .apply_op3_no_bwd(&d.contiguous()?, &x.contiguous()?, &op)?;
+    let mut at = 0;
+    let gin = if input_grad {
+        at = n * k;
+        Some(out.narrow(0, 0, n * k)?.reshape((n, k))?)
+    } else {
+        None
+    };
+    let gw = out.narrow(0, at, h * k)?.reshape((h, k))?;
+    let gb = out.narrow(0, at + h * k, h)?;
+    Ok((gin, gw, gb))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::sine::{sine_backward, sine_forward};
+use super::sine::{sine_layer_backward, sine_layer_forward};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
@@ -133,7 +133,7 @@ impl Siren {
     }
 
     /// [`Self::render`] without candle's autograd (the result is detached), keeping what
-    /// [`SirenTape::backward`] needs. The sine layers run as fused kernels ([`sine_forward`]):
+    /// [`SirenTape::backward`] needs. The sine layers run as fused kernels ([`sine_layer_forward`]):
     /// autograd over the plain ops spends most of a guidance step on elementwise passes,
     /// allocations and zero-filled gradient accumulators over [pixels, hidden] tensors.
     pub fn render_taped(&self, coords: &Tensor, h: usize, w: usize) -> Result<(Tensor, SirenTape)> {
@@ -149,8 +149,7 @@ impl Siren {
             let b = layer
                 .bias()
                 .ok_or_else(|| candle_core::Error::Msg("SIREN layer without bias".into()))?;
-            let z = x.matmul(&layer.weight().detach().t()?)?;
-            let (y, d) = sine_forward(&z, &b.detach(), w0)?;
+            let (y, d) = sine_layer_forward(&x, &layer.weight().detach(), &b.detach(), w0)?;
             inputs.push(x);
             derivs.push(d);
             x = y;
@@ -201,11 +200,17 @@ impl SirenTape {
         grads.push(g_out.t()?.matmul(last_in)?);
         let mut g = g_out.matmul(&net.last.weight().detach())?;
         for (i, layer) in net.layers.iter().enumerate().rev() {
-            let (gz, gb) = sine_backward(&g, &self.derivs[i])?;
+            let (gin, gw, gb) = sine_layer_backward(
+                &g,
+                &self.derivs[i],
+                &self.inputs[i],
+                &layer.weight().detach(),
+                i > 0,
+            )?;
             grads.push(gb);
-            grads.push(gz.t()?.matmul(&self.inputs[i])?);
-            if i > 0 {
-                g = gz.matmul(&layer.weight().detach())?;
+            grads.push(gw);
+            if let Some(gin) = gin {
+                g = gin;
             }
         }
         grads.reverse();
