@@ -376,7 +376,11 @@ impl Linear {
         let rows = lead.iter().product::<usize>();
         let flat = xs.reshape((rows, in_dim))?;
         let ys = match &self.weight_t {
-            Some(wt) if !xs.track_op() && super::native_kernels(xs.device()) => flat.matmul(wt)?,
+            // A few rows (the last layer's class tokens) read the weight once either way; gemm
+            // would spend more packing the copy than it saves.
+            Some(wt) if rows >= 64 && !xs.track_op() && super::native_kernels(xs.device()) => {
+                flat.matmul(wt)?
+            }
             _ => matmul_wt(&flat, &self.weight)?,
         };
         let ys = match &self.bias {
