@@ -59,6 +59,8 @@ fn corpus() -> (Vec<Vec<String>>, Vec<Vec<Vec<String>>>) {
 }
 
 fn bench(c: &mut Criterion) {
+    // As `roundtrip` itself runs (src/main.rs).
+    roundtrip::tune_allocator();
     let (hyps, refs) = corpus();
     let stats = corpus_stats(&hyps, &refs);
     eprintln!("W5 corpus BLEU-1..4: {:?}", stats.scores(Smoothing::None));

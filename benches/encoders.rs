@@ -36,6 +36,8 @@ fn wanted(name: &str) -> bool {
 }
 
 fn bench(c: &mut Criterion) {
+    // As `roundtrip` itself runs (src/main.rs).
+    roundtrip::tune_allocator();
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("encoders");
     g.sample_size(10);

@@ -102,9 +102,9 @@ def main():
     for n, rt, rt_rss, ref, ref_rss, why in rows:
         desc = WORKLOADS[n][0]
         if ref is None:
-            print(f"| {n.upper()}: {desc} | {rt:.3f} | {why} | | {rt_rss:.0f} | |")
+            print(f"| {n[0].upper() + n[1:]}: {desc} | {rt:.3f} | {why} | | {rt_rss:.0f} | |")
         else:
-            print(f"| {n.upper()}: {desc} | {rt:.3f} | {ref:.3f} | {rt / ref:.2f} | {rt_rss:.0f} | {ref_rss:.0f} |")
+            print(f"| {n[0].upper() + n[1:]}: {desc} | {rt:.3f} | {ref:.3f} | {rt / ref:.2f} | {rt_rss:.0f} | {ref_rss:.0f} |")
 
 
 if __name__ == "__main__":
