@@ -314,3 +314,45 @@ fn models_resolve_accepts_a_folder() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("does not exist"));
 }
+
+/// `--device` on every command that runs a model: a bad name is a usage error, and a GPU this
+/// build was not compiled for is an input error that says how to build it (CI builds the CPU
+/// path only).
+#[test]
+fn device_flag_is_checked_on_every_model_command() {
+    let commands: [&[&str]; 8] = [
+        &["run", "p.txt", "--out", "o"],
+        &["generate", "a cat", "--out", "o"],
+        &["features", "--weights", "w", "--text", "a"],
+        &[
+            "train",
+            "--encoder",
+            "vgg16",
+            "--dataset",
+            "d",
+            "--out",
+            "o",
+        ],
+        &["eval", "--captioner", "c", "--dataset", "d"],
+        &["caption", "--captioner", "c", "x.png"],
+        &["train-clip", "--dataset", "d", "--out", "o"],
+        &["eval-clip", "--clip", "c", "--dataset", "d"],
+    ];
+    for args in commands {
+        let o = run(&[args, &["--device", "gpu"]].concat());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("expected cpu, cuda, metal or auto"),
+            "{args:?}"
+        );
+        if cfg!(not(any(feature = "cuda", feature = "metal"))) {
+            let o = run(&[args, &["--device", "cuda"]].concat());
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("--features cuda"),
+                "{args:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}
