@@ -38,7 +38,7 @@ fn wanted(name: &str) -> bool {
 fn bench(c: &mut Criterion) {
     // As `roundtrip` itself runs (src/main.rs).
     roundtrip::tune_allocator();
-    let dev = Device::Cpu;
+    let dev = roundtrip::device::from_env().unwrap();
     let mut g = c.benchmark_group("encoders");
     g.sample_size(10);
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -62,7 +62,11 @@ fn vgg(g: &mut Group, dev: &Device) {
     let x = batch(cfg.image_size, &dev);
     black_box(vgg.forward(&x).unwrap()); // warm-up outside the measurement
     g.bench_function("vgg16_224px_batch8_fc2", |b| {
-        b.iter(|| black_box(vgg.forward(&x).unwrap()))
+        b.iter(|| {
+            let y = vgg.forward(&x).unwrap();
+            dev.synchronize().unwrap(); // a GPU runs asynchronously
+            black_box(y)
+        })
     });
 }
 
@@ -74,7 +78,11 @@ fn xception(g: &mut Group, dev: &Device) {
     let x = batch(cfg.image_size, &dev);
     black_box(xc.forward(&x).unwrap());
     g.bench_function("xception_299px_batch8_avgpool", |b| {
-        b.iter(|| black_box(xc.forward(&x).unwrap()))
+        b.iter(|| {
+            let y = xc.forward(&x).unwrap();
+            dev.synchronize().unwrap();
+            black_box(y)
+        })
     });
 }
 

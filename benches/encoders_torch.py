@@ -17,6 +17,7 @@ Run (from the repository root, on a quiet machine, in the same session as the Ru
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -26,18 +27,21 @@ import torch
 BATCH = 8
 REPS = 5
 THREADS = 2
+DEV = torch.device(os.environ.get("ROUNDTRIP_DEVICE", "cpu"))  # as the Rust bench
 
 
 def features(name: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     f = model.forward_head(model.forward_features(x), pre_logits=True)
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
     assert f.shape == (x.shape[0], 4096 if name == "vgg16" else 2048), f.shape
     return f
 
 
 def bench(name: str, variant: str, size: int) -> None:
     torch.manual_seed(0)
-    model = timm.create_model(variant, pretrained=False).eval()
-    x = torch.randn(BATCH, 3, size, size)
+    model = timm.create_model(variant, pretrained=False).eval().to(DEV)
+    x = torch.randn(BATCH, 3, size, size).to(DEV)
     with torch.inference_mode():
         features(name, model, x)  # warm-up (oneDNN primitive creation, allocations)
         times = []

@@ -40,7 +40,7 @@ fn siren(c: &mut Criterion, group: &str, layers: usize, cutouts: usize) {
     if !wanted(group) {
         return;
     }
-    let dev = Device::Cpu;
+    let dev = roundtrip::device::from_env().unwrap();
     let clip = clip(&dev);
     let text = Tensor::ones((1, 512), DType::F32, &dev).unwrap();
     let settings = Settings {
@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
         return;
     }
     // W2: BigGAN-deep 128 with random weights (running variances made positive).
-    let dev = Device::Cpu;
+    let dev = roundtrip::device::from_env().unwrap();
     let clip = clip(&dev);
     let text = Tensor::ones((1, 512), DType::F32, &dev).unwrap();
     let gcfg = BigGanConfig::deep_128();

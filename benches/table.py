@@ -10,6 +10,10 @@ resident memory (GNU time's %M; for roundtrip it includes the model set-up of th
 A reference whose Python packages (torch, transformers, timm, pytorch-pretrained-biggan, nltk)
 or script are missing is reported as such and the row keeps roundtrip's figures. Run it on a quiet
 machine; compare ratios from one run, never absolute times across machines or runs.
+
+On a GPU build, `ROUNDTRIP_DEVICE=cuda python3 benches/table.py` runs the Rust benches and the
+W2 / W3 / W4 reference scripts on the GPU (peak memory is then host memory only); the shared W1
+reference (`torch_step.py`) runs on the CPU only and is skipped. Not yet run on a GPU.
 """
 import json
 import os
@@ -73,6 +77,8 @@ def reference(name):
     *_, argv, pattern, _ = WORKLOADS[name]
     if not Path(argv[0]).is_file():
         return None, None, f"{argv[0]} not found"
+    if os.environ.get("ROUNDTRIP_DEVICE", "cpu") != "cpu" and argv[0] == str(SHARED_W1):
+        return None, None, "torch_step.py runs on the CPU only"
     out, rss, rc = timed([sys.executable, *argv])
     m = re.search(pattern, out)
     if rc != 0 or not m:

@@ -77,6 +77,16 @@ pub fn open(choice: DeviceChoice) -> anyhow::Result<Device> {
     }
 }
 
+/// The device named by the `ROUNDTRIP_DEVICE` environment variable (default `cpu`), for the
+/// benchmarks: `ROUNDTRIP_DEVICE=cuda python3 benches/table.py` on a GPU build.
+pub fn from_env() -> anyhow::Result<Device> {
+    let name = std::env::var("ROUNDTRIP_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let choice = name
+        .parse()
+        .map_err(|e| input_err!("ROUNDTRIP_DEVICE: {e}"))?;
+    open(choice)
+}
+
 /// `cpu`, `cuda:0`, `metal:0`: recorded in reports.
 pub fn label(device: &Device) -> String {
     match device.location() {
