@@ -84,7 +84,7 @@ pub fn from_env() -> anyhow::Result<Device> {
     let choice = name
         .parse()
         .map_err(|e| input_err!("ROUNDTRIP_DEVICE: {e}"))?;
-    open(choice)
+    open(choice).map_err(|e| input_err!("ROUNDTRIP_DEVICE={name}: {e}"))
 }
 
 /// `cpu`, `cuda:0`, `metal:0`: recorded in reports.
