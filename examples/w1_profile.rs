@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
                 (g, gimg)
             }
         };
-        let grads = match &tape {
+        let grads = match tape {
             Some(tape) => {
                 let mut store = g;
                 for (p, g) in net.parameters().iter().zip(tape.backward(&net, &gimg)?) {

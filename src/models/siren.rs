@@ -187,26 +187,30 @@ pub struct SirenTape {
 
 impl SirenTape {
     /// Gradients of the loss w.r.t. [`Siren::parameters`] (same order), given its gradient
-    /// w.r.t. the rendered image [3, h, w].
-    pub fn backward(&self, net: &Siren, grad_image: &Tensor) -> Result<Vec<Tensor>> {
+    /// w.r.t. the rendered image [3, h, w]. Consumes the tape: each layer's saved tensors are
+    /// freed as soon as its backward is done (they are most of a guidance step's memory).
+    pub fn backward(self, net: &Siren, grad_image: &Tensor) -> Result<Vec<Tensor>> {
         let (h, w) = self.hw;
         let n = h * w;
+        let (mut inputs, mut derivs) = (self.inputs, self.derivs);
+        if inputs.len() != net.layers.len() + 1 || derivs.len() != net.layers.len() {
+            candle_core::bail!("SIREN tape does not match the network")
+        }
         let g = (grad_image.detach().mul(&self.pass)? * 0.5)?;
         let g_out = g.permute((1, 2, 0))?.reshape((n, 3))?.contiguous()?;
-        let last_in = &self.inputs[net.layers.len()];
+        let last_in = inputs.pop().expect("checked length");
         let mut grads = Vec::with_capacity(2 * net.layers.len() + 2);
         // Collected last to first, reversed at the end: bias then weight of each layer.
         grads.push(g_out.sum(0)?);
-        grads.push(g_out.t()?.matmul(last_in)?);
+        grads.push(g_out.t()?.matmul(&last_in)?);
+        drop(last_in);
         let mut g = g_out.matmul(&net.last.weight().detach())?;
         for (i, layer) in net.layers.iter().enumerate().rev() {
-            let (gin, gw, gb) = sine_layer_backward(
-                &g,
-                &self.derivs[i],
-                &self.inputs[i],
-                &layer.weight().detach(),
-                i > 0,
-            )?;
+            let (x, d) = (
+                inputs.pop().expect("checked length"),
+                derivs.pop().expect("checked length"),
+            );
+            let (gin, gw, gb) = sine_layer_backward(&g, &d, &x, &layer.weight().detach(), i > 0)?;
             grads.push(gb);
             grads.push(gw);
             if let Some(gin) = gin {
