@@ -28,10 +28,7 @@ impl ImageEncoder for ClipModel {
     }
 
     fn encode_images(&self, images: &Tensor) -> candle_core::Result<Tensor> {
-        let dev = images.device();
-        let mean = Tensor::new(&CLIP_MEAN, dev)?.reshape((1, 3, 1, 1))?;
-        let std = Tensor::new(&CLIP_STD, dev)?.reshape((1, 3, 1, 1))?;
-        self.image_features(&images.broadcast_sub(&mean)?.broadcast_div(&std)?)
+        self.image_features(&clip_normalize(images)?.0)
     }
 
     fn encode_images_taped(
@@ -41,16 +38,22 @@ impl ImageEncoder for ClipModel {
         if !self.image_tape_available() {
             return Ok(None);
         }
-        let dev = images.device();
-        let mean = Tensor::new(&CLIP_MEAN, dev)?.reshape((1, 3, 1, 1))?;
-        let std = Tensor::new(&CLIP_STD, dev)?.reshape((1, 3, 1, 1))?;
-        let px = images.detach().broadcast_sub(&mean)?.broadcast_div(&std)?;
+        let (px, std) = clip_normalize(&images.detach())?;
         let Some((emb, tape)) = self.image_features_taped(&px)? else {
             return Ok(None);
         };
         let back = move |g: &Tensor| tape.backward(self, g)?.broadcast_div(&std);
         Ok(Some((emb, Box::new(back))))
     }
+}
+
+/// Images in [0, 1] [N, 3, S, S] normalised with CLIP's mean and std, and the std [1, 3, 1, 1]
+/// (the normalisation's gradient is a division by it).
+fn clip_normalize(images: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let dev = images.device();
+    let mean = Tensor::new(&CLIP_MEAN, dev)?.reshape((1, 3, 1, 1))?;
+    let std = Tensor::new(&CLIP_STD, dev)?.reshape((1, 3, 1, 1))?;
+    Ok((images.broadcast_sub(&mean)?.broadcast_div(&std)?, std))
 }
 
 /// The phrase's raw CLIP text embedding [1, D].

@@ -1423,6 +1423,14 @@ impl EncoderLayer {
             && self.act == HiddenAct::QuickGelu
     }
 
+    /// The stacked q/k/v projection that the taped path uses.
+    fn frozen_qkv(&self) -> candle_core::Result<&Linear> {
+        self.self_attn
+            .frozen_qkv
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("taped CLIP: q/k/v not stacked".into()))
+    }
+
     fn attention_op(&self, queries: usize) -> FusedAttention {
         FusedAttention {
             heads: self.self_attn.heads,
@@ -1437,11 +1445,7 @@ impl EncoderLayer {
         xs: &Tensor,
         first_only: bool,
     ) -> candle_core::Result<(Tensor, LayerTape)> {
-        let qkv_proj = self
-            .self_attn
-            .frozen_qkv
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("taped CLIP: q/k/v not stacked".into()))?;
+        let qkv_proj = self.frozen_qkv()?;
         let n = xs.dim(1)?;
         let qkv = qkv_proj
             .forward(&self.layer_norm1.forward(xs)?)?
@@ -1470,11 +1474,7 @@ impl EncoderLayer {
 
     /// The gradient at the layer's input for `gy` at its output.
     fn backward_taped(&self, t: &LayerTape, gy: &Tensor) -> candle_core::Result<Tensor> {
-        let qkv_proj = self
-            .self_attn
-            .frozen_qkv
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("taped CLIP: q/k/v not stacked".into()))?;
+        let qkv_proj = self.frozen_qkv()?;
         let g_act = linear_input_grad(&self.fc2, gy)?;
         let g_fc1 = FusedQuickGelu::grad(&t.fc1, &g_act)?;
         let g_ln2 = linear_input_grad(&self.fc1, &g_fc1)?;

@@ -170,11 +170,9 @@ impl CustomOp1 for FusedQuickGelu {
         y.par_chunks_mut(4096)
             .zip(x.par_chunks(4096))
             .for_each(|(y, x)| {
-                super::wide(|| {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = x * sigmoid(1.702 * x);
-                    }
-                })
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * sigmoid(1.702 * x);
+                }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -217,12 +215,10 @@ impl CustomOp2 for QuickGeluGrad {
         dx.par_chunks_mut(4096)
             .zip(x.par_chunks(4096).zip(g.par_chunks(4096)))
             .for_each(|(dx, (x, g))| {
-                super::wide(|| {
-                    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                        let s = sigmoid(1.702 * x);
-                        *dx = g * (s + 1.702 * x * s * (1.0 - s));
-                    }
-                })
+                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                    let s = sigmoid(1.702 * x);
+                    *dx = g * (s + 1.702 * x * s * (1.0 - s));
+                }
             });
         Ok((CpuStorage::F32(dx), lx.shape().clone()))
     }
@@ -309,7 +305,7 @@ impl CustomOp1 for FusedAttention {
         y.par_chunks_mut(nq * d)
             .zip(x.par_chunks(n * 3 * d))
             .for_each(|(y, x)| {
-                super::wide(|| {
+                {
                     let mut p = vec![0f32; nq * n];
                     for hh in 0..h {
                         self.head_probs(x, hh, hd, n, &mut p);
@@ -327,7 +323,7 @@ impl CustomOp1 for FusedAttention {
                             )
                         };
                     }
-                })
+                }
             });
         Ok((CpuStorage::F32(y), Shape::from((b, nq, d))))
     }
@@ -375,7 +371,7 @@ impl CustomOp2 for AttentionGrad {
         dx.par_chunks_mut(n * 3 * d)
             .zip(x.par_chunks(n * 3 * d).zip(g.par_chunks(nq * d)))
             .for_each(|(dx, (x, g))| {
-                super::wide(|| {
+                {
                     let row = 3 * d;
                     let (mut p, mut ds) = (vec![0f32; nq * n], vec![0f32; nq * n]);
                     for hh in 0..h {
@@ -435,7 +431,7 @@ impl CustomOp2 for AttentionGrad {
                             );
                         }
                     }
-                })
+                }
             });
         Ok((CpuStorage::F32(dx), lx.shape().clone()))
     }

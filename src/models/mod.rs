@@ -45,34 +45,6 @@ pub fn with_portable_ops<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Runs `f` inside a function compiled for AVX-512 (else AVX2) when the CPU has it, so that
-/// the loops inlined into `f` vectorise to the full width (the crate is built for baseline
-/// x86-64, i.e. SSE2). Results are the same on every path: Rust neither contracts to FMA nor
-/// reorders float operations.
-#[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn v4<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn v3<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected at run time.
-            return unsafe { v4(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { v3(f) };
-        }
-    }
-    f()
-}
-
 /// `dst = a @ b` (or `dst += a @ b` with `accumulate`) for an [m, k] x [k, n] product on the
 /// calling thread, every operand given by pointer and strides: `dst` by its row stride (its
 /// columns are adjacent), `a` and `b` by (row stride, column stride). For kernels that multiply
