@@ -4,17 +4,80 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a
+/// reader sees the old file or the whole new one. File and folder are fsynced before this
+/// returns, so a result counts as written only once it would survive a power cut; on any error
+/// the temporary file is removed (and [`sweep_temp_files`] removes those a killed process left).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    let tmp = dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("cannot write {}", tmp.display())));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!(
+            "cannot move {} to {}",
+            tmp.display(),
+            path.display()
+        )));
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// The part of a temporary file's name between the final name and the writer's PID.
+const TEMP_MARK: &str = ".tmp";
+
+/// Makes a rename in `dir` durable. Best effort: some file systems cannot sync a folder.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Removes the temporary files [`write_atomic`] leaves when its process is killed, in `dir`
+/// (not below). Call it only while holding the folder's lock ([`crate::lock::DirLock`]): then
+/// no other writer can be using them. Returns how many were removed.
+pub fn sweep_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_temp = name.starts_with('.')
+            && name.rfind(TEMP_MARK).is_some_and(|i| {
+                let pid = &name[i + TEMP_MARK.len()..];
+                !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())
+            });
+        if is_temp && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Writes named tensors as a safetensors file, atomically (see [`write_atomic`]).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> anyhow::Result<()> {
+    let bytes = safetensors::tensor::serialize(tensors.iter(), None)
+        .with_context(|| format!("cannot serialise the tensors of {}", path.display()))?;
+    write_atomic(path, &bytes)
 }
 
 /// Writes a value as pretty JSON, atomically.
@@ -72,5 +135,27 @@ mod tests {
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn failed_writes_leave_no_temporary_file_and_sweeps_remove_stale_ones() {
+        let d = tempfile::tempdir().unwrap();
+        // Renaming onto a non-empty folder fails after the temporary file was written.
+        let target = d.path().join("taken");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("x"), b"x").unwrap();
+        assert!(write_atomic(&target, b"data").is_err());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+
+        for name in [".a.json.tmp123", ".b.png.tmp9", "keep.tmp1", ".c.tmpx", "d.json"] {
+            std::fs::write(d.path().join(name), b"").unwrap();
+        }
+        assert_eq!(sweep_temp_files(d.path()), 2);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".c.tmpx", "d.json", "keep.tmp1", "taken"]);
     }
 }
