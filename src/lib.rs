@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clip_train;
 pub mod dataset;
 pub mod device;
+pub mod diff;
 pub mod error;
 pub mod features;
 pub mod fsutil;

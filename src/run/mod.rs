@@ -343,39 +343,7 @@ pub fn read_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
 
 /// The first setting that differs between two runs, as `name: old -> new`.
 pub fn settings_difference(old: &RunSettings, new: &RunSettings) -> Option<String> {
-    let (a, b) = (
-        serde_json::to_value(old).unwrap_or_default(),
-        serde_json::to_value(new).unwrap_or_default(),
-    );
-    first_difference("", &a, &b)
-}
-
-fn first_difference(path: &str, a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for (k, v) in x {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                match y.get(k) {
-                    Some(w) => {
-                        if let Some(d) = first_difference(&p, v, w) {
-                            return Some(d);
-                        }
-                    }
-                    None => return Some(format!("{p}: {v} -> (absent)")),
-                }
-            }
-            y.keys()
-                .find(|k| !x.contains_key(*k))
-                .map(|k| format!("{path}.{k}: (absent) -> {}", y[k]))
-        }
-        _ if a == b => None,
-        _ => Some(format!("{path}: {a} -> {b}")),
-    }
+    crate::diff::first_difference(old, new)
 }
 
 /// A phrase of this run with its photo bytes, validated before any model work.
