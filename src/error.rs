@@ -51,9 +51,10 @@ pub fn read_input_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| input_err!("cannot read {}: {e}", path.display()))
 }
 
-/// Splits file bytes into UTF-8 lines (without `\n` / `\r\n`), naming file and line on bad UTF-8.
+/// Splits file bytes into UTF-8 lines (without `\n` / `\r\n`, and without a leading byte-order
+/// mark, which editors on Windows add), naming file and line on bad UTF-8.
 pub fn utf8_lines(path: &Path, bytes: &[u8]) -> Result<Vec<String>, InputError> {
-    let mut body = bytes;
+    let mut body = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     if body.last() == Some(&b'\n') {
         body = &body[..body.len() - 1];
     }

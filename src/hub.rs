@@ -5,6 +5,7 @@
 //! `snapshots/COMMIT/FILE`) and, unless `HF_HUB_OFFLINE` is set, are downloaded with hf-hub.
 //! Honours `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -250,6 +251,9 @@ pub struct ModelRecord {
     pub revision: Option<String>,
     /// The commit the files came from, once a file was resolved.
     pub commit: Option<String>,
+    /// The content fingerprint of the files resolved so far ([`Model::fingerprint`]): what
+    /// results made with this model are keyed by.
+    pub fingerprint: Option<String>,
 }
 
 /// Resolves model files, sharing one hub client.
@@ -296,6 +300,7 @@ impl Locator {
             locator: self,
             reference: model.clone(),
             commit: Mutex::new(None),
+            files: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -344,6 +349,8 @@ pub struct Model<'a> {
     locator: &'a Locator,
     reference: ModelRef,
     commit: Mutex<Option<String>>,
+    /// Every file resolved through [`Model::file`], by name: what the model was loaded from.
+    files: Mutex<BTreeMap<String, PathBuf>>,
 }
 
 impl Model<'_> {
@@ -353,6 +360,37 @@ impl Model<'_> {
 
     /// Path of one of the model's files, from the folder, the cache or a download.
     pub fn file(&self, name: &str) -> Result<PathBuf, LocateError> {
+        let path = self.resolve(name)?;
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(name.to_owned(), path.clone());
+        }
+        Ok(path)
+    }
+
+    /// The content fingerprint of the files loaded so far (names and SHA-256 of their bytes,
+    /// [`crate::fingerprint`]): the same for a copy of the folder or the hub snapshot, different
+    /// as soon as one byte of a loaded file differs. Call it after loading.
+    pub fn fingerprint(&self) -> anyhow::Result<String> {
+        let files = self
+            .files
+            .lock()
+            .map_err(|_| anyhow::anyhow!("model file list poisoned"))?
+            .clone();
+        anyhow::ensure!(
+            !files.is_empty(),
+            "model `{}`: no file loaded yet to fingerprint",
+            self.reference.spec
+        );
+        let digests = files
+            .iter()
+            .map(|(name, path)| Ok((name.as_str(), crate::fingerprint::file_sha256(path)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(crate::fingerprint::combine(
+            digests.iter().map(|(n, d)| (*n, d.as_str())),
+        ))
+    }
+
+    fn resolve(&self, name: &str) -> Result<PathBuf, LocateError> {
         match &self.reference.source {
             ModelSource::Folder(dir) => {
                 let p = dir.join(name);
@@ -439,9 +477,11 @@ impl Model<'_> {
         }
     }
 
-    /// What to record in outputs: the reference, and the commit once a file was resolved.
+    /// What to record in outputs: the reference, the commit once a file was resolved, and the
+    /// fingerprint of the files loaded so far.
     pub fn record(&self) -> ModelRecord {
         let commit = self.commit.lock().ok().and_then(|c| c.clone());
+        let fingerprint = self.fingerprint().ok();
         let r = &self.reference;
         match &r.source {
             ModelSource::Folder(dir) => ModelRecord {
@@ -452,6 +492,7 @@ impl Model<'_> {
                 repo: None,
                 revision: None,
                 commit: None,
+                fingerprint,
             },
             ModelSource::Hub { repo, revision } => ModelRecord {
                 reference: r.spec.clone(),
@@ -461,6 +502,7 @@ impl Model<'_> {
                 repo: Some(repo.clone()),
                 revision: Some(revision.clone()),
                 commit,
+                fingerprint,
             },
         }
     }
@@ -608,5 +650,31 @@ mod tests {
             "{e}"
         );
         assert_eq!(model.record().source, "folder");
+    }
+
+    #[test]
+    fn fingerprints_follow_the_loaded_files_content_not_their_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("config.json"), "{}").unwrap();
+            std::fs::write(d.join("model.safetensors"), "weights").unwrap();
+        }
+        let loc = Locator::offline(tmp.path());
+        let fp = |dir: &Path| {
+            let m = loc
+                .open(&ModelRef::parse(dir.to_str().unwrap()).unwrap())
+                .unwrap();
+            assert!(m.fingerprint().is_err(), "nothing loaded yet");
+            m.file("config.json").unwrap();
+            m.file("model.safetensors").unwrap();
+            let f = m.fingerprint().unwrap();
+            assert_eq!(m.record().fingerprint.as_deref(), Some(f.as_str()));
+            f
+        };
+        assert_eq!(fp(&a), fp(&b), "a copy has the same fingerprint");
+        std::fs::write(b.join("model.safetensors"), "weightz").unwrap();
+        assert_ne!(fp(&a), fp(&b), "a replaced file changes it");
     }
 }

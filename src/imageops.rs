@@ -134,13 +134,17 @@ pub fn tensor_to_rgb(t: &Tensor) -> anyhow::Result<image::RgbImage> {
 
 /// Writes a [3, H, W] tensor in [0, 1] as a PNG, atomically (temporary file, then rename).
 pub fn save_png(t: &Tensor, path: &Path) -> anyhow::Result<()> {
-    let img = tensor_to_rgb(t)?;
+    crate::fsutil::write_atomic(path, &png_bytes(&tensor_to_rgb(t)?)?)
+}
+
+/// An RGB image encoded as PNG.
+pub fn png_bytes(img: &image::RgbImage) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
         image::ImageFormat::Png,
     )?;
-    crate::fsutil::write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 #[cfg(test)]

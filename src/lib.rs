@@ -12,6 +12,7 @@ pub mod device;
 pub mod diff;
 pub mod error;
 pub mod features;
+pub mod fingerprint;
 pub mod fsutil;
 pub mod generate;
 pub mod hub;

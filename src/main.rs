@@ -1,4 +1,4 @@
-//! The `roundtrip` binary: parse, run, print the error chain, exit code.
+//! The `roundtrip` binary: parse, run, print the error chain (on one line), exit code.
 
 use std::process::ExitCode;
 
@@ -15,10 +15,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            // The whole chain on one line (`context: cause: cause`), so that the first line
+            // of every error names the cause.
+            eprintln!("error: {e:#}");
             ExitCode::from(exit_code(&e) as u8)
         }
     }

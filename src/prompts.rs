@@ -92,6 +92,11 @@ impl PromptFile {
                     "empty phrase: expected `phrase` or `phrase<TAB>photo path`".into(),
                 ));
             }
+            if crate::text::normalize(phrase).is_empty() {
+                return Err(err(format!(
+                    "phrase `{phrase}` has no word once normalised (lowercase letters, words of two or more letters): it would be an empty BLEU reference"
+                )));
+            }
             if let Some(first) = seen.insert(phrase.to_owned(), n) {
                 return Err(err(format!(
                     "phrase `{phrase}` is a duplicate of line {first}"
@@ -138,6 +143,16 @@ mod tests {
 
     fn parse(text: &str) -> Result<PromptFile, InputError> {
         PromptFile::parse(Path::new("p.txt"), text.as_bytes())
+    }
+
+    #[test]
+    fn a_bom_is_not_part_of_the_first_phrase_and_wordless_phrases_are_refused() {
+        let f = parse("\u{feff}a red square\n").unwrap();
+        assert_eq!(f.prompts[0].phrase, "a red square");
+        let e = parse("a cat\n!!!\n").unwrap_err().to_string();
+        assert!(e.starts_with("p.txt:2:") && e.contains("no word"), "{e}");
+        let e = parse("a 1 2\n").unwrap_err().to_string();
+        assert!(e.starts_with("p.txt:1:"), "{e}");
     }
 
     #[test]
@@ -212,7 +227,7 @@ mod tests {
             (b"ok\nphrase\t\n", "p.txt:2: a TAB but no photo path"),
             (b"ok\n\xff\xfe\n", "p.txt:2: invalid UTF-8"),
             (
-                b"a cat\nb\na cat\n",
+                b"a cat\na dog\na cat\n",
                 "p.txt:3: phrase `a cat` is a duplicate of line 1",
             ),
             (b"# only a comment\n\n", "p.txt: no phrases found"),

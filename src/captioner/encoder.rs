@@ -100,42 +100,11 @@ pub struct LoadedEncoder {
     pub kind: EncoderKind,
     pub encoder: Box<dyn FeatureEncoder>,
     pub record: ModelRecord,
-    /// Identifies the weights for the feature cache: the hub commit, or the weights file's
-    /// path, size and modification time for folders.
+    /// Identifies the weights for the feature cache: the encoder kind and the content
+    /// fingerprint of the files it was loaded from ([`crate::hub::Model::fingerprint`]).
     pub cache_key: String,
-}
-
-/// Weights files up to this size are identified by their content (a hash); larger ones (the
-/// full-size hub checkpoints, ~0.5 GB) by path, size and modification time.
-const HASH_CONTENT_UP_TO: u64 = 256 << 20;
-
-/// The cache identity of a folder model: a hash of `model.safetensors` (and of `config.json`,
-/// which holds the geometry) for weights up to [`HASH_CONTENT_UP_TO`], so that a retrained
-/// encoder (e.g. by `train --train-encoder`) never reuses stale features and a moved folder
-/// keeps its cache; else path, size and modification time.
-fn folder_key(weights: &Path) -> String {
-    let meta = std::fs::metadata(weights).ok();
-    let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
-    let config = weights.with_file_name("config.json");
-    if size <= HASH_CONTENT_UP_TO {
-        if let Ok(bytes) = std::fs::read(weights) {
-            let mut all = crate::captioner::features::hex_digest(&bytes);
-            if let Ok(c) = std::fs::read(&config) {
-                all.push_str(&crate::captioner::features::hex_digest(&c));
-            }
-            return format!(
-                "content-{}",
-                crate::captioner::features::hex_digest(all.as_bytes())
-            );
-        }
-    }
-    let mtime = meta
-        .and_then(|m| m.modified().ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let abs = std::fs::canonicalize(weights).unwrap_or_else(|_| weights.to_path_buf());
-    crate::captioner::features::hex_digest(format!("{}|{size}|{mtime}", abs.display()).as_bytes())
+    /// The full content fingerprint.
+    pub fingerprint: String,
 }
 
 /// Loads an encoder of `kind` from a model reference.
@@ -150,20 +119,13 @@ pub fn load_encoder(
         EncoderKind::Vgg16 => Box::new(crate::models::vgg16::Vgg16::load(&model, device)?),
         EncoderKind::Xception => Box::new(crate::models::xception::Xception::load(&model, device)?),
     };
-    let record = model.record();
-    let cache_key = match &record.commit {
-        Some(c) => format!("{}-{}", kind.name(), c),
-        None => format!(
-            "{}-{}",
-            kind.name(),
-            folder_key(&model.file("model.safetensors")?)
-        ),
-    };
+    let fingerprint = model.fingerprint()?;
     Ok(LoadedEncoder {
         kind,
         encoder,
-        record,
-        cache_key,
+        record: model.record(),
+        cache_key: format!("{}-{}", kind.name(), &fingerprint[..32]),
+        fingerprint,
     })
 }
 

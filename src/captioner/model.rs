@@ -121,6 +121,10 @@ pub struct CaptionerConfig {
 /// A loaded captioner, ready to caption images.
 pub struct Captioner {
     pub dir: PathBuf,
+    /// Content fingerprint of config.json, vocab.json, model.safetensors and the encoder's
+    /// files: captions are keyed by it, so a captioner retrained or replaced in place is never
+    /// taken for the old one.
+    pub fingerprint: String,
     pub config: CaptionerConfig,
     pub vocab: Vocab,
     pub decoder: LstmDecoder,
@@ -198,8 +202,18 @@ impl Captioner {
                 config.decoder.feature_dim
             ));
         }
+        let own = ["config.json", "vocab.json", "model.safetensors"]
+            .iter()
+            .map(|f| Ok((*f, crate::fingerprint::file_sha256(&dir.join(f))?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fingerprint = crate::fingerprint::combine(
+            own.iter()
+                .map(|(f, d)| (*f, d.as_str()))
+                .chain([("encoder", encoder.fingerprint.as_str())]),
+        );
         Ok(Self {
             dir: dir.to_path_buf(),
+            fingerprint,
             config,
             vocab,
             decoder,

@@ -58,7 +58,8 @@ pub struct Args {
     /// Run only the K-th of N stable shares of the phrases (merge the folders with `roundtrip merge`).
     #[arg(long)]
     shard: Option<Shard>,
-    /// Discard the results in --out when its settings differ from these.
+    /// Throw away the results already in --out and compute everything again (also: write into a
+    /// non-empty folder that holds no run).
     #[arg(long)]
     force: bool,
     /// No progress bars or log lines on stderr.
@@ -111,11 +112,12 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let s = run_all(&req)?;
     writeln!(
         out,
-        "{}\tphrases {}\tcomputed {}\treused {}",
+        "{}\tphrases {}\tcomputed {}\treused {}\tupdated {}",
         s.report.display(),
         s.phrases,
         s.computed,
-        s.reused
+        s.reused,
+        s.updated
     )?;
     Ok(())
 }

@@ -3,10 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::{load_finished, read_record, PhraseRecord};
-use super::{
-    phrase_id, phrase_seed, prepare_out_dir, read_manifest, settings_difference, Layout, Manifest,
-};
+use super::record::{read_record, unfinished, PhraseRecord, ReadRecord};
+use super::{phrase_id, read_manifest, settings_difference, Layout, Manifest};
 use crate::fsutil::{write_atomic, write_json};
 use crate::input_err;
 
@@ -127,44 +125,47 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
             .ok_or_else(|| input_err!("no shard owns `{}`", p.phrase))?;
         let layout = Layout { root: dir.clone() };
         let id = phrase_id(&p.phrase);
-        let seed = phrase_seed(m.settings.seed, &p.phrase);
-        let recorded = read_record(&layout.record(&id))?;
-        let sha = recorded
-            .as_ref()
-            .and_then(|r| r.photo.as_ref())
-            .map(|ph| ph.sha256.clone());
         let generator = p.generator.as_deref().unwrap_or(&m.settings.generator);
-        let finished = load_finished(
-            &layout,
-            &id,
-            &p.phrase,
-            seed,
-            sha.as_deref(),
-            generator,
-            &m.settings,
-        )?
-        .filter(|r| r.photo.is_some() == p.photo.is_some());
-        let Some(r) = finished else {
+        let why = match read_record(&layout.record(&id)) {
+            ReadRecord::Absent => Some("it has no record".to_owned()),
+            ReadRecord::Unreadable(e) => Some(format!("its record is unreadable ({e})")),
+            ReadRecord::Found(r) => {
+                match unfinished(&layout, m, &r, &p.phrase, generator, p.photo.is_some())? {
+                    None => {
+                        records.push((p.line, *r, dir.as_path()));
+                        None
+                    }
+                    Some(why) => Some(why),
+                }
+            }
+        };
+        if let Some(why) = why {
             return Err(input_err!(
-                "shard {} ({}) has not finished `{}` (line {}): run that shard again to complete it",
+                "shard {} ({}) has not finished `{}` (line {}: {why}): run that shard again to complete it",
                 m.shard.map_or(String::new(), |s| s.to_string()),
                 dir.display(),
                 p.phrase,
                 p.line
             ));
-        };
-        records.push((p.line, r, dir.as_path()));
+        }
     }
 
-    prepare_out_dir(out)?;
+    let _lock = super::open_out_dir(out, "merge", force)?;
     let to = Layout {
         root: out.to_path_buf(),
     };
     let mut manifest = first.clone();
     manifest.shard = None;
-    if let Some(old) = read_manifest(out)? {
-        let differs = settings_difference(&old.settings, &manifest.settings)
-            .or_else(|| old.shard.map(|s| format!("it holds shard {s} of a run")));
+    let old = if to.manifest().exists() {
+        read_manifest(out).or_else(|e| if force { Ok(None) } else { Err(e) })?
+    } else {
+        None
+    };
+    if to.manifest().exists() {
+        let differs = old.as_ref().and_then(|old| {
+            settings_difference(&old.settings, &manifest.settings)
+                .or_else(|| old.shard.map(|s| format!("it holds shard {s} of a run")))
+        });
         if let Some(d) = differs {
             if !force {
                 return Err(input_err!(

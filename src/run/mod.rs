@@ -34,14 +34,15 @@ use crate::generate::job::text_embedding;
 use crate::generate::siren::Settings;
 use crate::hub::{Locator, ModelRef};
 use crate::input_err;
+use crate::lock::DirLock;
 use crate::models::biggan::BigGan;
 use crate::models::clip::Clip;
 use crate::prompts::{Prompt, PromptFile};
-use record::PhotoRecord;
 use stages::{BeamCaptioner, BigGanGenerator, Generator, ImageCaptioner, Judge, SirenGenerator};
 
-/// Version of `run.json` and of the phrase records; bumped on any incompatible change.
-pub const RUN_SCHEMA_VERSION: u32 = 1;
+/// Version of `run.json` and of the phrase records; bumped on any incompatible change (2: stage
+/// keys, file digests and model fingerprints).
+pub const RUN_SCHEMA_VERSION: u32 = 2;
 
 /// `--shard K/N`: the K-th (1-based) of N stable shares of the phrases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,8 +152,8 @@ pub fn parse_captioners(spec: &str) -> Result<Vec<CaptionerSpec>, InputError> {
     Ok(out)
 }
 
-/// Everything that decides a phrase's result. A run folder keeps the settings it was started
-/// with; running again with other settings is refused unless `--force`.
+/// Everything that decides a phrase's result. A run folder records the settings of its last
+/// run; running again with other settings recomputes the stages that depend on them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
     /// The generator of lines without a `[generator]` prefix.
@@ -237,7 +238,11 @@ pub struct RunRequest {
 pub struct RunSummary {
     pub report: PathBuf,
     pub phrases: usize,
+    /// Phrases whose image was generated.
     pub computed: usize,
+    /// Phrases whose image was kept and whose captions or scores were recomputed.
+    pub updated: usize,
+    /// Phrases whose record was up to date.
     pub reused: usize,
 }
 
@@ -353,11 +358,54 @@ struct Planned<'a> {
     photo: Option<(PathBuf, Vec<u8>, image::RgbImage)>,
 }
 
-/// Runs the round trip: validates everything, then computes each missing phrase and writes the
-/// report.
+/// Opens `dir` for writing by one process: creates it, takes its lock, refuses a non-empty
+/// folder that is not a run folder (unless `force`), and removes the temporary files a killed
+/// writer left in it.
+pub fn open_out_dir(dir: &Path, command: &str, force: bool) -> anyhow::Result<DirLock> {
+    prepare_out_dir(dir)?;
+    let lock = DirLock::acquire(dir, command)?;
+    if !force && !dir.join("run.json").exists() {
+        let foreign: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| input_err!("cannot read {}: {e}", dir.display()))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != crate::lock::LOCK_FILE && !(n.starts_with('.') && n.contains(".tmp")))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(input_err!(
+                "{} is not empty and holds no run (it has {}{}): use an empty or new folder, or --force to write into it anyway",
+                dir.display(),
+                foreign.iter().take(3).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+                if foreign.len() > 3 { ", ..." } else { "" }
+            ));
+        }
+    }
+    let layout = Layout {
+        root: dir.to_path_buf(),
+    };
+    let mut swept = crate::fsutil::sweep_temp_files(dir);
+    for d in layout.result_dirs() {
+        swept += crate::fsutil::sweep_temp_files(&d);
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+                swept += crate::fsutil::sweep_temp_files(&e.path());
+            }
+        }
+    }
+    if swept > 0 {
+        eprintln!(
+            "note: removed {swept} temporary file(s) an interrupted run left in {}",
+            dir.display()
+        );
+    }
+    Ok(lock)
+}
+
+/// Runs the round trip: validates everything, then brings each phrase up to date (computing only
+/// the stages whose inputs changed) and writes the report.
 pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
     let t_start = Instant::now();
-    // 1. Validate everything before any long work.
+    // 1. Validate everything before any long work or any write.
     let prompts = PromptFile::load(&req.prompts)?;
     let settings = effective_settings(&req.settings, &prompts);
     validate_settings(&settings)?;
@@ -385,39 +433,27 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
         });
     }
     for c in &settings.captioners {
-        read_config(&c.dir).with_context(|| format!("--captioners {}", c.label))?;
+        read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
     }
-    prepare_out_dir(&req.out)?;
+    let _lock = open_out_dir(&req.out, "run", req.force)?;
     let layout = Layout {
         root: req.out.clone(),
     };
-    if let Some(old) = read_manifest(&req.out)? {
-        let differs = settings_difference(&old.settings, &settings).or_else(|| {
-            (old.shard != req.shard).then(|| {
-                format!(
-                    "shard: {} -> {}",
-                    old.shard.map_or("none".into(), |s| s.to_string()),
-                    req.shard.map_or("none".into(), |s| s.to_string())
-                )
-            })
-        });
-        if let Some(d) = differs {
-            if !req.force {
-                return Err(input_err!(
-                    "{} holds a run with other settings ({d}); use another --out, or --force to discard its results",
-                    req.out.display()
-                ));
-            }
+    let old = if req.force {
+        // Thrown away below: an unreadable or outdated run.json does not matter.
+        if layout.manifest().exists() {
             discard_results(&layout)?;
         }
-    }
+        None
+    } else {
+        read_manifest(&req.out)?
+    };
 
-    // 2. Load every model once.
+    // 2. Load every model once, and fingerprint it.
     let locator = Locator::from_env();
     let clip_model = locator.open(&ModelRef::parse(&settings.clip)?)?;
     let clip = Clip::load(&clip_model, &req.device)
         .with_context(|| format!("loading CLIP `{}`", settings.clip))?;
-    let mut captioners = Vec::new();
     let mut models = BTreeMap::from([("clip".to_owned(), serde_json::to_value(&clip.record)?)]);
     let biggan_model = match &settings.biggan {
         None => None,
@@ -430,13 +466,26 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             Some(g)
         }
     };
+    for name in models.keys() {
+        anyhow::ensure!(
+            models[name].get("fingerprint").is_some_and(|f| f.is_string()),
+            "model `{name}` could not be fingerprinted"
+        );
+    }
+    let mut captioners = Vec::new();
     for c in &settings.captioners {
-        let loaded = Captioner::load(&c.dir, &locator, &req.device)
-            .with_context(|| format!("loading captioner `{}` from {}", c.label, c.dir.display()))?;
+        let loaded = Captioner::load(&c.dir, &locator, &req.device).map_err(|e| {
+            input_err!(
+                "--captioners {}: cannot load the captioner in {}: {e:#}",
+                c.label,
+                c.dir.display()
+            )
+        })?;
         models.insert(
             format!("captioner:{}", c.label),
             serde_json::json!({
                 "folder": c.dir.display().to_string(),
+                "fingerprint": loaded.fingerprint,
                 "architecture": loaded.config.architecture,
                 "encoder": loaded.config.encoder.kind.name(),
                 "encoder_model": loaded.encoder.record,
@@ -470,12 +519,25 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             .collect(),
         shard: req.shard,
     };
+    if let Some(old) = &old {
+        if let Some(d) = crate::diff::first_difference(&old.settings, &manifest.settings)
+            .or_else(|| model_change(&old.models, &manifest.models))
+        {
+            log(
+                req.quiet,
+                format_args!(
+                    "{} was run with other settings or models ({d}): what depends on them is recomputed",
+                    req.out.display()
+                ),
+            );
+        }
+    }
     write_json(&layout.manifest(), &manifest)?;
     for d in layout.result_dirs() {
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
 
-    // 3. Each phrase: reuse a finished record, else compute and write it.
+    // 3. Each phrase: reuse what is up to date, compute the rest.
     let siren = SirenGenerator {
         encoder: &clip.model,
         settings: settings.siren.clone(),
@@ -511,8 +573,16 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
         .iter()
         .map(|(l, c)| (l.as_str(), c as &dyn ImageCaptioner))
         .collect();
+    let note = |msg: &str| eprintln!("note: {msg}");
+    let stage_models = record::StageModels {
+        layout: &layout,
+        manifest: &manifest,
+        captioners: &caps,
+        judge: &judge,
+        note: &note,
+    };
     let mut records = Vec::with_capacity(planned.len());
-    let (mut computed, mut reused) = (0, 0);
+    let (mut computed, mut updated, mut reused) = (0, 0, 0);
     let total = planned.len();
     for (i, p) in planned.iter().enumerate() {
         let seed = phrase_seed(settings.seed, &p.prompt.phrase);
@@ -524,64 +594,42 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
                     .ok_or_else(|| anyhow::anyhow!("BigGAN not loaded"))?,
                 _ => &siren,
             };
-        let photo_sha = p.photo.as_ref().map(|(_, b, _)| sha256_hex(b));
-        if let Some(r) = record::load_finished(
-            &layout,
-            &p.id,
-            &p.prompt.phrase,
+        let job = record::PhraseJob {
+            id: &p.id,
+            phrase: &p.prompt.phrase,
             seed,
-            photo_sha.as_deref(),
-            generator.name(),
-            &settings,
-        )? {
-            log(
-                req.quiet,
-                format_args!("[{}/{total}] {} (done before)", i + 1, p.prompt.phrase),
-            );
-            records.push(r);
-            reused += 1;
-            continue;
-        }
+            photo: p.photo.as_ref().map(|(source, bytes, img)| record::PhotoInput {
+                source,
+                written: p.prompt.photo.as_deref().unwrap_or_default(),
+                bytes,
+                image: img,
+                sha256: sha256_hex(bytes),
+            }),
+            generator,
+        };
         log(
             req.quiet,
             format_args!("[{}/{total}] {}", i + 1, p.prompt.phrase),
         );
-        let photo = match &p.photo {
-            None => None,
-            Some((source, bytes, img)) => {
-                let dest = layout.photo(&p.id, source);
-                std::fs::create_dir_all(dest.parent().unwrap_or(&layout.root))
-                    .with_context(|| format!("cannot create {}", dest.display()))?;
-                crate::fsutil::write_atomic(&dest, bytes)?;
-                Some((
-                    PhotoRecord {
-                        source: p.prompt.photo.clone().unwrap_or_default(),
-                        file: layout.relative(&dest),
-                        sha256: photo_sha.clone().unwrap_or_default(),
-                    },
-                    img,
-                ))
+        let bar = crate::progress::bar(
+            generator.steps() as u64,
+            &format!("[{}/{total}]", i + 1),
+            req.quiet,
+        );
+        let (rec, outcome) = record::bring_up_to_date(&stage_models, &job, &bar)?;
+        bar.finish_and_clear();
+        match outcome {
+            record::Outcome::Reused => {
+                log(
+                    req.quiet,
+                    format_args!("[{}/{total}] {} (done before)", i + 1, p.prompt.phrase),
+                );
+                reused += 1
             }
-        };
-        let rec = record::compute(
-            &layout,
-            &p.id,
-            &p.prompt.phrase,
-            seed,
-            photo,
-            generator,
-            &caps,
-            &judge,
-            settings.save_every,
-            &crate::progress::bar(
-                generator.steps() as u64,
-                &format!("[{}/{total}]", i + 1),
-                req.quiet,
-            ),
-        )?;
-        write_json(&layout.record(&p.id), &rec)?;
+            record::Outcome::Updated => updated += 1,
+            record::Outcome::Computed => computed += 1,
+        }
         records.push(rec);
-        computed += 1;
     }
 
     // 4. The report.
@@ -590,7 +638,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
     log(
         req.quiet,
         format_args!(
-            "{} phrases ({computed} computed, {reused} reused) in {:.1} s",
+            "{} phrases ({computed} computed, {updated} updated, {reused} reused) in {:.1} s",
             total,
             t_start.elapsed().as_secs_f64()
         ),
@@ -599,7 +647,31 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
         report: report_path,
         phrases: total,
         computed,
+        updated,
         reused,
+    })
+}
+
+/// The first model whose fingerprint differs between two manifests, as `name: old -> new`.
+fn model_change(
+    old: &BTreeMap<String, serde_json::Value>,
+    new: &BTreeMap<String, serde_json::Value>,
+) -> Option<String> {
+    let fp = |m: &BTreeMap<String, serde_json::Value>, k: &str| {
+        m.get(k)
+            .and_then(|v| v.get("fingerprint"))
+            .and_then(|v| v.as_str())
+            .map(|f| f[..12.min(f.len())].to_owned())
+    };
+    new.keys().chain(old.keys()).find_map(|k| {
+        let (a, b) = (fp(old, k), fp(new, k));
+        (a != b).then(|| {
+            format!(
+                "{k}: {} -> {}",
+                a.as_deref().unwrap_or("(absent)"),
+                b.as_deref().unwrap_or("(absent)")
+            )
+        })
     })
 }
 
@@ -619,13 +691,7 @@ fn discard_results(layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Full SHA-256 of bytes, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::fingerprint::sha256_hex;
 
 /// A log line on stderr unless quiet.
 fn log(quiet: bool, msg: std::fmt::Arguments) {

@@ -18,8 +18,9 @@ use crate::captioner::eval::diversity;
 use crate::fsutil::{write_atomic, write_json};
 use crate::text::normalize;
 
-/// Version of `report.json`; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+/// Version of `report.json`; bumped on any incompatible change (2: model fingerprints, each
+/// phrase's stage keys and file digests).
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 #[derive(Serialize)]
 pub struct Tool {
