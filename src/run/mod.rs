@@ -619,13 +619,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
         let (rec, outcome) = record::bring_up_to_date(&stage_models, &job, &bar)?;
         bar.finish_and_clear();
         match outcome {
-            record::Outcome::Reused => {
-                log(
-                    req.quiet,
-                    format_args!("[{}/{total}] {} (done before)", i + 1, p.prompt.phrase),
-                );
-                reused += 1
-            }
+            record::Outcome::Reused => reused += 1,
             record::Outcome::Updated => updated += 1,
             record::Outcome::Computed => computed += 1,
         }
