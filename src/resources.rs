@@ -21,10 +21,13 @@ pub fn machine_memory() -> Option<u64> {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map(|kb| kb.saturating_mul(1024));
-    let cgroup = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| s.trim().parse::<u64>().ok());
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|s| s.trim().parse::<u64>().ok());
     match (total, cgroup) {
         (Some(t), Some(c)) => Some(t.min(c)),
         (t, c) => t.or(c),
@@ -60,13 +63,61 @@ pub fn check_memory_against(
     memory: Option<u64>,
 ) -> Result<(), InputError> {
     match memory {
-        Some(m) if !(estimate <= m as f64) => Err(InputError::new(format!(
+        Some(m) if !within(estimate, m as f64) => Err(InputError::new(format!(
             "{setting} needs about {} of memory, more than this machine's {}: choose a smaller value",
             human_bytes(estimate),
             human_bytes(m as f64)
         ))),
+        // Memory unknown: still nothing larger than one allocation can ever be (isize::MAX bytes),
+        // so that an absurd value is refused rather than ending in an overflow or an abort.
+        None if !within(estimate, isize::MAX as f64) => Err(InputError::new(format!(
+            "{setting} needs about {} of memory, more than any machine can address: choose a smaller value",
+            human_bytes(estimate)
+        ))),
         _ => Ok(()),
     }
+}
+
+/// Whether `estimate` is at most `bound` (false for NaN).
+fn within(estimate: f64, bound: f64) -> bool {
+    estimate <= bound
+}
+
+/// Bytes of one beam-search candidate ([`crate::models::lstm_decoder::LstmDecoder::beam`]): its
+/// word sequence (a `Vec<u32>` of up to a caption's length, with the allocator's overhead), its
+/// score and the handle of its LSTM state.
+pub const BEAM_CANDIDATE_BYTES: f64 = 128.0;
+
+/// Bytes of one beam hypothesis besides its candidates: its LSTM state (hidden and cell rows of
+/// a decoder up to 512 wide, with candle's tensor headers).
+pub const BEAM_HYPOTHESIS_BYTES: f64 = 4096.0;
+
+/// Estimated peak memory of a beam search of width `beam` over `vocab_size` words: each step,
+/// every one of up to `beam` hypotheses proposes its best `min(beam, vocab)` continuations, all
+/// kept as candidates until the step's best `beam` are chosen; each hypothesis holds its LSTM
+/// state; the log-probabilities and their sort order over the vocabulary (4 + 8 bytes a word)
+/// are computed one hypothesis at a time.
+pub fn beam_bytes(beam: usize, vocab_size: usize) -> f64 {
+    let (k, v) = (beam as f64, vocab_size.max(1) as f64);
+    k * k.min(v) * BEAM_CANDIDATE_BYTES + k * BEAM_HYPOTHESIS_BYTES + v * 12.0
+}
+
+/// Refuses a beam width that cannot run, before any captioning: 0 (exit 2, "--beam must be at
+/// least 1"), or one whose search ([`beam_bytes`]) needs more than the machine's memory. For
+/// `caption`, `eval` and `run`, once the captioner's vocabulary size is known.
+pub fn check_beam(beam: usize, vocab_size: usize) -> Result<(), InputError> {
+    check_beam_width(beam)?;
+    check_memory(&format!("--beam {beam}"), beam_bytes(beam, vocab_size))
+}
+
+/// The part of [`check_beam`] that needs no captioner: the width is at least 1.
+pub fn check_beam_width(beam: usize) -> Result<(), InputError> {
+    if beam == 0 {
+        return Err(InputError::new(
+            "--beam must be at least 1 (1 is greedy decoding)",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -84,7 +135,25 @@ mod tests {
         assert!(check_memory_against("--size 64", 1.0e6, Some(24 << 30)).is_ok());
         assert!(check_memory_against("x", f64::NAN, Some(1)).is_err());
         assert!(check_memory_against("x", f64::INFINITY, Some(1)).is_err());
-        assert!(check_memory_against("x", 1e30, None).is_ok());
+        assert!(check_memory_against("x", 1e12, None).is_ok());
+        let e = check_memory_against("--size 9", 1e30, None).unwrap_err();
+        assert!(e.to_string().contains("--size 9 needs about"), "{e}");
         assert!(machine_memory().is_some_and(|m| m > 0));
+    }
+
+    #[test]
+    fn beams_are_refused_at_zero_and_when_their_candidates_exceed_the_memory() {
+        assert_eq!(
+            check_beam_width(0).unwrap_err().to_string(),
+            "--beam must be at least 1 (1 is greedy decoding)"
+        );
+        assert!(check_beam(0, 40).is_err());
+        // Flickr8k-sized vocabulary, usual widths: a few MiB.
+        assert!(beam_bytes(20, 8000) < 4.0 * 1024.0 * 1024.0);
+        assert!(beam_bytes(1, 1) > 0.0);
+        // A billion-wide beam over 40 words: 40 candidates per hypothesis, ~8 TB.
+        let huge = beam_bytes(1_000_000_000, 40);
+        assert!(huge > 5e12 && huge < 2e13, "{huge}");
+        assert!(beam_bytes(usize::MAX, usize::MAX).is_finite());
     }
 }

@@ -296,3 +296,77 @@ fn bad_biggan_input_is_refused_clearly() {
     fails_with(&generate(&out, &["--ema-decay", "1"]), &["--ema-decay 1"]);
     assert!(!out.join("a-red-circle.png").exists(), "nothing written");
 }
+
+/// Cutouts beyond the machine's memory are refused before anything is written: an absurd number
+/// by the model-free check, and 3000 (about 80 KB each with the tiny models, beyond 256 MiB)
+/// by the estimate with the models' configs; 8 still run under the same bound.
+#[test]
+fn cutouts_beyond_the_memory_are_refused_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let bounded = |extra: &[&str]| {
+        let mut args: Vec<String> = vec!["generate".into(), "a red circle".into(), "--out".into()];
+        args.push(out.display().to_string());
+        for a in [
+            "--generator",
+            "biggan",
+            "--biggan",
+            &fixture("biggan_tiny"),
+            "--clip",
+            &fixture("clip_tiny"),
+            "--steps",
+            "1",
+            "--quiet",
+        ] {
+            args.push(a.into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+            .env("ROUNDTRIP_MEMORY_LIMIT", (256u64 << 20).to_string())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    for n in ["1000000000000", "3000"] {
+        fails_with(
+            &bounded(&["--cutouts", n]),
+            &[
+                &format!("--cutouts {n} needs about"),
+                "more than this machine's 256.0 MiB",
+            ],
+        );
+        assert!(
+            !out.exists(),
+            "--cutouts {n}: {} was created",
+            out.display()
+        );
+    }
+    ok(&bounded(&["--cutouts", "8"]));
+}
+
+/// The estimate against the peak measured for W2 (README's Performance table: BigGAN-deep 128,
+/// 8 cutouts, ViT-B/32: 2684 MiB).
+#[test]
+fn memory_estimate_matches_the_measured_peak() {
+    use roundtrip::generate::biggan::Settings;
+    use roundtrip::models::biggan::Config;
+    use roundtrip::models::clip::ClipConfig;
+    let (clip, g) = (ClipConfig::vit_b32(), Config::deep_128());
+    let s = Settings {
+        cutouts: 8,
+        ..Settings::default()
+    };
+    let (bytes, _) = s.memory_estimate(Some((&clip, &g)));
+    let mib = bytes / (1024.0 * 1024.0);
+    assert!((2684.0 * 0.95..2684.0 * 1.05).contains(&mib), "{mib} MiB");
+    let huge = Settings {
+        cutouts: usize::MAX,
+        ..Settings::default()
+    };
+    let (bytes, named) = huge.memory_estimate(Some((&clip, &g)));
+    assert!(bytes.is_finite() && bytes > 1e20, "{bytes}");
+    assert_eq!(named, format!("--cutouts {}", usize::MAX));
+    // The model-free lower bound still refuses an absurd number.
+    let (floor, _) = huge.memory_estimate(None);
+    assert!(floor > 1e20);
+}

@@ -356,3 +356,171 @@ fn device_flag_is_checked_on_every_model_command() {
         }
     }
 }
+
+/// The memory bound the tests fix (`ROUNDTRIP_MEMORY_LIMIT`, bytes): 16 GiB.
+const MEMORY_16_GIB: &str = "17179869184";
+
+/// `roundtrip ARGS` with the machine's memory taken as `memory` bytes, killed after `secs`
+/// seconds (where a bound is missing, some of these inputs run for ever instead of failing).
+fn run_bounded(args: &[&str], memory: &str, secs: u64) -> Output {
+    let mut child = roundtrip()
+        .env("ROUNDTRIP_MEMORY_LIMIT", memory)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && t0.elapsed().as_secs() < secs {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+/// Exit 2, naming the setting, the estimate and the machine's memory.
+fn refused_for_memory(o: &Output, setting: &str, memory: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{setting}: {e}");
+    let want = format!("more than this machine's {memory}");
+    assert!(
+        e.contains(setting) && e.contains("of memory") && e.contains("needs about"),
+        "{setting} not named with an estimate in: {e}"
+    );
+    assert!(e.contains(&want), "{want:?} not in: {e}");
+}
+
+/// Settings too large for the machine, each with the setting its refusal names. `--layers` goes
+/// with an absurd `--hidden`, so that without the bound it fails at once (an allocation abort)
+/// instead of building layers until the machine runs out of memory.
+const TOO_MUCH: [(&[&str], &str); 4] = [
+    (&["--size", "1000000"], "--size 1000000"),
+    (&["--cutouts", "1000000000000"], "--cutouts 1000000000000"),
+    (&["--hidden", "10000000000"], "--hidden 10000000000"),
+    (
+        &["--layers", "1000000000000", "--hidden", "10000000000"],
+        "--layers 1000000000000",
+    ),
+];
+
+#[test]
+fn run_refuses_settings_beyond_the_memory_before_writing_anything() {
+    let d = tempfile::tempdir().unwrap();
+    let prompts = tmp_file(d.path(), "p.txt", b"a big red circle in the middle\n");
+    for (flags, setting) in TOO_MUCH {
+        let out = d.path().join("R");
+        let mut args = vec![
+            "run",
+            &prompts,
+            "--out",
+            out.to_str().unwrap(),
+            "--preset",
+            "shapes",
+            "--quiet",
+        ];
+        args.extend(flags);
+        let o = run_bounded(&args, MEMORY_16_GIB, 120);
+        refused_for_memory(&o, setting, "16.0 GiB");
+        assert!(!out.exists(), "{setting}: {} was created", out.display());
+    }
+}
+
+#[test]
+fn generate_refuses_settings_beyond_the_memory_before_writing_anything() {
+    let d = tempfile::tempdir().unwrap();
+    let clip = format!("{}/tests/fixtures/clip_tiny", env!("CARGO_MANIFEST_DIR"));
+    for (flags, setting) in TOO_MUCH {
+        let out = d.path().join("R");
+        let mut args = vec![
+            "generate",
+            "a red circle",
+            "--out",
+            out.to_str().unwrap(),
+            "--clip",
+            &clip,
+            "--steps",
+            "1",
+            "--quiet",
+        ];
+        args.extend(flags);
+        let o = run_bounded(&args, MEMORY_16_GIB, 120);
+        refused_for_memory(&o, setting, "16.0 GiB");
+        assert!(!out.exists(), "{setting}: {} was created", out.display());
+    }
+}
+
+/// `generate` bounds the cutouts with the guiding CLIP's own per-cutout cost (its config.json),
+/// before anything is written: 1000 cutouts of the shapes CLIP (64 px input, about 0.75 MB each)
+/// do not fit in 512 MiB, though they pass the model-free check; 8 do, and run.
+#[test]
+fn generate_bounds_cutouts_with_the_clips_config() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("R");
+    let clip = format!("{}/models/shapes/clip", env!("CARGO_MANIFEST_DIR"));
+    let args = |cutouts: &'static str| {
+        vec![
+            "generate".to_string(),
+            "a red circle".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--clip".into(),
+            clip.clone(),
+            "--size".into(),
+            "32".into(),
+            "--layers".into(),
+            "3".into(),
+            "--hidden".into(),
+            "32".into(),
+            "--steps".into(),
+            "1".into(),
+            "--cutouts".into(),
+            cutouts.into(),
+            "--quiet".into(),
+        ]
+    };
+    let memory = (512u64 << 20).to_string();
+    let many = args("1000");
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let o = run_bounded(&many, &memory, 300);
+    refused_for_memory(&o, "--cutouts 1000", "512.0 MiB");
+    assert!(!out.exists(), "{} was created", out.display());
+
+    let few = args("8");
+    let few: Vec<&str> = few.iter().map(String::as_str).collect();
+    let o = run_bounded(&few, &memory, 300);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("a-red-circle.png").is_file());
+}
+
+fn caption(beam: &str) -> Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let captioner = format!("{root}/models/shapes/vgg16");
+    let image = format!("{root}/prompts/shapes/a-big-blue-square-on-the-left.png");
+    run_bounded(
+        &["caption", "--captioner", &captioner, "--beam", beam, &image],
+        MEMORY_16_GIB,
+        60,
+    )
+}
+
+#[test]
+fn caption_refuses_beam_zero_and_beams_beyond_the_memory() {
+    let o = caption("0");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--beam must be at least 1 (1 is greedy decoding)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(o.stdout.is_empty());
+
+    // A billion-wide beam over the shapes vocabulary (31 words): about 7 TiB of candidates.
+    let o = caption("1000000000");
+    refused_for_memory(&o, "--beam 1000000000", "16.0 GiB");
+    assert!(o.stdout.is_empty());
+
+    let o = caption("3");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("a-big-blue-square-on-the-left.png\t"), "{out}");
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::captioner::model::Captioner;
 use crate::hub::Locator;
+use crate::resources::{check_beam, check_beam_width};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,8 +23,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    check_beam_width(a.beam)?;
     let device = a.device.open()?;
     let c = Captioner::load(&a.captioner, &Locator::from_env(), &device)?;
+    check_beam(a.beam, c.decoder.config().vocab_size)?;
     let captions = c.caption_images(&a.images, a.beam, &device)?;
     if a.json {
         let items: Vec<_> = a

@@ -4,9 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::generate::biggan::{Resize, Settings as BigGanSettings};
+use crate::generate::clip_config;
 use crate::generate::job::{generate, GenerateRequest, GeneratorSettings};
 use crate::generate::siren::Settings;
+use crate::hub::{Locator, ModelRef};
 use crate::input_err;
+use crate::models::biggan::Config as BigGanConfig;
 
 /// Which generator draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -224,6 +227,45 @@ impl SirenArgs {
     }
 }
 
+/// The memory bound with the models' configs (read without their weights), before anything is
+/// loaded or written: settings whose estimate exceeds the machine's memory are refused (exit 2)
+/// naming them, the estimate and the memory. Where the settings or the phrase are invalid, or a
+/// config cannot be read, `generate` reports that in its usual order instead.
+fn check_memory(settings: &GeneratorSettings, phrase: &str, clip: &str) -> anyhow::Result<()> {
+    if phrase.trim().is_empty() {
+        return Ok(());
+    }
+    let locator = Locator::from_env();
+    match settings {
+        GeneratorSettings::Siren(s) => {
+            if s.validate().is_ok() {
+                if let Some(c) = clip_config(&locator, clip) {
+                    s.validate_memory(&c)?;
+                }
+            }
+        }
+        GeneratorSettings::BigGan {
+            settings, model, ..
+        } => {
+            if settings.validate(None).is_ok() {
+                if let (Some(g), Some(c)) =
+                    (biggan_config(&locator, model), clip_config(&locator, clip))
+                {
+                    settings.validate_memory(&c, &g)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The config.json of a BigGAN reference, without its weights; `None` where it cannot be read.
+fn biggan_config(locator: &Locator, spec: &str) -> Option<BigGanConfig> {
+    let model = locator.open(&ModelRef::parse(spec).ok()?).ok()?;
+    let text = std::fs::read_to_string(model.file("config.json").ok()?).ok()?;
+    BigGanConfig::from_json(&text).ok()
+}
+
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let settings = match a.generator {
         GeneratorKind::Siren => {
@@ -247,6 +289,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
     };
+    check_memory(&settings, &a.phrase, &a.clip)?;
     let req = GenerateRequest {
         phrase: a.phrase,
         out_dir: a.out,

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::{encode_and_backward, l2_normalize, Cutout, ImageEncoder, StepRecord};
 use crate::error::InputError;
 use crate::imageops::{resize_bilinear, resize_nearest};
-use crate::models::biggan::BigGan;
+use crate::models::biggan::{BigGan, Config as BigGanConfig};
+use crate::models::clip::ClipConfig;
 
 /// How cutouts are resized to the encoder's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -98,8 +99,109 @@ impl Settings {
         if let Some(p) = self.avoid.iter().find(|p| p.trim().is_empty()) {
             return fail(format!("--avoid {p:?} is empty: expected a phrase"));
         }
-        Ok(())
+        self.check_memory(None)
     }
+
+    /// [`Self::validate`]'s memory bound with the models known (their config.json files, read
+    /// before the weights): refuses settings whose [`Self::memory_estimate`] exceeds the
+    /// machine's memory, naming them, the estimate and the memory.
+    pub fn validate_memory(
+        &self,
+        clip: &ClipConfig,
+        biggan: &BigGanConfig,
+    ) -> std::result::Result<(), InputError> {
+        self.check_memory(Some((clip, biggan)))
+    }
+
+    fn check_memory(
+        &self,
+        models: Option<(&ClipConfig, &BigGanConfig)>,
+    ) -> std::result::Result<(), InputError> {
+        let (bytes, setting) = self.memory_estimate(models);
+        crate::resources::check_memory(&setting, bytes)
+    }
+
+    /// Estimated peak working memory of big-sleep guidance, in bytes, and the settings to name
+    /// when it is too much (those of its largest term). Without the models (`None`: `run`'s
+    /// validation) only the cutouts at the smallest image and encoder input
+    /// ([`super::memory::cutout_floor`]) and the step records count: a lower bound. With them:
+    /// the process and both models' weights ([`super::memory::clip_weights`],
+    /// [`generator_memory`]), and the largest of: a weights file while its model loads, or a
+    /// guidance step (BigGAN's activations, and per cutout its crop at 0.95 x the image size,
+    /// [`super::memory::cutout_crop`], and the encoder's [`super::memory::clip_cutout`]).
+    ///
+    /// Calibration (README's Performance table, W2: BigGAN-deep 128, 8 cutouts, ViT-B/32): 2695
+    /// MiB estimated against a measured peak of 2684 MiB (tests/biggan_generate.rs).
+    pub fn memory_estimate(&self, models: Option<(&ClipConfig, &BigGanConfig)>) -> (f64, String) {
+        use super::memory::{
+            clip_cutout, clip_load, clip_weights, cutout_crop, cutout_floor, MIN_ENCODER_INPUT,
+            PROCESS, STEP,
+        };
+        let per_cutout = match models {
+            Some((clip, g)) => {
+                cutout_crop(0.95 * g.image_size() as f64) + clip_cutout(&clip.vision)
+            }
+            None => cutout_floor(MIN_ENCODER_INPUT),
+        };
+        let cutouts = self.cutouts as f64 * per_cutout;
+        let steps = self.steps as f64 * STEP;
+        let named = if cutouts >= steps {
+            format!("--cutouts {}", self.cutouts)
+        } else {
+            format!("--steps {}", self.steps)
+        };
+        let total = match models {
+            Some((clip, g)) => {
+                let (weights, activations) = generator_memory(g);
+                let step = activations + cutouts + steps;
+                PROCESS + clip_weights(clip) + weights + step.max(clip_load(clip)).max(weights)
+            }
+            None => cutouts + steps,
+        };
+        (total, named)
+    }
+}
+
+/// How many tensors of its stages' sizes BigGAN's forward and candle's backward hold at the
+/// peak (each batch norm's four broadcast ops, the ReLUs, the convolutions' unfolded inputs, the
+/// skip path and their gradients, at each block's input and output resolution). Calibrated on
+/// W2: with BigGAN-deep 128's 200 MiB of weights, CLIP's 765 and 8 cutouts' 96, its measured
+/// peak of 2684 MiB leaves about 1500 MiB of activations, 15 x the 96.5 MiB of its stages.
+pub const BIGGAN_ACTIVATION_FACTOR: f64 = 15.0;
+
+/// BigGAN-deep's memory in guidance, bytes: its weights (convolutions, the conditional batch
+/// norms' linear maps and statistics, gen_z, the class embedding, the attention block; their
+/// file holds as much while it loads), and the activations its forward keeps for the backward to
+/// the latents: per block [`BIGGAN_ACTIVATION_FACTOR`] x (r_in^2 (in + mid) + r_out^2 (2 mid +
+/// out + in / 2)) floats (mid = in / 4), and the attention's [r^2, r^2 / 4] map (3 copies) with
+/// its projections.
+pub fn generator_memory(cfg: &BigGanConfig) -> (f64, f64) {
+    let ch = cfg.channel_width as f64;
+    let cond = 2.0 * cfg.z_dim as f64;
+    let stats = cfg.n_stats as f64;
+    let batch_norm = |c: f64| 2.0 * cond * c + 2.0 * stats * c;
+    let mut weights = cond * 16.0 * 16.0 * ch
+        + cfg.z_dim as f64 * cfg.num_classes as f64
+        + batch_norm(ch)
+        + 9.0 * ch * ch;
+    let mut activations = 16.0 * 16.0 * ch;
+    let mut r = 4.0f64;
+    for (i, l) in cfg.layers.iter().enumerate() {
+        let (cin, cout) = (l.in_mult as f64 * ch, l.out_mult as f64 * ch);
+        if i == cfg.attention_layer_position {
+            weights += 2.0 * cin * cin / 8.0 + cin * cin;
+            activations += 3.0 * r.powi(4) / 4.0 + 2.75 * r * r * cin;
+        }
+        let mid = cin / 4.0;
+        let r_out = if l.upsample { 2.0 * r } else { r };
+        weights += cin * mid + 18.0 * mid * mid + mid * cout + batch_norm(cin + 3.0 * mid);
+        activations += BIGGAN_ACTIVATION_FACTOR
+            * (r * r * (cin + mid) + r_out * r_out * (2.0 * mid + cout + cin / 2.0));
+        r = r_out;
+    }
+    activations += BIGGAN_ACTIVATION_FACTOR * r * r * (2.0 * ch + 3.0);
+    let f32 = super::memory::F32;
+    (f32 * weights, f32 * activations)
 }
 
 /// big-sleep's differentiable top-k: k rounds of softmax(x / t), each keeping the largest

@@ -14,6 +14,7 @@ use super::{
     StepRecord,
 };
 use crate::error::InputError;
+use crate::models::clip::ClipConfig;
 use crate::models::siren::{coord_grid, Config as SirenConfig, Siren};
 
 /// Settings of a SIREN run. The defaults are sized for a 2-core CPU (a phrase in minutes);
@@ -101,7 +102,90 @@ impl Settings {
                 self.averaging_weight
             ));
         }
-        Ok(())
+        self.check_memory(None)
+    }
+
+    /// [`Self::validate`]'s memory bound with the CLIP that will guide (its config.json, read
+    /// before the weights): refuses settings whose [`Self::memory_estimate`] exceeds the
+    /// machine's memory, naming them, the estimate and the memory.
+    pub fn validate_memory(&self, clip: &ClipConfig) -> std::result::Result<(), InputError> {
+        self.check_memory(Some(clip))
+    }
+
+    fn check_memory(&self, clip: Option<&ClipConfig>) -> std::result::Result<(), InputError> {
+        let (bytes, setting) = self.memory_estimate(clip);
+        crate::resources::check_memory(&setting, bytes)
+    }
+
+    /// Estimated peak working memory of guidance with these settings, in bytes, and the settings
+    /// to name when it is too much (those of its largest term). With `clip` `None` (not known
+    /// yet) the CLIP's weights are left out and each cutout counts at the smallest encoder input
+    /// ([`super::memory::cutout_floor`]): a lower bound.
+    ///
+    /// With N = size^2 pixels, L layers of width H and C cutouts, in f32 (4 bytes):
+    /// - the SIREN's tape: each sine layer's input and sine derivative [N, H], the last layer's
+    ///   input, and the backward's running gradient and input gradient: (2L + 3) N H floats;
+    ///   other per-pixel tensors (coordinates, image, clamp mask, gradients): 24 N floats;
+    /// - its parameters 3H + (L - 1)(H^2 + H) + 3H + 3, with their gradients and Adam's two
+    ///   moments (and the accumulated gradients with --grad-accum > 1): 5 (6) copies;
+    /// - per cutout: its crop ([`super::memory::cutout_crop`] at upper x size) and the
+    ///   encoder's activations ([`super::memory::clip_cutout`]);
+    /// - the step records; the process ([`super::memory::PROCESS`]) and CLIP's weights
+    ///   ([`super::memory::clip_weights`]), with the larger of the above and CLIP's weights
+    ///   file while it loads ([`super::memory::clip_load`]).
+    ///
+    /// Calibration, ViT-B/32 at 224 px (peaks of `examples/w1_profile.rs` in a dev build, and
+    /// README's W1 / W1b from release builds): 8x256 with 8 cutouts 1927 MiB estimated, 1958
+    /// measured (README: 1907); 16x256 with 4 cutouts 2660 MiB, 2713 (README: 2659); 8x256 with
+    /// 1 and 16 cutouts 1837 and 2030 MiB, 1851 and 2026 measured (tests below). Smaller steps
+    /// matched as well, 8x256 at 112 px 1222 MiB against 1256 and 4x128 at 224 px 1265 against
+    /// 1268, but there the estimate is CLIP's load (1470 MiB: its weights file is read whole),
+    /// which `w1_profile`, drawing random weights, does not do.
+    pub fn memory_estimate(&self, clip: Option<&ClipConfig>) -> (f64, String) {
+        use super::memory::{
+            clip_cutout, clip_load, clip_weights, cutout_crop, cutout_floor, F32, PROCESS, STEP,
+        };
+        let size = self.size as f64;
+        let n = size * size;
+        let (l, h) = (self.layers as f64, self.hidden as f64);
+        let tape = F32 * n * (h * (2.0 * l + 3.0) + 24.0);
+        let params = 3.0 * h + (l - 1.0).max(0.0) * (h * h + h) + 3.0 * h + 3.0;
+        let copies = if self.grad_accum > 1 { 6.0 } else { 5.0 };
+        let crop = (self.upper * size).min(size);
+        let per_cutout = match clip {
+            Some(c) => cutout_crop(crop) + clip_cutout(&c.vision),
+            None => cutout_floor(crop),
+        };
+        let terms = [
+            (
+                tape,
+                format!(
+                    "--size {} with --layers {} and --hidden {}",
+                    self.size, self.layers, self.hidden
+                ),
+            ),
+            (
+                F32 * params * copies,
+                format!("--hidden {} with --layers {}", self.hidden, self.layers),
+            ),
+            (
+                self.cutouts as f64 * per_cutout,
+                format!("--cutouts {} at --size {}", self.cutouts, self.size),
+            ),
+            (self.steps as f64 * STEP, format!("--steps {}", self.steps)),
+        ];
+        let guidance: f64 = terms.iter().map(|t| t.0).sum();
+        let total = PROCESS
+            + match clip {
+                Some(c) => clip_weights(c) + guidance.max(clip_load(c)),
+                None => guidance,
+            };
+        let named = terms
+            .into_iter()
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|t| t.1)
+            .unwrap_or_default();
+        (total, named)
     }
 
     pub fn siren(&self) -> SirenConfig {
@@ -220,5 +304,112 @@ impl<'a> SirenRun<'a> {
             .net
             .render(&self.coords, self.settings.size, self.settings.size)?
             .detach())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    fn w1(layers: usize, cutouts: usize) -> Settings {
+        Settings {
+            size: 224,
+            layers,
+            hidden: 256,
+            cutouts,
+            ..Settings::default()
+        }
+    }
+
+    /// README's Performance table: W1 (8x256, 224 px, 8 cutouts, ViT-B/32) peaks at 1907 MiB,
+    /// W1b (16x256, 4 cutouts) at 2659 MiB.
+    #[test]
+    fn memory_estimate_matches_the_measured_peaks() {
+        let clip = ClipConfig::vit_b32();
+        // README's release peaks, then peaks of examples/w1_profile.rs in a dev build.
+        for (s, measured) in [
+            (w1(8, 8), 1907.0),
+            (w1(16, 4), 2659.0),
+            (w1(8, 1), 1851.0),
+            (w1(8, 16), 2026.0),
+        ] {
+            let mib = s.memory_estimate(Some(&clip)).0 / MIB;
+            assert!(
+                (measured * 0.95..measured * 1.05).contains(&mib),
+                "{}x{} {} cutouts: {mib:.0} MiB estimated, {measured} measured",
+                s.layers,
+                s.hidden,
+                s.cutouts
+            );
+            // Without the CLIP: a lower bound.
+            assert!(s.memory_estimate(None).0 < s.memory_estimate(Some(&clip)).0);
+        }
+        // The defaults and deep-daze's GPU settings are far from absurd.
+        let d = Settings::default().memory_estimate(Some(&clip)).0 / MIB;
+        assert!(d < 1600.0, "{d}");
+        let deep_daze = Settings {
+            size: 512,
+            layers: 16,
+            hidden: 256,
+            cutouts: 4,
+            ..Settings::default()
+        };
+        let gib = deep_daze.memory_estimate(Some(&clip)).0 / (1024.0 * MIB);
+        assert!((8.0..14.0).contains(&gib), "{gib}");
+    }
+
+    #[test]
+    fn the_largest_term_names_its_settings_and_nothing_overflows() {
+        let named = |s: Settings| {
+            let (bytes, name) = s.memory_estimate(None);
+            assert!(bytes.is_finite() && bytes > 1e13, "{name}: {bytes}");
+            name
+        };
+        let d = Settings::default();
+        assert_eq!(
+            named(Settings {
+                size: 1_000_000,
+                ..d.clone()
+            }),
+            "--size 1000000 with --layers 8 and --hidden 256"
+        );
+        assert_eq!(
+            named(Settings {
+                hidden: 10_000_000_000,
+                ..d.clone()
+            }),
+            "--hidden 10000000000 with --layers 8"
+        );
+        assert!(named(Settings {
+            layers: 1_000_000_000_000,
+            ..d.clone()
+        })
+        .contains("--layers 1000000000000"));
+        assert_eq!(
+            named(Settings {
+                cutouts: 1_000_000_000_000,
+                ..d.clone()
+            }),
+            "--cutouts 1000000000000 at --size 128"
+        );
+        assert_eq!(
+            named(Settings {
+                steps: usize::MAX,
+                ..d.clone()
+            }),
+            format!("--steps {}", usize::MAX)
+        );
+        let all = Settings {
+            size: usize::MAX,
+            layers: usize::MAX,
+            hidden: usize::MAX,
+            cutouts: usize::MAX,
+            steps: usize::MAX,
+            ..d
+        };
+        assert!(all.memory_estimate(None).0.is_finite());
+        assert!(all.validate().is_err());
     }
 }
