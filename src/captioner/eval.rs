@@ -33,6 +33,8 @@ pub struct EvalReport {
     pub most_common_caption: String,
     pub most_common_count: usize,
     pub dataset_problems: usize,
+    /// Images the dataset's splits list but that have no file (left out, named on stderr).
+    pub missing_images: usize,
     pub features: CacheStats,
 }
 
@@ -50,6 +52,35 @@ pub fn diversity(captions: &[String]) -> (usize, String, usize) {
     (counts.len(), top, n)
 }
 
+/// The images a split lists whose file is missing (the dataset leaves them out and records each
+/// as a problem).
+pub fn missing_images(ds: &Dataset) -> Vec<String> {
+    ds.problems
+        .iter()
+        .filter(|p| p.message.contains("is listed in a split but missing"))
+        .filter_map(|p| {
+            let m = &p.message;
+            let start = m.find('`')? + 1;
+            let end = start + m[start..].find('`')?;
+            Some(m[start..end].to_owned())
+        })
+        .collect()
+}
+
+/// The first `n` names, comma-separated, and how many more.
+fn first_few(names: &[String], n: usize) -> String {
+    let mut s = names
+        .iter()
+        .take(n)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > n {
+        s += &format!(" and {} more", names.len() - n);
+    }
+    s
+}
+
 pub fn evaluate(
     dir: &Path,
     dataset: &Path,
@@ -63,6 +94,18 @@ pub fn evaluate(
     let captioner = Captioner::load(dir, &locator, device)?;
     let ds = Dataset::load(dataset)?;
     let names = ds.split(split).to_vec();
+    let missing = missing_images(&ds);
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: {} images listed in {}'s splits are missing and left out (the {} split \
+             keeps {}): {}",
+            missing.len(),
+            dataset.display(),
+            format!("{split:?}").to_lowercase(),
+            names.len(),
+            first_few(&missing, 5)
+        );
+    }
     if names.is_empty() {
         return Err(crate::input_err!(
             "{}: the {split:?} split is empty",
@@ -98,6 +141,7 @@ pub fn evaluate(
         most_common_caption: top,
         most_common_count: top_n,
         dataset_problems: ds.problems.len(),
+        missing_images: missing.len(),
         features: stats,
     };
     Ok((report, names.into_iter().zip(captions).collect()))

@@ -31,9 +31,10 @@ use super::model::{
 };
 use super::vocab::Vocab;
 use crate::dataset::Dataset;
-use crate::fsutil::{write_atomic, write_json};
+use crate::fsutil::{sweep_temp_files, sync_dir, write_atomic, write_json, write_safetensors};
 use crate::hub::{Locator, ModelSource};
 use crate::input_err;
+use crate::lock::DirLock;
 use crate::models::lstm_decoder::{Config as DecoderConfig, LstmDecoder};
 use crate::models::trainable::TrainableEncoder;
 
@@ -209,20 +210,11 @@ fn mean_loss(
 fn scalar(state: &HashMap<String, Tensor>, k: &str) -> anyhow::Result<f64> {
     Ok(state
         .get(k)
-        .with_context(|| format!("checkpoint has no `{k}`"))?
+        .ok_or_else(|| input_err!("{CHECKPOINT} has no `{k}`"))?
         .to_vec1::<f64>()?
         .first()
         .copied()
         .unwrap_or(0.0))
-}
-
-/// Saves named tensors by an atomic rename.
-fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    candle_core::safetensors::save(tensors, &tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// The decoder and its optimiser, shared by both kinds of training.
@@ -241,7 +233,7 @@ impl Core {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
             .collect();
-        save_atomic(&weights, &out.join("model.safetensors"))
+        write_safetensors(&out.join("model.safetensors"), &weights)
     }
 }
 
@@ -479,6 +471,277 @@ fn load_images(ds: &Dataset, names: &[String], size: usize) -> anyhow::Result<Ve
         .collect()
 }
 
+/// Decodes every image of `paths` (in parallel), so that a corrupt file is refused (exit 2,
+/// naming it) before any output is written; the first bad one in `paths` order is reported.
+pub(crate) fn check_images(paths: &[PathBuf], quiet: bool) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+    let bar = crate::progress::bar(paths.len() as u64, "checking images", quiet);
+    let results: Vec<anyhow::Result<()>> = paths
+        .par_iter()
+        .map(|p| {
+            let r = crate::imageops::open_rgb(p).map(drop);
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    results.into_iter().collect()
+}
+
+/// The checkpoint of a model folder: its existence marks a training with a finished epoch.
+pub(crate) const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// Written into a model folder before anything else when a training starts from scratch, and
+/// removed once its first checkpoint exists: a folder holding it has no finished epoch, so a
+/// rerun starts over instead of refusing the half-started folder.
+pub(crate) const STARTED_MARKER: &str = ".training-started";
+
+/// A model folder created, locked for the whole training (released on drop) and swept of the
+/// temporary files a killed run left, with what the training does in it.
+pub(crate) struct ModelDir {
+    path: PathBuf,
+    /// Whether the training continues from the folder's checkpoint (else it starts from scratch).
+    pub resume: bool,
+    /// Whether the started marker is there (until the first checkpoint).
+    marked: bool,
+    _lock: DirLock,
+}
+
+impl ModelDir {
+    /// Creates and locks `out` for `command`, sweeps its (and `subdirs`') temporary files, and
+    /// decides: a folder with a checkpoint is resumed with `--resume` and refused without; one
+    /// without a checkpoint is started over (one note on stderr when it held a half-started
+    /// training or `--resume` was asked for; the `outputs` of the earlier attempt are removed),
+    /// unless it holds a model (`model.safetensors`) that no interrupted start of ours wrote
+    /// (a finished training whose checkpoint was left out), which is never overwritten. `what`
+    /// names the kind of model in messages.
+    pub(crate) fn open(
+        out: &Path,
+        command: &str,
+        what: &str,
+        resume: bool,
+        outputs: &[&str],
+        subdirs: &[&str],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(out)
+            .map_err(|e| input_err!("cannot create output folder {}: {e}", out.display()))?;
+        let lock = DirLock::acquire(out, command)?;
+        sweep_temp_files(out);
+        for d in subdirs {
+            sweep_temp_files(&out.join(d));
+        }
+        let mut dir = Self {
+            path: out.to_path_buf(),
+            resume: false,
+            marked: false,
+            _lock: lock,
+        };
+        if out.join(CHECKPOINT).is_file() {
+            if !resume {
+                return Err(input_err!(
+                    "{} already holds a {what}: pass --resume to continue its training, or choose another --out",
+                    out.display()
+                ));
+            }
+            dir.resume = true;
+            return Ok(dir);
+        }
+        let marker = out.join(STARTED_MARKER);
+        let half_started = marker.exists();
+        if !half_started && out.join("model.safetensors").exists() {
+            return Err(input_err!(
+                "{} holds a {what} (model.safetensors) but no {CHECKPOINT}: its training cannot be \
+                 resumed, and it is not overwritten; choose another --out",
+                out.display()
+            ));
+        }
+        let leftovers = half_started || outputs.iter().any(|f| out.join(f).exists());
+        if leftovers {
+            eprintln!(
+                "note: {} has no checkpoint yet (its training stopped before the first epoch \
+                 finished): starting the training over",
+                out.display()
+            );
+        } else if resume {
+            eprintln!(
+                "note: {} has no checkpoint to resume from: starting the training from the beginning",
+                out.display()
+            );
+        }
+        for f in outputs {
+            let p = out.join(f);
+            if p.is_file() {
+                std::fs::remove_file(&p)
+                    .with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+        write_atomic(
+            &marker,
+            format!(
+                "roundtrip {command}: no epoch finished yet; a rerun starts over (removed with \
+                 the first {CHECKPOINT})\n"
+            )
+            .as_bytes(),
+        )?;
+        dir.marked = true;
+        Ok(dir)
+    }
+
+    /// Called after each checkpoint is written: the first one ends the half-started state.
+    pub(crate) fn checkpoint_written(&mut self) -> anyhow::Result<()> {
+        if self.marked {
+            let marker = self.path.join(STARTED_MARKER);
+            std::fs::remove_file(&marker)
+                .with_context(|| format!("cannot remove {}", marker.display()))?;
+            sync_dir(&self.path);
+            self.marked = false;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of one parameter during training: the value, its gradient and Adam's two moments.
+const PARAMETER_BYTES: f64 = 16.0;
+
+/// The setting named by a memory refusal: the part of the estimate that dominates, with its
+/// bytes.
+fn dominant(parts: &[(String, f64)]) -> (String, f64) {
+    let total: f64 = parts.iter().map(|(_, b)| b).sum();
+    let name = parts
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(n, _)| n.clone())
+        .unwrap_or_default();
+    (name, total)
+}
+
+/// Floats of activations one image keeps for the backward in a trainable encoder of `geometry`
+/// (each convolution's output before and after its activation, at its resolution; a lower
+/// bound, so that only settings that cannot fit are refused), and its parameter count.
+fn encoder_footprint(
+    kind: EncoderKind,
+    geometry: &serde_json::Value,
+) -> anyhow::Result<(f64, f64)> {
+    use crate::models::trainable::{vgg16 as tv, xception as tx};
+    use crate::models::{vgg16, xception};
+    let count = |specs: Vec<crate::models::trainable::Spec>| -> f64 {
+        specs
+            .iter()
+            .map(|s| s.shape.iter().map(|&d| d as f64).product::<f64>())
+            .sum()
+    };
+    Ok(match kind {
+        EncoderKind::Vgg16 => {
+            let cfg: vgg16::Config = serde_json::from_value(geometry.clone())?;
+            let mut side = cfg.image_size as f64;
+            let mut floats = 3.0 * side * side;
+            for stage in &cfg.stages {
+                for &c in stage {
+                    floats += 2.0 * c as f64 * side * side;
+                }
+                side /= 2.0;
+            }
+            floats += 4.0 * cfg.fc_dim as f64;
+            (floats, count(tv::specs(&cfg)))
+        }
+        EncoderKind::Xception => {
+            let cfg: xception::Config = serde_json::from_value(geometry.clone())?;
+            let s = cfg.image_size as f64;
+            let area = |d: f64| (s / d) * (s / d);
+            let mut floats = 3.0 * s * s + 2.0 * (cfg.stem[0] + cfg.stem[1]) as f64 * area(2.0);
+            let mut d = 2.0;
+            for &c in &cfg.entry {
+                // Two separable convolutions (depthwise and pointwise outputs, BatchNorm, ReLU).
+                floats += 2.0 * 4.0 * c as f64 * area(d);
+                d *= 2.0;
+            }
+            floats += cfg.middle_blocks as f64 * 3.0 * 4.0 * cfg.entry[2] as f64 * area(d);
+            floats += 2.0 * 4.0 * cfg.exit as f64 * area(d);
+            floats += 4.0 * (cfg.exit_convs[0] + cfg.exit_convs[1]) as f64 * area(2.0 * d);
+            (floats, count(tx::specs(&cfg)))
+        }
+    })
+}
+
+/// Refuses settings whose training step needs more memory than the machine has (exit 2,
+/// naming the setting that dominates the estimate), before anything is allocated or written.
+/// `captions_per_step` counts the captions of one batch; `encoder`: the per-image activation
+/// floats and parameters of a trained encoder, with its input side.
+fn check_training_memory(
+    s: &TrainSettings,
+    decoder: &DecoderConfig,
+    captions_per_step: f64,
+    encoder: Option<(f64, f64, usize)>,
+    resident_bytes: f64,
+    encoder_config: &str,
+) -> anyhow::Result<()> {
+    let (v, e, h, f, t) = (
+        decoder.vocab_size as f64,
+        decoder.embed as f64,
+        decoder.hidden as f64,
+        decoder.feature_dim as f64,
+        decoder.max_length as f64,
+    );
+    let decoder_params = v * e + 4.0 * h * (e + h) + 8.0 * h + h * f + h * h + 2.0 * h + v * h + v;
+    // Per caption and time step: embedding, LSTM gates and states, dense layers, logits with
+    // their softmax and gradient.
+    let per_caption = 4.0 * t * (e + 11.0 * h + 3.0 * v);
+    let mut parts = vec![
+        (
+            format!("--embed {} and --hidden {}", s.embed, s.hidden),
+            PARAMETER_BYTES * decoder_params,
+        ),
+        (
+            format!("--batch-size {}", s.batch_size),
+            captions_per_step * per_caption,
+        ),
+        ("the dataset".to_owned(), resident_bytes),
+    ];
+    if let Some((activations, params, side)) = encoder {
+        parts.push((
+            format!("--encoder-config {encoder_config}"),
+            PARAMETER_BYTES * params,
+        ));
+        parts.push((
+            format!(
+                "--batch-size {} (images of {side} x {side} px)",
+                s.batch_size
+            ),
+            4.0 * s.batch_size as f64 * activations,
+        ));
+    }
+    let (setting, total) = dominant(&parts);
+    crate::resources::check_memory(&setting, total)?;
+    Ok(())
+}
+
+/// What `--resume` must find unchanged: the model's shape and vocabulary, the encoder, the seed
+/// and what each epoch draws (`--epochs`, `--patience`, `--lr` and `--batch-size` may change).
+fn resume_view(c: &CaptionerConfig) -> serde_json::Value {
+    serde_json::json!({
+        "encoder": {"kind": c.encoder.kind, "config": c.encoder.config},
+        "decoder": c.decoder,
+        "training": {
+            "seed": c.training.seed,
+            "train_encoder": c.training.train_encoder,
+            "augmentation": c.training.augmentation,
+            "captions_per_image": c.training.captions_per_image,
+            "first_caption_only": c.training.first_caption_only,
+        },
+    })
+}
+
+/// Files of a captioner folder that an earlier attempt may have left, removed when a training
+/// starts over (config.json and vocab.json are rewritten).
+const CAPTIONER_OUTPUTS: [&str; 6] = [
+    "config.json",
+    "vocab.json",
+    "model.safetensors",
+    "train_log.jsonl",
+    "encoder/model.safetensors",
+    "encoder/config.json",
+];
+
 pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     let s = &req.settings;
     validate(s)?;
@@ -501,21 +764,10 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         return Err(input_err!("--captions-per-image must be at least 1"));
     }
     let out = &req.out;
-    let checkpoint = out.join("checkpoint.safetensors");
-    if req.resume {
-        if !checkpoint.is_file() {
-            return Err(input_err!(
-                "{} has no checkpoint.safetensors to resume from",
-                out.display()
-            ));
-        }
-    } else if out.join("config.json").exists() {
-        return Err(input_err!(
-            "{} already holds a captioner: pass --resume to continue its training, or choose another --out",
-            out.display()
-        ));
-    }
+    let checkpoint = out.join(CHECKPOINT);
 
+    // Everything is checked before MODEL_DIR is created or touched: settings, dataset (every
+    // image it trains on decoded), encoder and memory.
     let mut ds = Dataset::load(&req.dataset)?;
     if !req.quiet {
         ds.warn_problems("config.json");
@@ -536,13 +788,48 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             .iter()
             .flat_map(|n| ds.captions[n].iter().map(String::as_str)),
     );
+    let most_captions = ds
+        .train
+        .iter()
+        .map(|n| ds.captions[n].len())
+        .max()
+        .unwrap_or(1);
+    let images = (ds.train.len() + ds.dev.len()) as f64;
+    let decoder_for = |feature_dim: usize| DecoderConfig {
+        vocab_size: vocab.len(),
+        feature_dim,
+        embed: s.embed,
+        hidden: s.hidden,
+        dropout: s.dropout,
+        max_length: vocab.max_length,
+    };
 
-    // The encoder: frozen (loaded) or trainable (initialised).
+    // The encoder: frozen (loaded) or trainable (initialised once its memory is known to fit).
     let locator = Locator::from_env();
+    let encoder_config = req.encoder_config.as_deref().unwrap_or("shapes");
     let (frozen, trainable, encoder_spec) = if s.train_encoder {
-        let geometry = encoder_geometry(
-            req.encoder,
-            req.encoder_config.as_deref().unwrap_or("shapes"),
+        let geometry = encoder_geometry(req.encoder, encoder_config)?;
+        let (activations, params) = encoder_footprint(req.encoder, &geometry)?;
+        let side = geometry
+            .get("image_size")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as usize;
+        let feature_dim = geometry
+            .get("fc_dim")
+            .or_else(|| geometry.pointer("/exit_convs/1"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as usize;
+        let per_image = s
+            .captions_per_image
+            .unwrap_or(most_captions)
+            .min(most_captions);
+        check_training_memory(
+            s,
+            &decoder_for(feature_dim),
+            s.batch_size as f64 * per_image as f64,
+            Some((activations, params, side)),
+            images * 3.0 * (side * side) as f64,
+            encoder_config,
         )?;
         let enc = trainable_encoder(req.encoder, &geometry, None, s.seed, &req.device)?;
         let spec = EncoderSpec {
@@ -562,6 +849,15 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             .clone()
             .unwrap_or_else(|| req.encoder.default_weights().to_owned());
         let encoder = load_encoder(req.encoder, &weights, &locator, &req.device)?;
+        let feature_dim = encoder.encoder.feature_dim();
+        check_training_memory(
+            s,
+            &decoder_for(feature_dim),
+            s.batch_size as f64,
+            None,
+            images * feature_dim as f64 * 4.0,
+            encoder_config,
+        )?;
         let reference = match crate::hub::ModelRef::parse(&weights)?.source {
             ModelSource::Folder(p) => std::fs::canonicalize(&p).unwrap_or(p).display().to_string(),
             ModelSource::Hub { .. } => weights,
@@ -579,13 +875,27 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         (_, Some(t)) => t.feature_dim(),
         _ => unreachable!("one encoder"),
     };
-    let decoder_cfg = DecoderConfig {
-        vocab_size: vocab.len(),
-        feature_dim,
-        embed: s.embed,
-        hidden: s.hidden,
-        dropout: s.dropout,
-        max_length: vocab.max_length,
+    let decoder_cfg = decoder_for(feature_dim);
+    // Every image the training reads, decoded: the trained encoder's are kept (resized), a
+    // frozen encoder's are checked here and read again for their features.
+    let loaded = match &trainable {
+        Some(enc) => {
+            let size = enc.input_size();
+            Some((
+                load_images(&ds, &ds.train, size)?,
+                load_images(&ds, &ds.dev, size)?,
+            ))
+        }
+        None => {
+            let paths: Vec<PathBuf> = ds
+                .train
+                .iter()
+                .chain(&ds.dev)
+                .map(|n| ds.image_path(n))
+                .collect();
+            check_images(&paths, req.quiet)?;
+            None
+        }
     };
     let counts: HashMap<String, usize> = ds.problem_counts();
     let config = CaptionerConfig {
@@ -602,25 +912,35 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             "problems": ds.problems.len(), "problem_kinds": counts,
         }),
     };
-    if req.resume {
+
+    // MODEL_DIR: created, locked for the whole training, swept; resumed or started (over).
+    let mut model_dir = ModelDir::open(
+        out,
+        "train",
+        "captioner",
+        req.resume,
+        &CAPTIONER_OUTPUTS,
+        &[TRAINED_ENCODER_DIR],
+    )?;
+    let resume = model_dir.resume;
+    let resumed_state = if resume {
         let old = read_config(out)?;
-        if old.decoder != config.decoder
-            || old.encoder.kind != config.encoder.kind
-            || old.encoder.config != config.encoder.config
-            || old.training.seed != s.seed
-            || old.training.train_encoder != s.train_encoder
-            || old.training.augmentation != s.augmentation
-            || old.training.captions_per_image != s.captions_per_image
-            || old.training.first_caption_only != s.first_caption_only
+        if let Some(diff) = crate::diff::first_difference(&resume_view(&old), &resume_view(&config))
         {
             return Err(input_err!(
-                "{}: --resume needs the same encoder, dataset vocabulary and settings as the interrupted run",
+                "{}: --resume needs the same encoder, dataset vocabulary and settings as the \
+                 interrupted run; changed: {diff}",
                 out.display()
             ));
         }
-    }
-    std::fs::create_dir_all(out)
-        .map_err(|e| input_err!("cannot create output folder {}: {e}", out.display()))?;
+        Some(
+            candle_core::safetensors::load(&checkpoint, &req.device).map_err(|e| {
+                input_err!("{} is not a valid checkpoint: {e}", checkpoint.display())
+            })?,
+        )
+    } else {
+        None
+    };
     write_json(&out.join("config.json"), &config)?;
     vocab.save(&out.join("vocab.json"))?;
 
@@ -638,8 +958,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     };
     let dev_data = samples(&ds, &ds.dev, &vocab);
     let mut features = None;
-    let mut job: Box<dyn Job> = match (frozen, trainable) {
-        (Some(encoder), _) => {
+    let mut job: Box<dyn Job> = match (frozen, trainable, loaded) {
+        (Some(encoder), _, _) => {
             // Features of the train and dev images, computed once and cached.
             let cache = FeatureCache::new(&req.cache_dir, &encoder);
             let names: Vec<String> = ds.train.iter().chain(&ds.dev).cloned().collect();
@@ -662,8 +982,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
                 device: req.device.clone(),
             })
         }
-        (_, Some(encoder)) => {
-            let size = encoder.input_size();
+        (_, Some(encoder), Some((train_images, dev_images))) => {
             let mut all = params.clone();
             all.extend(
                 encoder
@@ -678,8 +997,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
                     decoder,
                     params,
                 },
-                train_images: load_images(&ds, &ds.train, size)?,
-                dev_images: load_images(&ds, &ds.dev, size)?,
+                train_images,
+                dev_images,
                 train_captions: ds
                     .train
                     .iter()
@@ -699,12 +1018,10 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     let (mut start_epoch, mut best, mut since_best) = (1usize, f32::INFINITY, 0usize);
     let log_path = out.join("train_log.jsonl");
     let mut log_lines: Vec<String> = Vec::new();
-    if req.resume {
-        let state = candle_core::safetensors::load(&checkpoint, &req.device)
-            .map_err(|e| input_err!("{} is not a valid checkpoint: {e}", checkpoint.display()))?;
+    if let Some(state) = resumed_state {
         job.restore(&state)
             .map_err(|e| input_err!("{}: {e}", checkpoint.display()))?;
-        start_epoch = scalar(&state, "epoch")? as usize + 1;
+        start_epoch = (scalar(&state, "epoch")? as usize).saturating_add(1);
         best = scalar(&state, "best_dev_loss")? as f32;
         since_best = scalar(&state, "epochs_since_best")? as usize;
         // Keep the log lines of the epochs the checkpoint holds.
@@ -758,7 +1075,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         };
         log_lines.push(serde_json::to_string(&line)?);
         write_atomic(&log_path, (log_lines.join("\n") + "\n").as_bytes())?;
-        save_atomic(&state, &checkpoint)?;
+        write_safetensors(&checkpoint, &state)?;
+        model_dir.checkpoint_written()?;
         ep_bar.set_message(format!("loss {train_loss:.3} dev {dev_loss:.3}"));
         ep_bar.inc(1);
         if !req.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {

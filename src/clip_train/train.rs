@@ -13,7 +13,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -27,8 +26,9 @@ use super::init::{init_clip, Trainable, LOGIT_SCALE_INIT};
 use super::loss::{contrastive_loss, MAX_LOGIT_SCALE};
 use super::tokenizer::{self, WordTokenizer};
 use crate::captioner::adam::Adam;
+use crate::captioner::train::{ModelDir, CHECKPOINT};
 use crate::dataset::Dataset;
-use crate::fsutil::{write_atomic, write_json};
+use crate::fsutil::{write_atomic, write_json, write_safetensors};
 use crate::input_err;
 use crate::models::clip::{ClipConfig, ClipTextConfig, ClipTokenizer, ClipVisionConfig, HiddenAct};
 
@@ -333,18 +333,6 @@ fn groups(rows: &[&Vec<u32>]) -> Vec<usize> {
         .collect()
 }
 
-fn save_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("weights");
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    candle_core::safetensors::save(map, &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-}
-
 fn scalar(state: &HashMap<String, Tensor>, k: &str, file: &Path) -> anyhow::Result<f64> {
     Ok(state
         .get(k)
@@ -424,25 +412,83 @@ fn dataset_record(ds: &Dataset, path: &Path) -> Value {
     })
 }
 
+/// Files of a model folder that an earlier attempt may have left, removed when a training
+/// starts over (config.json and tokenizer.json are rewritten).
+const CLIP_OUTPUTS: [&str; 5] = [
+    "config.json",
+    "tokenizer.json",
+    "training.json",
+    "model.safetensors",
+    "train_log.jsonl",
+];
+
+/// Bytes of one parameter during training: the value, its gradient and AdamW's two moments.
+const PARAMETER_BYTES: f64 = 16.0;
+
+/// Refuses settings whose training step needs more memory than the machine has (exit 2,
+/// naming the settings that dominate the estimate), before anything is allocated or written.
+/// A lower bound: parameters with gradients and moments, and per pair of a batch the
+/// activations both towers keep for the backward (per layer and token: the residual stream,
+/// LayerNorm, q/k/v, attention output and the 4x MLP before and after its activation; per layer
+/// and head the attention scores and their softmax), the image crop, and the B x B logits.
+pub fn check_clip_memory(s: &ClipTrainSettings, vocab_size: usize) -> anyhow::Result<()> {
+    let f = |v: usize| v as f64;
+    let (w, l, h, b) = (f(s.width), f(s.layers), f(s.heads), f(s.batch_size));
+    let side = f(s.image_size);
+    let grid = side / f(s.patch.max(1));
+    let tokens = grid * grid + 1.0;
+    let ctx = f(s.context);
+    let params = 2.0 * l * (12.0 * w * w + 13.0 * w)
+        + (f(vocab_size) + ctx + tokens + 3.0 * f(s.patch) * f(s.patch) + 6.0) * w
+        + 2.0 * w * f(s.embed);
+    let per_token = 16.0 * w;
+    let per_pair = l * ((tokens + ctx) * per_token + 2.0 * h * (tokens * tokens + ctx * ctx))
+        + 3.0 * side * side;
+    let parts = [
+        (
+            format!(
+                "--width {} with --layers {}, --embed {} and --context {}",
+                s.width, s.layers, s.embed, s.context
+            ),
+            PARAMETER_BYTES * params,
+        ),
+        (
+            format!(
+                "--batch-size {} at --image-size {} (--patch {}, --width {}, --layers {})",
+                s.batch_size, s.image_size, s.patch, s.width, s.layers
+            ),
+            4.0 * b * per_pair,
+        ),
+        (format!("--batch-size {}", s.batch_size), 4.0 * 3.0 * b * b),
+    ];
+    let total: f64 = parts.iter().map(|(_, v)| v).sum();
+    let setting = parts
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(n, _)| n.as_str())
+        .unwrap_or("--batch-size");
+    crate::resources::check_memory(setting, total)?;
+    Ok(())
+}
+
+/// What `--resume` must find unchanged in training.json.
+fn resume_view(settings: &Value, tokenizer: &Value, train_images: &Value) -> Value {
+    json!({
+        "settings": settings,
+        "tokenizer": tokenizer,
+        "dataset": {"train_images": train_images},
+    })
+}
+
 pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     let s = &req.settings;
     s.validate()?;
     let out = &req.out;
-    let checkpoint = out.join("checkpoint.safetensors");
+    let checkpoint = out.join(CHECKPOINT);
     let training_path = out.join("training.json");
-    if req.resume {
-        if !checkpoint.is_file() {
-            return Err(input_err!(
-                "{} has no checkpoint.safetensors to resume from",
-                out.display()
-            ));
-        }
-    } else if out.join("config.json").exists() || training_path.exists() {
-        return Err(input_err!(
-            "{} already holds a model: pass --resume to continue its training, or choose another --out",
-            out.display()
-        ));
-    }
+
+    // Everything is checked before MODEL_DIR is created or touched: settings, dataset (every
+    // image decoded), tokenizer and memory.
     let ds = Dataset::load(&req.dataset)?;
     if !req.quiet {
         ds.warn_problems("training.json");
@@ -455,14 +501,19 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             ds.dev.len()
         ));
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| input_err!("cannot create output folder {}: {e}", out.display()))?;
-
     let word_tok = tokenizer::build(
         ds.train
             .iter()
             .flat_map(|n| ds.captions[n].iter().map(String::as_str)),
     )?;
+    check_clip_memory(s, word_tok.vocab_size)?;
+    let steps_per_epoch = batches_per_epoch(ds.train.len(), s.batch_size);
+    let total_steps = steps_per_epoch.checked_mul(s.epochs).ok_or_else(|| {
+        input_err!(
+            "--epochs {} is too many: {steps_per_epoch} steps per epoch overflow the step counter",
+            s.epochs
+        )
+    })?;
     let cfg = s.clip_config(&word_tok);
     let dataset = dataset_record(&ds, &req.dataset);
     let tokenizer_record = json!({
@@ -473,20 +524,44 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         "bos_id": word_tok.bos_id,
         "eos_id": word_tok.eos_id,
     });
-    if req.resume {
+    let train_images = Images::load(&ds.images_dir, &ds.train)?;
+    let dev = DevSet {
+        images: Images::load(&ds.images_dir, &ds.dev)?,
+        captions: ds.dev.iter().map(|n| ds.captions[n][0].clone()).collect(),
+    };
+
+    // MODEL_DIR: created, locked for the whole training, swept; resumed or started (over).
+    let mut model_dir = ModelDir::open(out, "train-clip", "model", req.resume, &CLIP_OUTPUTS, &[])?;
+    let resume = model_dir.resume;
+    let resumed_state = if resume {
         let old: Value = serde_json::from_slice(&crate::error::read_input_file(&training_path)?)
             .map_err(|e| input_err!("{} is not valid JSON: {e}", training_path.display()))?;
-        let same = old.get("settings") == Some(&serde_json::to_value(s)?)
-            && old.get("tokenizer") == Some(&tokenizer_record)
-            && old.pointer("/dataset/train_images") == dataset.get("train_images");
-        if !same {
+        let null = Value::Null;
+        let before = resume_view(
+            old.get("settings").unwrap_or(&null),
+            old.get("tokenizer").unwrap_or(&null),
+            old.pointer("/dataset/train_images").unwrap_or(&null),
+        );
+        let now = resume_view(
+            &serde_json::to_value(s)?,
+            &tokenizer_record,
+            dataset.get("train_images").unwrap_or(&null),
+        );
+        if let Some(diff) = crate::diff::first_difference(&before, &now) {
             return Err(input_err!(
                 "{}: --resume needs the same dataset and settings as the interrupted run \
-                 (see its training.json)",
+                 (see its training.json); changed: {diff}",
                 out.display()
             ));
         }
-    }
+        Some(
+            candle_core::safetensors::load(&checkpoint, &req.device).map_err(|e| {
+                input_err!("{} is not a valid checkpoint: {e}", checkpoint.display())
+            })?,
+        )
+    } else {
+        None
+    };
     let tok_path = out.join("tokenizer.json");
     write_atomic(&tok_path, word_tok.json.as_bytes())?;
     write_json(&out.join("config.json"), &hf_config_json(&cfg))?;
@@ -513,11 +588,6 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             s.context
         );
     }
-    let train_images = Images::load(&ds.images_dir, &ds.train)?;
-    let dev = DevSet {
-        images: Images::load(&ds.images_dir, &ds.dev)?,
-        captions: ds.dev.iter().map(|n| ds.captions[n][0].clone()).collect(),
-    };
 
     let trainable = init_clip(&cfg, s.seed, &req.device)?;
     let mut adam = Adam::new(trainable.params.clone(), s.lr)?
@@ -526,20 +596,16 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             p.rank() >= 2 && !name.ends_with("class_embedding")
         });
     let logit_scale = trainable.logit_scale()?.clone();
-    let steps_per_epoch = batches_per_epoch(ds.train.len(), s.batch_size);
-    let total_steps = steps_per_epoch * s.epochs;
     let warmup = ((total_steps as f64 * s.warmup).ceil() as usize).min(total_steps);
 
     let mut start_epoch = 1usize;
     let (mut best, mut best_epoch, mut best_dev) = (f64::INFINITY, 0usize, None::<Retrieval>);
     let log_path = out.join("train_log.jsonl");
     let mut log: Vec<ClipEpochLog> = Vec::new();
-    if req.resume {
-        let state = candle_core::safetensors::load(&checkpoint, &req.device)
-            .map_err(|e| input_err!("{} is not a valid checkpoint: {e}", checkpoint.display()))?;
+    if let Some(state) = resumed_state {
         adam.restore(&state)
             .map_err(|e| input_err!("{}: {e}", checkpoint.display()))?;
-        start_epoch = scalar(&state, "epoch", &checkpoint)? as usize + 1;
+        start_epoch = (scalar(&state, "epoch", &checkpoint)? as usize).saturating_add(1);
         best = scalar(&state, "best_dev_loss", &checkpoint)?;
         best_epoch = scalar(&state, "best_epoch", &checkpoint)? as usize;
         if let Ok(text) = std::fs::read_to_string(&log_path) {
@@ -574,7 +640,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     write_json(&training_path, &record)?;
 
     let bar = crate::progress::bar(total_steps as u64, "steps", req.quiet);
-    bar.set_position(((start_epoch - 1) * steps_per_epoch) as u64);
+    bar.set_position(((start_epoch - 1).saturating_mul(steps_per_epoch)) as u64);
     let mut epochs_run = start_epoch - 1;
     let mut step_seconds = (0f64, 0usize);
     for epoch in start_epoch..=s.epochs {
@@ -625,7 +691,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             best = dev_loss;
             best_epoch = epoch;
             best_dev = Some(dev_r.clone());
-            save_safetensors(&trainable.weights(), &out.join("model.safetensors"))?;
+            write_safetensors(&out.join("model.safetensors"), &trainable.weights())?;
         }
         let mut state = adam.state()?;
         for (k, v) in [
@@ -635,7 +701,8 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         ] {
             state.insert(k.into(), Tensor::new(&[v], &req.device)?);
         }
-        save_safetensors(&state, &checkpoint)?;
+        write_safetensors(&checkpoint, &state)?;
+        model_dir.checkpoint_written()?;
         let seconds = t0.elapsed().as_secs_f64();
         let line = ClipEpochLog {
             epoch,

@@ -317,9 +317,7 @@ pub trait TrainableEncoder: Send + Sync {
 /// `Vgg16::load` / `Xception::load` read.
 pub fn save(enc: &dyn TrainableEncoder, dir: &Path, about: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(".model.safetensors.tmp");
-    candle_core::safetensors::save(&enc.store().tensors()?, &tmp)?;
-    std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+    crate::fsutil::write_safetensors(&dir.join("model.safetensors"), &enc.store().tensors()?)?;
     crate::fsutil::write_json(
         &dir.join("config.json"),
         &serde_json::json!({
