@@ -123,14 +123,14 @@ impl ClipTrainSettings {
                 self.batch_size
             ));
         }
-        if self.image_size % self.patch != 0 {
+        if !self.image_size.is_multiple_of(self.patch) {
             return Err(input_err!(
                 "--image-size {} is not a multiple of --patch {}: the image must split into whole patches",
                 self.image_size,
                 self.patch
             ));
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return Err(input_err!(
                 "--width {} is not divisible by --heads {}",
                 self.width,
