@@ -543,6 +543,8 @@ impl ModelDir {
                     out.display()
                 ));
             }
+            // A marker left by a kill between the first checkpoint and the marker's removal.
+            let _ = std::fs::remove_file(out.join(STARTED_MARKER));
             dir.resume = true;
             return Ok(dir);
         }

@@ -701,8 +701,6 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         ] {
             state.insert(k.into(), Tensor::new(&[v], &req.device)?);
         }
-        write_safetensors(&checkpoint, &state)?;
-        model_dir.checkpoint_written()?;
         let seconds = t0.elapsed().as_secs_f64();
         let line = ClipEpochLog {
             epoch,
@@ -732,7 +730,11 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             .iter()
             .map(|l| serde_json::to_string(l).map(|s| s + "\n"))
             .collect::<Result<_, _>>()?;
+        // The log line first, the checkpoint last: a kill between the two leaves one log line
+        // too many, which a resume drops (it keeps the lines of the epochs the checkpoint holds).
         write_atomic(&log_path, text.as_bytes())?;
+        write_safetensors(&checkpoint, &state)?;
+        model_dir.checkpoint_written()?;
         epochs_run = epoch;
     }
     bar.finish_and_clear();
