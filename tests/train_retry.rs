@@ -406,7 +406,21 @@ fn absurd_batch_and_image_sizes_are_refused_before_anything_is_written() {
     let d = tempfile::tempdir().unwrap();
     let ds = toy_dataset(&d.path().join("shapes"));
     let out = d.path().join("m");
+    // An encoder geometry whose middle blocks alone could not be listed in memory.
+    let deep = d.path().join("deep.json");
+    std::fs::write(
+        &deep,
+        r#"{"stem": [4, 8], "entry": [8, 16, 16], "middle_blocks": 100000000000, "exit": 24,
+            "exit_convs": [32, 32], "image_size": 32, "bn_eps": 1e-5}"#,
+    )
+    .unwrap();
+    let mut xception = set(
+        end_to_end_args(&ds, &out, "1", &[("--batch-size", "1")]),
+        &[("--encoder-config", &s(&deep))],
+    );
+    xception[2] = "xception".into();
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (xception, "memory"),
         (
             end_to_end_args(&ds, &out, "1", &[("--batch-size", "100000000")]),
             "--batch-size 100000000",

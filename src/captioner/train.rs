@@ -605,6 +605,9 @@ impl ModelDir {
 /// Bytes of one parameter during training: the value, its gradient and Adam's two moments.
 const PARAMETER_BYTES: f64 = 16.0;
 
+/// Bytes of bookkeeping per parameter tensor (its spec, variable, gradient and moments).
+const TENSOR_OVERHEAD_BYTES: f64 = 1024.0;
+
 /// The setting named by a memory refusal: the part of the estimate that dominates, with its
 /// bytes.
 fn dominant(parts: &[(String, f64)]) -> (String, f64) {
@@ -619,18 +622,21 @@ fn dominant(parts: &[(String, f64)]) -> (String, f64) {
 
 /// Floats of activations one image keeps for the backward in a trainable encoder of `geometry`
 /// (each convolution's output before and after its activation, at its resolution; a lower
-/// bound, so that only settings that cannot fit are refused), and its parameter count.
+/// bound, so that only settings that cannot fit are refused), and its parameter and tensor
+/// counts.
 fn encoder_footprint(
     kind: EncoderKind,
     geometry: &serde_json::Value,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, (f64, f64))> {
     use crate::models::trainable::{vgg16 as tv, xception as tx};
     use crate::models::{vgg16, xception};
-    let count = |specs: Vec<crate::models::trainable::Spec>| -> f64 {
-        specs
+    // Parameters and tensors.
+    let count = |specs: Vec<crate::models::trainable::Spec>| -> (f64, f64) {
+        let params = specs
             .iter()
             .map(|s| s.shape.iter().map(|&d| d as f64).product::<f64>())
-            .sum()
+            .sum();
+        (params, specs.len() as f64)
     };
     Ok(match kind {
         EncoderKind::Vgg16 => {
@@ -660,7 +666,16 @@ fn encoder_footprint(
             floats += cfg.middle_blocks as f64 * 3.0 * 4.0 * cfg.entry[2] as f64 * area(d);
             floats += 2.0 * 4.0 * cfg.exit as f64 * area(d);
             floats += 4.0 * (cfg.exit_convs[0] + cfg.exit_convs[1]) as f64 * area(2.0 * d);
-            (floats, count(tx::specs(&cfg)))
+            // The middle blocks are identical: counted from geometries of none and one, so
+            // that an absurd `middle_blocks` is refused without listing its tensors.
+            let with = |n: usize| {
+                let mut c = cfg.clone();
+                c.middle_blocks = n;
+                count(tx::specs(&c))
+            };
+            let ((p0, t0), (p1, t1)) = (with(0), with(1));
+            let n = cfg.middle_blocks as f64;
+            (floats, (p0 + n * (p1 - p0), t0 + n * (t1 - t0)))
         }
     })
 }
@@ -673,7 +688,7 @@ fn check_training_memory(
     s: &TrainSettings,
     decoder: &DecoderConfig,
     captions_per_step: f64,
-    encoder: Option<(f64, f64, usize)>,
+    encoder: Option<(f64, (f64, f64), usize)>,
     resident_bytes: f64,
     encoder_config: &str,
 ) -> anyhow::Result<()> {
@@ -699,10 +714,10 @@ fn check_training_memory(
         ),
         ("the dataset".to_owned(), resident_bytes),
     ];
-    if let Some((activations, params, side)) = encoder {
+    if let Some((activations, (params, tensors), side)) = encoder {
         parts.push((
             format!("--encoder-config {encoder_config}"),
-            PARAMETER_BYTES * params,
+            PARAMETER_BYTES * params + TENSOR_OVERHEAD_BYTES * tensors,
         ));
         parts.push((
             format!(
@@ -830,7 +845,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             &decoder_for(feature_dim),
             s.batch_size as f64 * per_image as f64,
             Some((activations, params, side)),
-            images * 3.0 * (side * side) as f64,
+            images * 3.0 * side as f64 * side as f64,
             encoder_config,
         )?;
         let enc = trainable_encoder(req.encoder, &geometry, None, s.seed, &req.device)?;
