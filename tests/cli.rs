@@ -425,6 +425,35 @@ fn run_refuses_settings_beyond_the_memory_before_writing_anything() {
     }
 }
 
+/// `run` bounds the cutouts with the guiding CLIP's config and the beam with the captioners'
+/// vocabularies, before its folder exists.
+#[test]
+fn run_bounds_cutouts_and_beams_with_the_models_configs() {
+    let d = tempfile::tempdir().unwrap();
+    let prompts = tmp_file(d.path(), "p.txt", b"a big red circle in the middle\n");
+    let out = d.path().join("R");
+    let base = [
+        "run",
+        prompts.as_str(),
+        "--out",
+        out.to_str().unwrap(),
+        "--preset",
+        "shapes",
+        "--quiet",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut a = base.to_vec();
+        a.extend(extra);
+        a
+    };
+    let o = run_bounded(&with(&["--cutouts", "1000"]), "536870912", 120);
+    refused_for_memory(&o, "--cutouts 1000", "512.0 MiB");
+    assert!(!out.exists());
+    let o = run_bounded(&with(&["--beam", "1000000000"]), MEMORY_16_GIB, 120);
+    refused_for_memory(&o, "--beam 1000000000", "16.0 GiB");
+    assert!(!out.exists());
+}
+
 #[test]
 fn generate_refuses_settings_beyond_the_memory_before_writing_anything() {
     let d = tempfile::tempdir().unwrap();

@@ -4,12 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::generate::biggan::{Resize, Settings as BigGanSettings};
-use crate::generate::clip_config;
+use crate::generate::{biggan_config, clip_config};
 use crate::generate::job::{generate, GenerateRequest, GeneratorSettings};
 use crate::generate::siren::Settings;
-use crate::hub::{Locator, ModelRef};
+use crate::hub::Locator;
 use crate::input_err;
-use crate::models::biggan::Config as BigGanConfig;
 
 /// Which generator draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -257,13 +256,6 @@ fn check_memory(settings: &GeneratorSettings, phrase: &str, clip: &str) -> anyho
         }
     }
     Ok(())
-}
-
-/// The config.json of a BigGAN reference, without its weights; `None` where it cannot be read.
-fn biggan_config(locator: &Locator, spec: &str) -> Option<BigGanConfig> {
-    let model = locator.open(&ModelRef::parse(spec).ok()?).ok()?;
-    let text = std::fs::read_to_string(model.file("config.json").ok()?).ok()?;
-    BigGanConfig::from_json(&text).ok()
 }
 
 pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -229,6 +229,19 @@ pub fn clip_config(locator: &crate::hub::Locator, spec: &str) -> Option<ClipConf
     ClipConfig::from_json(&text).ok()
 }
 
+/// Reads the config.json of a BigGAN reference without loading its weights, for the memory
+/// bound; `None` where it cannot be read (loading the model will say why).
+pub fn biggan_config(
+    locator: &crate::hub::Locator,
+    spec: &str,
+) -> Option<crate::models::biggan::Config> {
+    let model = locator
+        .open(&crate::hub::ModelRef::parse(spec).ok()?)
+        .ok()?;
+    let text = std::fs::read_to_string(model.file("config.json").ok()?).ok()?;
+    crate::models::biggan::Config::from_json(&text).ok()
+}
+
 /// One guidance step as recorded in outputs.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {

@@ -433,7 +433,19 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
         });
     }
     for c in &settings.captioners {
-        read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
+        let cfg =
+            read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
+        crate::resources::check_beam(settings.beam, cfg.decoder.vocab_size)?;
+    }
+    // The memory bound with the models' configs (read without their weights).
+    let locator = Locator::from_env();
+    if let Some(c) = crate::generate::clip_config(&locator, &settings.clip) {
+        settings.siren.validate_memory(&c)?;
+        if let Some(b) = &settings.biggan {
+            if let Some(g) = crate::generate::biggan_config(&locator, &b.model) {
+                b.settings.validate_memory(&c, &g)?;
+            }
+        }
     }
     let _lock = open_out_dir(&req.out, "run", req.force)?;
     let layout = Layout {
@@ -450,7 +462,6 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
     };
 
     // 2. Load every model once, and fingerprint it.
-    let locator = Locator::from_env();
     let clip_model = locator.open(&ModelRef::parse(&settings.clip)?)?;
     let clip = Clip::load(&clip_model, &req.device)
         .with_context(|| format!("loading CLIP `{}`", settings.clip))?;
