@@ -562,7 +562,7 @@ fn damaged_and_old_format_feature_cache_entries_are_recomputed() {
 }
 
 #[test]
-fn eval_names_missing_test_images() {
+fn eval_names_missing_test_images_and_refuses_impossible_beams() {
     let d = tempfile::tempdir().unwrap();
     let ds = toy_dataset(&d.path().join("shapes"));
     let cap = d.path().join("cap");
@@ -599,4 +599,21 @@ fn eval_names_missing_test_images() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["images"], 6);
     assert_eq!(v["missing_images"], 2);
+
+    // Beams that cannot run are refused before any captioning.
+    for (beam, says) in [("0", "at least 1"), ("1000000000", "memory")] {
+        let o = roundtrip(&[
+            "eval",
+            "--captioner",
+            &s(&cap),
+            "--dataset",
+            &s(&ds),
+            "--beam",
+            beam,
+            "--cache",
+            &s(&d.path().join("cache")),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "--beam {beam}: {}", err(&o));
+        assert!(err(&o).contains(says), "--beam {beam}: {}", err(&o));
+    }
 }

@@ -90,8 +90,10 @@ pub fn evaluate(
     quiet: bool,
     device: &Device,
 ) -> anyhow::Result<(EvalReport, Vec<(String, String)>)> {
+    crate::resources::check_beam_width(beam)?;
     let locator = Locator::from_env();
     let captioner = Captioner::load(dir, &locator, device)?;
+    crate::resources::check_beam(beam, captioner.decoder.config().vocab_size)?;
     let ds = Dataset::load(dataset)?;
     let names = ds.split(split).to_vec();
     let missing = missing_images(&ds);

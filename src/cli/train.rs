@@ -64,7 +64,8 @@ pub struct Args {
     dropout: f64,
     #[arg(long, default_value_t = TrainSettings::default().seed)]
     seed: u64,
-    /// Continue an interrupted training from its last finished epoch.
+    /// Continue an interrupted training from its last finished epoch (a folder whose training
+    /// stopped before its first checkpoint starts over, with or without this flag).
     #[arg(long)]
     resume: bool,
     /// Feature cache folder (default: $ROUNDTRIP_CACHE, else $XDG_CACHE_HOME/roundtrip, else ~/.cache/roundtrip).

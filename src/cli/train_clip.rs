@@ -66,7 +66,8 @@ pub struct Args {
     /// Probability of blurring a training crop (3x3 binomial kernel).
     #[arg(long, default_value_t = d().blur)]
     blur: f64,
-    /// Continue an interrupted training from its last finished epoch.
+    /// Continue an interrupted training from its last finished epoch (a folder whose training
+    /// stopped before its first checkpoint starts over, with or without this flag).
     #[arg(long)]
     resume: bool,
     #[arg(long)]
