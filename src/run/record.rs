@@ -394,7 +394,7 @@ pub fn bring_up_to_date(
                     Some(rest) => format!("{}.{rest}", key.generator),
                     None => d,
                 };
-                format!("its settings or models changed ({d})")
+                format!("its settings or models changed ({})", short_digests(&d))
             })
             .or_else(|| image_files_problem(layout, r));
         match problem {
@@ -488,7 +488,7 @@ pub fn bring_up_to_date(
                 let why = match rec.stages.captions.get(*label) {
                     None => "new captioner".to_owned(),
                     Some(k) => crate::diff::first_difference(k, &key)
-                        .map(|d| format!("{d} changed"))
+                        .map(|d| short_digests(&d))
                         .unwrap_or_else(|| "record incomplete".into()),
                 };
                 (s.note)(&format!("{}: {label} captions recomputed ({why})", job.phrase));
@@ -544,6 +544,32 @@ pub fn bring_up_to_date(
             Outcome::Updated
         },
     ))
+}
+
+/// A difference as notes show it: quoted SHA-256 digests cut to their first 12 digits.
+fn short_digests(diff: &str) -> String {
+    let mut out = String::with_capacity(diff.len());
+    let mut rest = diff;
+    while let Some(i) = rest.find('"') {
+        let (before, from) = rest.split_at(i);
+        out.push_str(before);
+        let digest = from
+            .get(1..65)
+            .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .filter(|_| from.as_bytes().get(65) == Some(&b'"'));
+        match digest {
+            Some(d) => {
+                out.push_str(&d[..12]);
+                rest = &from[66..];
+            }
+            None => {
+                out.push('"');
+                rest = &from[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Generates a phrase's image, frames and latents into the run folder: a record with the image
@@ -631,4 +657,21 @@ fn generate_image(
         },
         sha256,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_digests;
+
+    #[test]
+    fn notes_cut_digests_and_keep_other_values() {
+        let (a, b) = ("a".repeat(64), "0123456789".repeat(7));
+        let b = &b[..64];
+        assert_eq!(
+            short_digests(&format!("captioner: \"{a}\" -> \"{b}\"")),
+            "captioner: aaaaaaaaaaaa -> 012345678901"
+        );
+        assert_eq!(short_digests("beam: 1 -> 2"), "beam: 1 -> 2");
+        assert_eq!(short_digests("x: \"abc\" -> \""), "x: \"abc\" -> \"");
+    }
 }
