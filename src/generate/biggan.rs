@@ -380,10 +380,7 @@ impl LatentsOut {
                 self.last.class_logits.clone(),
             ),
         ]);
-        let tmp = path.with_extension("safetensors.tmp");
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        crate::fsutil::write_safetensors(path, &map)
     }
 }
 
