@@ -57,9 +57,9 @@ pub fn file_sha256_in(path: &Path, memo_dir: Option<&Path>) -> anyhow::Result<St
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let memo = match memo_dir {
-        Some(dir) if meta.len() >= MEMO_FROM => identity(path, &meta).map(|(name, id, settled)| {
-            (dir.join(name), id, settled)
-        }),
+        Some(dir) if meta.len() >= MEMO_FROM => {
+            identity(path, &meta).map(|(name, id, settled)| (dir.join(name), id, settled))
+        }
         _ => None,
     };
     if let Some((file, identity, _)) = &memo {

@@ -62,7 +62,9 @@ pub fn sweep_temp_files(dir: &Path) -> usize {
                 let pid = &name[i + TEMP_MARK.len()..];
                 !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())
             });
-        if is_temp && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok()
+        if is_temp
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(e.path()).is_ok()
         {
             removed += 1;
         }
@@ -147,7 +149,13 @@ mod tests {
         assert!(write_atomic(&target, b"data").is_err());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
 
-        for name in [".a.json.tmp123", ".b.png.tmp9", "keep.tmp1", ".c.tmpx", "d.json"] {
+        for name in [
+            ".a.json.tmp123",
+            ".b.png.tmp9",
+            "keep.tmp1",
+            ".c.tmpx",
+            "d.json",
+        ] {
             std::fs::write(d.path().join(name), b"").unwrap();
         }
         assert_eq!(sweep_temp_files(d.path()), 2);

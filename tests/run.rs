@@ -777,7 +777,9 @@ fn a_captioner_replaced_in_place_recaptions_the_kept_images() {
         without_timings(read_json(&out.join("report.json"))),
         without_timings(read_json(&fresh.join("report.json")))
     );
-    let fp = |dir: &Path| read_json(&dir.join("run.json"))["models"]["captioner:v"]["fingerprint"].clone();
+    let fp = |dir: &Path| {
+        read_json(&dir.join("run.json"))["models"]["captioner:v"]["fingerprint"].clone()
+    };
     assert!(fp(&out).is_string());
     assert_eq!(fp(&out), fp(&fresh));
 }
@@ -796,13 +798,19 @@ fn corrupt_or_missing_files_are_recomputed_with_a_note() {
     let image = out.join(&with_photo.image);
     let bytes = std::fs::read(&image).unwrap();
     std::fs::write(&image, &bytes[..bytes.len() / 2]).unwrap();
-    std::fs::write(out.join(&with_photo.photo.as_ref().unwrap().file), b"not the photo").unwrap();
+    std::fs::write(
+        out.join(&with_photo.photo.as_ref().unwrap().file),
+        b"not the photo",
+    )
+    .unwrap();
     let third = report
         .phrases
         .iter()
         .find(|p| p.phrase != with_photo.phrase && p.phrase != other.phrase)
         .unwrap();
-    let record = out.join("phrases").join(format!("{}.json", roundtrip::run::phrase_id(&third.phrase)));
+    let record = out
+        .join("phrases")
+        .join(format!("{}.json", roundtrip::run::phrase_id(&third.phrase)));
     std::fs::write(&record, b"{\"schema_version\": 2, \"id\": ").unwrap();
     std::fs::remove_file(out.join(&other.frames[0])).unwrap();
     let stale = out.join("phrases").join(".x.json.tmp4242");
@@ -859,7 +867,10 @@ fn one_writer_per_folder() {
         "{second}"
     );
     assert!(first.wait().unwrap().success());
-    assert!(!out.join(".roundtrip.lock").exists(), "the lock file is removed");
+    assert!(
+        !out.join(".roundtrip.lock").exists(),
+        "the lock file is removed"
+    );
     assert_eq!(
         without_timings(read_json(&out.join("report.json"))),
         without_timings(read_json(&complete_run().join("report.json")))
@@ -880,7 +891,10 @@ fn a_folder_that_is_not_a_run_is_not_written_without_force() {
         e.contains("not empty") && e.contains("report.md") && e.contains("--force"),
         "{e}"
     );
-    assert_eq!(std::fs::read(out.join("report.md")).unwrap(), b"my own notes");
+    assert_eq!(
+        std::fs::read(out.join("report.md")).unwrap(),
+        b"my own notes"
+    );
     ok(&run(p, &out, &["--steps", "2", "--force"]));
     assert!(out.join("run.json").is_file());
 }

@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::generate::biggan::{Resize, Settings as BigGanSettings};
-use crate::generate::{biggan_config, clip_config};
 use crate::generate::job::{generate, GenerateRequest, GeneratorSettings};
 use crate::generate::siren::Settings;
+use crate::generate::{biggan_config, clip_config};
 use crate::hub::Locator;
 use crate::input_err;
 

@@ -387,7 +387,10 @@ pub fn open_out_dir(dir: &Path, command: &str, force: bool) -> anyhow::Result<Di
     for d in layout.result_dirs() {
         swept += crate::fsutil::sweep_temp_files(&d);
         if let Ok(entries) = std::fs::read_dir(&d) {
-            for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            for e in entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            {
                 swept += crate::fsutil::sweep_temp_files(&e.path());
             }
         }
@@ -433,8 +436,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
         });
     }
     for c in &settings.captioners {
-        let cfg =
-            read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
+        let cfg = read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
         crate::resources::check_beam(settings.beam, cfg.decoder.vocab_size)?;
     }
     // The memory bound with the models' configs (read without their weights).
@@ -479,7 +481,9 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
     };
     for name in models.keys() {
         anyhow::ensure!(
-            models[name].get("fingerprint").is_some_and(|f| f.is_string()),
+            models[name]
+                .get("fingerprint")
+                .is_some_and(|f| f.is_string()),
             "model `{name}` could not be fingerprinted"
         );
     }
@@ -609,13 +613,16 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             id: &p.id,
             phrase: &p.prompt.phrase,
             seed,
-            photo: p.photo.as_ref().map(|(source, bytes, img)| record::PhotoInput {
-                source,
-                written: p.prompt.photo.as_deref().unwrap_or_default(),
-                bytes,
-                image: img,
-                sha256: sha256_hex(bytes),
-            }),
+            photo: p
+                .photo
+                .as_ref()
+                .map(|(source, bytes, img)| record::PhotoInput {
+                    source,
+                    written: p.prompt.photo.as_deref().unwrap_or_default(),
+                    bytes,
+                    image: img,
+                    sha256: sha256_hex(bytes),
+                }),
             generator,
         };
         log(

@@ -157,7 +157,6 @@ fn cpu_label() -> String {
     "cpu".into()
 }
 
-
 /// The content fingerprint of model `name` (`clip`, `biggan`, `captioner:LABEL`) in a manifest.
 fn fingerprint(m: &Manifest, name: &str) -> anyhow::Result<String> {
     m.models
@@ -169,11 +168,7 @@ fn fingerprint(m: &Manifest, name: &str) -> anyhow::Result<String> {
 }
 
 /// The key a phrase's image must have under a manifest's settings and models.
-pub fn image_key(
-    m: &Manifest,
-    generator: &str,
-    seed: u64,
-) -> anyhow::Result<ImageKey> {
+pub fn image_key(m: &Manifest, generator: &str, seed: u64) -> anyhow::Result<ImageKey> {
     let (settings, biggan) = if generator == "biggan" {
         let b = m
             .settings
@@ -297,7 +292,9 @@ pub fn unfinished(
     }
     if let Some(d) = crate::diff::first_difference(&r.stages.image, &image_key(m, generator, seed)?)
     {
-        return Ok(Some(format!("its image was made with other settings ({d})")));
+        return Ok(Some(format!(
+            "its image was made with other settings ({d})"
+        )));
     }
     let image_sha = r.sha256.get(&r.image).map(String::as_str).unwrap_or("");
     let photo_sha = r.photo.as_ref().map(|p| p.sha256.as_str());
@@ -372,11 +369,15 @@ pub fn bring_up_to_date(
     let old = match read_record(&record_path) {
         ReadRecord::Absent => None,
         ReadRecord::Unreadable(why) => {
-            (s.note)(&format!("{rel_record} is unreadable ({why}): recomputing it"));
+            (s.note)(&format!(
+                "{rel_record} is unreadable ({why}): recomputing it"
+            ));
             None
         }
         ReadRecord::Found(r) if r.phrase != job.phrase || r.id != job.id => {
-            (s.note)(&format!("{rel_record} is of another phrase: recomputing it"));
+            (s.note)(&format!(
+                "{rel_record} is of another phrase: recomputing it"
+            ));
             None
         }
         ReadRecord::Found(r) => Some(*r),
@@ -426,9 +427,15 @@ pub fn bring_up_to_date(
                 file: layout.relative(&dest),
                 sha256: p.sha256.clone(),
             };
-            let intact = rec.photo.as_ref() == Some(&wanted) && photo_file_problem(layout, &rec).is_none();
+            let intact =
+                rec.photo.as_ref() == Some(&wanted) && photo_file_problem(layout, &rec).is_none();
             if !intact {
-                if let Some(problem) = rec.photo.is_some().then(|| photo_file_problem(layout, &rec)).flatten() {
+                if let Some(problem) = rec
+                    .photo
+                    .is_some()
+                    .then(|| photo_file_problem(layout, &rec))
+                    .flatten()
+                {
                     (s.note)(&format!("{}: photo copied again: {problem}", job.phrase));
                 }
                 if let Some(d) = dest.parent() {
@@ -491,7 +498,10 @@ pub fn bring_up_to_date(
                         .map(|d| short_digests(&d))
                         .unwrap_or_else(|| "record incomplete".into()),
                 };
-                (s.note)(&format!("{}: {label} captions recomputed ({why})", job.phrase));
+                (s.note)(&format!(
+                    "{}: {label} captions recomputed ({why})",
+                    job.phrase
+                ));
             }
             let t = Instant::now();
             let got = captioner.caption(&images)?;
@@ -531,7 +541,11 @@ pub fn bring_up_to_date(
         return Ok((rec, Outcome::Reused));
     }
     if captions_changed || scores_changed {
-        rec.seconds.caption = if captions_changed { caption_seconds } else { rec.seconds.caption };
+        rec.seconds.caption = if captions_changed {
+            caption_seconds
+        } else {
+            rec.seconds.caption
+        };
         rec.seconds.score = score_seconds;
     }
     rec.device = crate::device::label(&s.judge.device);
@@ -588,9 +602,13 @@ fn generate_image(
         std::fs::remove_dir_all(&frames_dir)
             .with_context(|| format!("cannot remove {}", frames_dir.display()))?;
     }
-    let out = job
-        .generator
-        .generate(text, job.seed, &frames_dir, s.manifest.settings.save_every, progress)?;
+    let out = job.generator.generate(
+        text,
+        job.seed,
+        &frames_dir,
+        s.manifest.settings.save_every,
+        progress,
+    )?;
     let image_path = layout.image(job.id);
     if let Some(dir) = image_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
