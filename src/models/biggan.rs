@@ -234,7 +234,7 @@ impl Config {
         }
         if let Some(l) = self.layers.get(self.attention_layer_position) {
             let c = l.in_mult * ch;
-            if c % 8 != 0 {
+            if !c.is_multiple_of(8) {
                 return Err(format!(
                     "attention before layers[{}]: {c} channels are not divisible by 8",
                     self.attention_layer_position

@@ -216,7 +216,7 @@ impl<'a> Section<'a> {
 }
 
 fn check_heads(path: &str, hidden: usize, heads: usize) -> anyhow::Result<()> {
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(input_err!(
             "config key `{path}.hidden_size` ({hidden}) is not divisible by \
              `{path}.num_attention_heads` ({heads})"
@@ -279,7 +279,7 @@ impl ClipConfig {
             vision.hidden_size,
             vision.num_attention_heads,
         )?;
-        if vision.image_size % vision.patch_size != 0 {
+        if !vision.image_size.is_multiple_of(vision.patch_size) {
             return Err(input_err!(
                 "config key `vision_config.image_size` ({}) is not a multiple of \
                  `vision_config.patch_size` ({})",

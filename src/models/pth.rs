@@ -404,7 +404,7 @@ fn unpickle(r: &mut Cursor, persistent: &mut dyn FnMut(Value) -> PResult<Value>)
                 target.kind()
             ));
         };
-        if kv.len() % 2 != 0 {
+        if !kv.len().is_multiple_of(2) {
             return bad("malformed pickle: odd number of items in SETITEMS");
         }
         let mut d = d.borrow_mut();

@@ -122,7 +122,7 @@ impl Config {
             return Err("channel counts and `fc_dim` must be at least 1".into());
         }
         let div = 1usize << self.stages.len().min(30);
-        if self.image_size == 0 || self.image_size % div != 0 {
+        if self.image_size == 0 || !self.image_size.is_multiple_of(div) {
             return Err(format!(
                 "`image_size` ({}) must be a positive multiple of 2^stages = {div}",
                 self.image_size
@@ -745,9 +745,9 @@ pub(crate) mod nhwc {
     /// The output tile for a 3 x 3, stride-1, padding-1 convolution of an h x w map: 4 when both
     /// sides are multiples of 4, else 2 when both are even, else None (use im2col).
     pub fn winograd_tile(h: usize, w: usize) -> Option<usize> {
-        if h % 4 == 0 && w % 4 == 0 {
+        if h.is_multiple_of(4) && w.is_multiple_of(4) {
             Some(4)
-        } else if h % 2 == 0 && w % 2 == 0 {
+        } else if h.is_multiple_of(2) && w.is_multiple_of(2) {
             Some(2)
         } else {
             None
