@@ -1,7 +1,8 @@
 //! `roundtrip`: text -> image -> text round-trip experiments.
 //!
-//! Data flows one way: prompts -> generated image -> captions -> scores -> report. This crate
-//! holds everything but argument parsing and process exit, which live in `src/main.rs` and `cli`.
+//! Data flows one way: prompts -> generated image -> captions -> scores -> report. Argument
+//! parsing lives in `cli` (the only module that knows clap) and process exit in `src/main.rs`;
+//! everything below `cli` is plain library code.
 
 pub mod bleu;
 pub mod captioner;

@@ -1,5 +1,5 @@
-//! The round trip's stages behind small traits, so that a generator (SIREN now, BigGAN later) or
-//! a captioner can be swapped without touching the orchestration.
+//! The round trip's stages behind small traits, so that a generator (SIREN, BigGAN) or a
+//! captioner can be swapped without touching the orchestration.
 
 use std::path::Path;
 
