@@ -57,12 +57,7 @@ pub fn sweep_temp_files(dir: &Path) -> usize {
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let is_temp = name.starts_with('.')
-            && name.rfind(TEMP_MARK).is_some_and(|i| {
-                let pid = &name[i + TEMP_MARK.len()..];
-                !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())
-            });
-        if is_temp
+        if is_temp_name(name)
             && e.file_type().is_ok_and(|t| t.is_file())
             && std::fs::remove_file(e.path()).is_ok()
         {
@@ -70,6 +65,25 @@ pub fn sweep_temp_files(dir: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Whether a file name is one of [`write_atomic`]'s temporary files (`.NAME.tmpPID`).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name.rfind(TEMP_MARK).is_some_and(|i| {
+            let pid = &name[i + TEMP_MARK.len()..];
+            !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())
+        })
+}
+
+/// Reads a safetensors checkpoint for `--resume`; a file that does not parse is the user's to
+/// fix (an input error naming it).
+pub fn read_checkpoint(
+    path: &Path,
+    device: &candle_core::Device,
+) -> anyhow::Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    candle_core::safetensors::load(path, device)
+        .map_err(|e| crate::input_err!("{} is not a valid checkpoint: {e}", path.display()))
 }
 
 /// Writes named tensors as a safetensors file, atomically (see [`write_atomic`]).

@@ -734,32 +734,18 @@ fn a_bracket_prefix_draws_that_line_with_biggan() {
     assert_eq!(count(&ok(&run(p, &merged, &extra)), "computed"), 0);
 }
 
-/// Copies a folder (flat files and sub-folders) recursively.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_captioner_replaced_in_place_recaptions_the_kept_images() {
     let f = fixture();
     let d = tempfile::tempdir().unwrap();
     let cap = d.path().join("cap");
-    copy_dir(&f.root.join("vgg16"), &cap);
+    common::copy_dir(&f.root.join("vgg16"), &cap);
     let spec = format!("v={}", cap.display());
     let out = d.path().join("run");
     ok(&run(PROMPTS, &out, &["--captioners", &spec]));
     // The folder now holds another captioner: same path, other content.
     std::fs::remove_dir_all(&cap).unwrap();
-    copy_dir(&f.root.join("xception"), &cap);
+    common::copy_dir(&f.root.join("xception"), &cap);
     let o = run(PROMPTS, &out, &["--captioners", &spec]);
     let stdout = ok(&o);
     assert!(
@@ -789,7 +775,7 @@ fn corrupt_or_missing_files_are_recomputed_with_a_note() {
     let want = without_timings(read_json(&complete_run().join("report.json")));
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("run");
-    copy_dir(complete_run(), &out);
+    common::copy_dir(complete_run(), &out);
     let report: Report = serde_json::from_value(read_json(&out.join("report.json"))).unwrap();
     let with_photo = report.phrases.iter().find(|p| p.photo.is_some()).unwrap();
     let other = report.phrases.iter().find(|p| p.photo.is_none()).unwrap();

@@ -103,19 +103,6 @@ fn blind_bleu1() -> f64 {
     corpus_bleu(&blind, &refs, Smoothing::None)[0]
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 fn losses(dir: &Path) -> Vec<f64> {
     std::fs::read_to_string(dir.join("train_log.jsonl"))
         .unwrap()
@@ -186,7 +173,7 @@ fn learns_and_moves(kind: &str, epochs: &str) {
     // The folder moves: copied elsewhere and the original removed, it loads, captions and
     // evaluates to the same scores (its encoder's features are still cached: same weights).
     let moved = d.path().join("elsewhere").join("moved");
-    copy_dir(&out, &moved);
+    common::copy_dir(&out, &moved);
     std::fs::remove_dir_all(&out).unwrap();
     let moved_s = moved.display().to_string();
     let caps = ok(&roundtrip(&[
@@ -384,7 +371,7 @@ fn a_retrained_encoder_never_reuses_cached_features() {
 
     // A captioner folder that lost its encoder says so.
     let c = d.path().join("c");
-    copy_dir(Path::new(&a), &c);
+    common::copy_dir(Path::new(&a), &c);
     std::fs::remove_dir_all(c.join("encoder")).unwrap();
     let o = roundtrip(&[
         "caption",

@@ -119,11 +119,16 @@ pub fn load_encoder(
         EncoderKind::Vgg16 => Box::new(crate::models::vgg16::Vgg16::load(&model, device)?),
         EncoderKind::Xception => Box::new(crate::models::xception::Xception::load(&model, device)?),
     };
-    let fingerprint = model.fingerprint()?;
+    let record = model.record();
+    let fingerprint = match &record.fingerprint {
+        Some(f) => f.clone(),
+        // Only on failure: hashing again names what could not be read.
+        None => model.fingerprint()?,
+    };
     Ok(LoadedEncoder {
         kind,
         encoder,
-        record: model.record(),
+        record,
         cache_key: format!("{}-{}", kind.name(), &fingerprint[..32]),
         fingerprint,
     })

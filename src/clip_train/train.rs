@@ -554,11 +554,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
                 out.display()
             ));
         }
-        Some(
-            candle_core::safetensors::load(&checkpoint, &req.device).map_err(|e| {
-                input_err!("{} is not a valid checkpoint: {e}", checkpoint.display())
-            })?,
-        )
+        Some(crate::fsutil::read_checkpoint(&checkpoint, &req.device)?)
     } else {
         None
     };

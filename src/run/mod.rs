@@ -369,7 +369,7 @@ pub fn open_out_dir(dir: &Path, command: &str, force: bool) -> anyhow::Result<Di
             .map_err(|e| input_err!("cannot read {}: {e}", dir.display()))?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != crate::lock::LOCK_FILE && !(n.starts_with('.') && n.contains(".tmp")))
+            .filter(|n| n != crate::lock::LOCK_FILE && !crate::fsutil::is_temp_name(n))
             .collect();
         if !foreign.is_empty() {
             return Err(input_err!(

@@ -138,3 +138,17 @@ pub fn kill_at_first_checkpoint<S: AsRef<std::ffi::OsStr>>(args: &[S], checkpoin
     child.wait().unwrap();
     assert!(checkpoint.exists(), "no checkpoint was written");
 }
+
+/// Copies a folder recursively (files and sub-folders).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
