@@ -87,13 +87,13 @@ impl Dataset {
     /// names the file where all of them are recorded.
     pub fn warn_problems(&self, counted_in: &str) {
         for p in self.problems.iter().take(10) {
-            eprintln!("warning: {p}");
+            crate::stderr::warning(p);
         }
         if self.problems.len() > 10 {
-            eprintln!(
-                "warning: ... {} more dataset problems (counted in {counted_in})",
+            crate::stderr::warning(format_args!(
+                "... {} more dataset problems (counted in {counted_in})",
                 self.problems.len() - 10
-            );
+            ));
         }
     }
 

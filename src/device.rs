@@ -68,7 +68,9 @@ pub fn open(choice: DeviceChoice) -> anyhow::Result<Device> {
             match gpu {
                 Some((_, Ok(d))) => Ok(d),
                 Some((name, Err(e))) => {
-                    eprintln!("--device auto: no {name} device ({e}); running on the CPU");
+                    crate::stderr::warning(format_args!(
+                        "--device auto: no {name} device ({e}); running on the CPU"
+                    ));
                     Ok(Device::Cpu)
                 }
                 None => Ok(Device::Cpu),

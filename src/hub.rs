@@ -231,7 +231,7 @@ impl HubSettings {
             endpoint: env_nonempty("HF_ENDPOINT"),
             token: env_nonempty("HF_TOKEN"),
             offline: env_nonempty("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
-            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            progress: crate::stderr::is_terminal(),
         }
     }
 }

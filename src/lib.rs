@@ -20,11 +20,11 @@ pub mod hub;
 pub mod imageops;
 pub mod lock;
 pub mod models;
-pub mod progress;
 pub mod prompts;
 pub mod resources;
 pub mod run;
 pub mod shapes;
+pub mod stderr;
 pub mod text;
 
 /// Makes glibc's malloc keep and reuse freed memory instead of returning it to the system.

@@ -98,15 +98,15 @@ pub fn evaluate(
     let names = ds.split(split).to_vec();
     let missing = missing_images(&ds);
     if !missing.is_empty() {
-        eprintln!(
-            "warning: {} images listed in {}'s splits are missing and left out (the {} split \
+        crate::stderr::warning(format_args!(
+            "{} images listed in {}'s splits are missing and left out (the {} split \
              keeps {}): {}",
             missing.len(),
             dataset.display(),
             format!("{split:?}").to_lowercase(),
             names.len(),
             first_few(&missing, 5)
-        );
+        ));
     }
     if names.is_empty() {
         return Err(crate::input_err!(
@@ -115,7 +115,7 @@ pub fn evaluate(
         ));
     }
     let paths: Vec<PathBuf> = names.iter().map(|n| ds.image_path(n)).collect();
-    let bar = crate::progress::bar(paths.len() as u64, "features", quiet);
+    let bar = crate::stderr::bar(paths.len() as u64, "features", quiet);
     let cache = FeatureCache::new(cache_dir, &captioner.encoder);
     let (feats, stats) = cache.features(&captioner.encoder, &paths, 16, device, &bar)?;
     bar.finish_and_clear();

@@ -133,12 +133,10 @@ impl FeatureCache {
                     Err(why) => {
                         damaged += 1;
                         if damaged <= WARN_LIMIT {
-                            progress.suspend(|| {
-                                eprintln!(
-                                    "warning: feature cache entry {} is damaged ({why}); recomputing it",
-                                    entry.display()
-                                )
-                            });
+                            crate::stderr::warning(format_args!(
+                                "feature cache entry {} is damaged ({why}); recomputing it",
+                                entry.display()
+                            ));
                         }
                         todo.push((i, bytes));
                     }
@@ -148,13 +146,11 @@ impl FeatureCache {
             keys.push(key);
         }
         if damaged > WARN_LIMIT {
-            progress.suspend(|| {
-                eprintln!(
-                    "warning: ... {} more damaged feature cache entries in {} recomputed",
-                    damaged - WARN_LIMIT,
-                    self.dir.display()
-                )
-            });
+            crate::stderr::warning(format_args!(
+                "... {} more damaged feature cache entries in {} recomputed",
+                damaged - WARN_LIMIT,
+                self.dir.display()
+            ));
         }
         let stats = CacheStats {
             computed: todo.len(),

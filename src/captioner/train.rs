@@ -9,7 +9,6 @@
 //! half-written.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -475,7 +474,7 @@ fn load_images(ds: &Dataset, names: &[String], size: usize) -> anyhow::Result<Ve
 /// naming it) before any output is written; the first bad one in `paths` order is reported.
 pub(crate) fn check_images(paths: &[PathBuf], quiet: bool) -> anyhow::Result<()> {
     use rayon::prelude::*;
-    let bar = crate::progress::bar(paths.len() as u64, "checking images", quiet);
+    let bar = crate::stderr::bar(paths.len() as u64, "checking images", quiet);
     let results: Vec<anyhow::Result<()>> = paths
         .par_iter()
         .map(|p| {
@@ -559,16 +558,16 @@ impl ModelDir {
         }
         let leftovers = half_started || outputs.iter().any(|f| out.join(f).exists());
         if leftovers {
-            eprintln!(
-                "note: {} has no checkpoint yet (its training stopped before the first epoch \
+            crate::stderr::note(format_args!(
+                "{} has no checkpoint yet (its training stopped before the first epoch \
                  finished): starting the training over",
                 out.display()
-            );
+            ));
         } else if resume {
-            eprintln!(
-                "note: {} has no checkpoint to resume from: starting the training from the beginning",
+            crate::stderr::note(format_args!(
+                "{} has no checkpoint to resume from: starting the training from the beginning",
                 out.display()
-            );
+            ));
         }
         for f in outputs {
             let p = out.join(f);
@@ -977,7 +976,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             let cache = FeatureCache::new(&req.cache_dir, &encoder);
             let names: Vec<String> = ds.train.iter().chain(&ds.dev).cloned().collect();
             let paths: Vec<PathBuf> = names.iter().map(|n| ds.image_path(n)).collect();
-            let bar = crate::progress::bar(paths.len() as u64, "features", req.quiet);
+            let bar = crate::stderr::bar(paths.len() as u64, "features", req.quiet);
             let (all_feats, stats) = cache.features(&encoder, &paths, 16, &req.device, &bar)?;
             bar.finish_and_clear();
             features = Some(stats);
@@ -1046,7 +1045,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
                 .collect();
         }
     }
-    let ep_bar = crate::progress::bar(s.epochs as u64, "epochs", req.quiet);
+    let ep_bar = crate::stderr::bar(s.epochs as u64, "epochs", req.quiet);
     ep_bar.set_position(start_epoch as u64 - 1);
     let mut epochs_run = start_epoch - 1;
     for epoch in start_epoch..=s.epochs {
@@ -1092,13 +1091,13 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         model_dir.checkpoint_written()?;
         ep_bar.set_message(format!("loss {train_loss:.3} dev {dev_loss:.3}"));
         ep_bar.inc(1);
-        if !req.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            let _ = writeln!(
-                std::io::stderr(),
+        crate::stderr::heartbeat(
+            req.quiet,
+            format_args!(
                 "epoch {epoch}: loss {train_loss:.4} dev {dev_loss:.4} ({:.1} s, {steps} steps)",
                 line.seconds
-            );
-        }
+            ),
+        );
         epochs_run = epoch;
     }
     ep_bar.finish_and_clear();

@@ -9,7 +9,6 @@
 //! continues to exactly the model an uninterrupted run gives.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -579,10 +578,10 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         train_ids.push(per);
     }
     if truncated > 0 && !req.quiet {
-        eprintln!(
-            "warning: {truncated} training captions are longer than --context {} tokens and were truncated",
+        crate::stderr::warning(format_args!(
+            "{truncated} training captions are longer than --context {} tokens and were truncated",
             s.context
-        );
+        ));
     }
 
     let trainable = init_clip(&cfg, s.seed, &req.device)?;
@@ -635,7 +634,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     });
     write_json(&training_path, &record)?;
 
-    let bar = crate::progress::bar(total_steps as u64, "steps", req.quiet);
+    let bar = crate::stderr::bar(total_steps as u64, "steps", req.quiet);
     bar.set_position(((start_epoch - 1).saturating_mul(steps_per_epoch)) as u64);
     let mut epochs_run = start_epoch - 1;
     let mut step_seconds = (0f64, 0usize);
@@ -710,17 +709,17 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             seconds,
             seconds_per_step: epoch_step_seconds / steps.max(1) as f64,
         };
-        if !req.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            let _ = writeln!(
-                std::io::stderr(),
+        crate::stderr::heartbeat(
+            req.quiet,
+            format_args!(
                 "epoch {epoch}: loss {:.4} dev {:.4} dev top-1 i2t {:.3} t2i {:.3} ({:.2} s/step)",
                 line.train_loss,
                 dev_loss,
                 line.dev.image_to_text_top1,
                 line.dev.text_to_image_top1,
                 line.seconds_per_step
-            );
-        }
+            ),
+        );
         log.push(line);
         let text: String = log
             .iter()

@@ -131,7 +131,7 @@ impl Settings {
     /// [`super::memory::cutout_crop`], and the encoder's [`super::memory::clip_cutout`]).
     ///
     /// Calibration (README's Performance table, W2: BigGAN-deep 128, 8 cutouts, ViT-B/32): 2695
-    /// MiB estimated against a measured peak of 2684 MiB (tests/biggan_generate.rs).
+    /// MiB estimated against a measured peak of 2684 MiB (tests/it/biggan_generate.rs).
     pub fn memory_estimate(&self, models: Option<(&ClipConfig, &BigGanConfig)>) -> (f64, String) {
         use super::memory::{
             clip_cutout, clip_load, clip_weights, cutout_crop, cutout_floor, MIN_ENCODER_INPUT,

@@ -353,7 +353,7 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
         None => (rand::random::<u64>() >> 11, "random"),
     };
     let text = text_embedding(&clip, phrase, &req.device)?;
-    let progress = crate::progress::bar(req.settings.steps() as u64, &name, req.quiet);
+    let progress = crate::stderr::bar(req.settings.steps() as u64, &name, req.quiet);
     let mut models = BTreeMap::from([("clip", clip.record.clone())]);
     let out = match (&req.settings, biggan) {
         (GeneratorSettings::Siren(s), _) => generate_siren(

@@ -396,10 +396,10 @@ pub fn open_out_dir(dir: &Path, command: &str, force: bool) -> anyhow::Result<Di
         }
     }
     if swept > 0 {
-        eprintln!(
-            "note: removed {swept} temporary file(s) an interrupted run left in {}",
+        crate::stderr::note(format_args!(
+            "removed {swept} temporary file(s) an interrupted run left in {}",
             dir.display()
-        );
+        ));
     }
     Ok(lock)
 }
@@ -588,7 +588,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
         .iter()
         .map(|(l, c)| (l.as_str(), c as &dyn ImageCaptioner))
         .collect();
-    let note = |msg: &str| eprintln!("note: {msg}");
+    let note = |msg: &str| crate::stderr::note(msg);
     let stage_models = record::StageModels {
         layout: &layout,
         manifest: &manifest,
@@ -629,7 +629,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<RunSummary> {
             req.quiet,
             format_args!("[{}/{total}] {}", i + 1, p.prompt.phrase),
         );
-        let bar = crate::progress::bar(
+        let bar = crate::stderr::bar(
             generator.steps() as u64,
             &format!("[{}/{total}]", i + 1),
             req.quiet,
@@ -707,9 +707,7 @@ pub use crate::fingerprint::sha256_hex;
 
 /// A log line on stderr unless quiet.
 fn log(quiet: bool, msg: std::fmt::Arguments) {
-    if !quiet {
-        eprintln!("{msg}");
-    }
+    crate::stderr::status(quiet, msg);
 }
 
 #[cfg(test)]

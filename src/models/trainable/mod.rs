@@ -8,7 +8,7 @@
 //! 3 x 3 convolution, max pooling), and hold their weights under **timm's tensor names**. [`save`] writes a folder (`config.json` with the
 //! `roundtrip` geometry, `model.safetensors`) that `Vgg16::load` / `Xception::load` read: in eval
 //! mode the trainable forward and the inference kernels agree to f32 rounding
-//! (`tests/train_encoder.rs`).
+//! (`tests/it/train_encoder.rs`).
 //!
 //! BatchNorm (Xception) follows `torch.nn.BatchNorm2d`: in training mode it normalises with the
 //! batch's mean and biased variance over (B, H, W) and updates the running statistics with

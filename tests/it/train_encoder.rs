@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
@@ -21,20 +20,8 @@ use roundtrip::models::trainable::{self, TrainableEncoder};
 use roundtrip::text::normalize;
 use serde::Deserialize;
 
-mod common;
-use common::{rel, toy_dataset as dataset, COLOURS, SHAPES};
-
-fn roundtrip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
+use crate::common::{ok, roundtrip};
+use crate::common::{rel, toy_dataset as dataset, COLOURS, SHAPES};
 
 fn train_args<'a>(kind: &'a str, ds: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
     let mut args = vec![
@@ -52,7 +39,7 @@ fn train_args<'a>(kind: &'a str, ds: &'a str, out: &'a str, epochs: &'a str) -> 
         epochs,
         "--quiet",
     ];
-    args.extend(common::TINY_DECODER);
+    args.extend(crate::common::TINY_DECODER);
     args
 }
 
@@ -173,7 +160,7 @@ fn learns_and_moves(kind: &str, epochs: &str) {
     // The folder moves: copied elsewhere and the original removed, it loads, captions and
     // evaluates to the same scores (its encoder's features are still cached: same weights).
     let moved = d.path().join("elsewhere").join("moved");
-    common::copy_dir(&out, &moved);
+    crate::common::copy_dir(&out, &moved);
     std::fs::remove_dir_all(&out).unwrap();
     let moved_s = moved.display().to_string();
     let caps = ok(&roundtrip(&[
@@ -310,7 +297,10 @@ fn a_killed_end_to_end_training_resumes_to_the_same_model() {
 
     let killed = d.path().join("killed");
     let killed_s = killed.display().to_string();
-    common::kill_at_first_checkpoint(&args(&killed_s), &killed.join("checkpoint.safetensors"));
+    crate::common::kill_at_first_checkpoint(
+        &args(&killed_s),
+        &killed.join("checkpoint.safetensors"),
+    );
     let log = |dir: &Path| std::fs::read_to_string(dir.join("train_log.jsonl")).unwrap_or_default();
     let done = log(&killed).lines().count();
     assert!(
@@ -371,7 +361,7 @@ fn a_retrained_encoder_never_reuses_cached_features() {
 
     // A captioner folder that lost its encoder says so.
     let c = d.path().join("c");
-    common::copy_dir(Path::new(&a), &c);
+    crate::common::copy_dir(Path::new(&a), &c);
     std::fs::remove_dir_all(c.join("encoder")).unwrap();
     let o = roundtrip(&[
         "caption",

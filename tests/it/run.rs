@@ -5,16 +5,15 @@
 //! settings, captioners replaced in place, corrupt files), one writer per folder and bad input.
 //!
 //! Regenerate the golden report after an intended change with
-//! `ROUNDTRIP_BLESS=1 cargo test --release --test run golden` (see results/README.md).
+//! `ROUNDTRIP_BLESS=1 cargo test --release --test it run::golden` (it rewrites the file and fails) (see results/README.md).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::common::{fails, ok};
 use serde_json::Value;
-
-mod common;
 
 const CLIP: &str = "tests/fixtures/clip_tiny";
 const PROMPTS: &str = "tests/data/run/prompts.txt";
@@ -33,27 +32,6 @@ fn roundtrip(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn fails(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "expected exit 2, got {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 struct Fixture {
     root: PathBuf,
     /// `--captioners` value of the two trained captioners.
@@ -67,7 +45,7 @@ fn fixture() -> &'static Fixture {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-fixture");
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let ds = common::toy_dataset(&root.join("toy"));
+        let ds = crate::common::toy_dataset(&root.join("toy"));
         let mut caps = Vec::new();
         for (kind, weights) in [("vgg16", "vgg16_tiny"), ("xception", "xception_tiny")] {
             let out = root.join(kind);
@@ -90,7 +68,7 @@ fn fixture() -> &'static Fixture {
                 "6",
                 "--quiet",
             ];
-            args.extend(common::TINY_DECODER);
+            args.extend(crate::common::TINY_DECODER);
             ok(&roundtrip(&args));
             caps.push(format!("{kind}={}", out.display()));
         }
@@ -392,8 +370,10 @@ fn golden_report_matches() {
         let mut text = serde_json::to_string_pretty(&got).unwrap();
         text.push('\n');
         std::fs::write(GOLDEN, text).unwrap();
-        eprintln!("wrote {GOLDEN}");
-        return;
+        panic!(
+            "ROUNDTRIP_BLESS is set: {GOLDEN} was rewritten from this run, so nothing was \
+             checked; review its diff, commit it, and rerun without ROUNDTRIP_BLESS"
+        );
     }
     let want: Value = read_json(Path::new(GOLDEN));
     assert_close("report", &got, &want);
@@ -739,13 +719,13 @@ fn a_captioner_replaced_in_place_recaptions_the_kept_images() {
     let f = fixture();
     let d = tempfile::tempdir().unwrap();
     let cap = d.path().join("cap");
-    common::copy_dir(&f.root.join("vgg16"), &cap);
+    crate::common::copy_dir(&f.root.join("vgg16"), &cap);
     let spec = format!("v={}", cap.display());
     let out = d.path().join("run");
     ok(&run(PROMPTS, &out, &["--captioners", &spec]));
     // The folder now holds another captioner: same path, other content.
     std::fs::remove_dir_all(&cap).unwrap();
-    common::copy_dir(&f.root.join("xception"), &cap);
+    crate::common::copy_dir(&f.root.join("xception"), &cap);
     let o = run(PROMPTS, &out, &["--captioners", &spec]);
     let stdout = ok(&o);
     assert!(
@@ -775,7 +755,7 @@ fn corrupt_or_missing_files_are_recomputed_with_a_note() {
     let want = without_timings(read_json(&complete_run().join("report.json")));
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("run");
-    common::copy_dir(complete_run(), &out);
+    crate::common::copy_dir(complete_run(), &out);
     let report: Report = serde_json::from_value(read_json(&out.join("report.json"))).unwrap();
     let with_photo = report.phrases.iter().find(|p| p.photo.is_some()).unwrap();
     let other = report.phrases.iter().find(|p| p.photo.is_none()).unwrap();

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::stderr;
 use serde::Deserialize;
 
 const CLIP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip_tiny");
@@ -37,10 +38,6 @@ fn generate(out: &Path, extra: &[&str]) -> Output {
         .args(&args)
         .output()
         .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[derive(Deserialize)]

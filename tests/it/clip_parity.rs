@@ -5,8 +5,7 @@
 //! Tolerance: max |ours - reference| / max |reference| per tensor <= 1e-4 (float32 transformers is
 //! itself ~3e-7 from float64, meta.json).
 
-mod common;
-use common::{flat, rel};
+use crate::common::{flat, rel};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

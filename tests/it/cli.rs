@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::common::stderr;
 use serde::Deserialize;
 
 fn roundtrip() -> Command {
@@ -19,10 +20,6 @@ fn run(args: &[&str]) -> Output {
 
 fn data(name: &str) -> String {
     format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The `bleu --json` object as a script would read it.

@@ -4,23 +4,15 @@
 //! reuses cached features, and rejects malformed datasets.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use roundtrip::bleu::{corpus_bleu, Smoothing};
 use roundtrip::text::normalize;
 use serde::Deserialize;
 
-mod common;
-use common::{toy_dataset as dataset, COLOURS, SHAPES};
+use crate::common::{ok, roundtrip};
+use crate::common::{toy_dataset as dataset, COLOURS, SHAPES};
 
 const ENCODER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vgg16_tiny");
-fn roundtrip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn train_args<'a>(ds: &'a str, out: &'a str, cache: &'a str, epochs: &'a str) -> Vec<&'a str> {
     let mut args = vec![
         "train",
@@ -38,13 +30,8 @@ fn train_args<'a>(ds: &'a str, out: &'a str, cache: &'a str, epochs: &'a str) ->
         epochs,
         "--quiet",
     ];
-    args.extend(common::TINY_DECODER);
+    args.extend(crate::common::TINY_DECODER);
     args
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
 }
 
 #[derive(Deserialize)]
@@ -133,7 +120,7 @@ fn a_killed_training_resumes_to_the_same_model() {
 
     let killed = d.path().join("killed");
     let killed_s = killed.display().to_string();
-    common::kill_at_first_checkpoint(
+    crate::common::kill_at_first_checkpoint(
         &train_args(&ds, &killed_s, &cache, "20"),
         &killed.join("checkpoint.safetensors"),
     );

@@ -3,22 +3,11 @@
 //! with exit code 2, naming the unknown words.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::common::{ok, roundtrip};
 use roundtrip::dataset::{Dataset, Layout};
 use roundtrip::shapes::parse;
-
-fn roundtrip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
 
 fn dataset(out: &Path, seed: &str, extra: &[&str]) -> Output {
     let out = out.to_str().unwrap();

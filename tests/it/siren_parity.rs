@@ -1,8 +1,7 @@
 //! SIREN, bilinear resize (values and gradients) and deep-daze's loss against PyTorch
 //! (fixtures from tests/fixtures/make_siren_fixtures.py).
 
-mod common;
-use common::rel_err;
+use crate::common::rel_err;
 
 use std::collections::HashMap;
 

@@ -7,8 +7,7 @@
 //! Tolerance: max |ours - timm| / max |timm| per tensor <= 1e-4 (float32 timm is ~1e-6 from
 //! float64 on these fixtures, see their config.json).
 
-mod common;
-use common::{flat, rel};
+use crate::common::{flat, rel};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -8,8 +8,7 @@
 //! Tolerance: max |ours - reference| / max |reference| <= 1e-4 (float32 PyTorch is 1.8e-6 from
 //! float64 on this fixture).
 
-mod common;
-use common::rel;
+use crate::common::rel;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -6,30 +6,13 @@
 //! recomputed; model files get the permissions of every other file; `eval` names missing images.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::toy_dataset;
+use crate::common::toy_dataset;
+use crate::common::{bin, ok, roundtrip, stderr as err};
 
 const ENCODER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vgg16_tiny");
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-}
-
-fn roundtrip<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    bin().args(args).output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -56,7 +39,7 @@ fn frozen_args(ds: &Path, out: &Path, cache: &Path, epochs: &str) -> Vec<String>
     ]
     .map(String::from)
     .to_vec();
-    a.extend(common::TINY_DECODER.map(String::from));
+    a.extend(crate::common::TINY_DECODER.map(String::from));
     a
 }
 
@@ -79,7 +62,7 @@ fn end_to_end_args(ds: &Path, out: &Path, epochs: &str, extra: &[(&str, &str)]) 
     ]
     .map(String::from)
     .to_vec();
-    a.extend(common::TINY_DECODER.map(String::from));
+    a.extend(crate::common::TINY_DECODER.map(String::from));
     set(a, extra)
 }
 

@@ -1,8 +1,7 @@
 //! The merge-model LSTM decoder against its torch.nn twin (tests/fixtures/make_decoder_fixtures.py):
 //! logits, masked cross-entropy, every parameter's gradient, and greedy decoding.
 
-mod common;
-use common::rel_err;
+use crate::common::rel_err;
 
 use std::collections::HashMap;
 

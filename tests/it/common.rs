@@ -1,4 +1,4 @@
-//! Helpers shared by the test crates (each uses a subset).
+//! Helpers shared by the test modules (each uses a subset).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -151,4 +151,42 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
+}
+
+/// The `roundtrip` binary this test build made, as a command to add arguments to.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+}
+
+/// Runs the binary with `args` and waits for it.
+pub fn roundtrip<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    bin().args(args).output().unwrap()
+}
+
+/// Asserts a successful exit (showing the exit code and stderr otherwise); returns stdout.
+pub fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// Asserts exit code 2 (bad input); returns stderr.
+pub fn fails(o: &std::process::Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "expected exit 2, got {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stderr(o)
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -4,26 +4,14 @@
 //! the same bytes, `--resume` continues to the same model, and bad input exits 2.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use roundtrip::hub::{Locator, ModelRef};
 use roundtrip::models::clip::Clip;
 use serde::Deserialize;
 
-mod common;
-use common::toy_dataset;
-
-fn roundtrip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
+use crate::common::toy_dataset;
+use crate::common::{ok, roundtrip};
 
 /// Arguments for a CLIP of 2 x 2 layers, width 32, 32 px input in 16 patches of 8 px; `set`
 /// replaces or adds flags.
@@ -230,7 +218,7 @@ fn same_seed_same_bytes_and_a_killed_run_resumes_exactly() {
 
     // Killed as soon as its first checkpoint exists, then resumed: the same model and state as
     // the uninterrupted run (each epoch draws from its own stream of the seed).
-    common::kill_at_first_checkpoint(
+    crate::common::kill_at_first_checkpoint(
         &train_args(&ds, &c, "12", &[]),
         &Path::new(&c).join("checkpoint.safetensors"),
     );
