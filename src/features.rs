@@ -1,12 +1,13 @@
-//! Raw encoder features of texts and images (`roundtrip features`), and CLIPScore.
+//! Raw encoder features of texts and images (`roundtrip features`), with the CLIPScore matrix
+//! of every (image, text) pair when both are given.
 
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::generate::l2_normalize;
 use crate::hub::ModelRecord;
+use crate::metrics::clip_score::clip_score_matrix;
 use crate::models::clip::{preprocess_image, Clip};
 
 #[derive(Debug, Serialize)]
@@ -24,12 +25,6 @@ pub struct FeaturesOutput {
     /// CLIPScore, rows = images, columns = texts (in input order), when both were given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_score: Option<Vec<Vec<f32>>>,
-}
-
-/// CLIPScore (Hessel et al. 2021): 2.5 * max(cos, 0) for every (image, text) pair.
-pub fn clip_score_matrix(images: &Tensor, texts: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
-    let cos = l2_normalize(images)?.matmul(&l2_normalize(texts)?.t()?)?;
-    (cos.relu()? * 2.5)?.to_vec2()
 }
 
 /// CLIP features of each text and image (projected, unnormalised, as transformers'

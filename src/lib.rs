@@ -4,7 +4,6 @@
 //! parsing lives in `cli` (the only module that knows clap) and process exit in `src/main.rs`;
 //! everything below `cli` is plain library code.
 
-pub mod bleu;
 pub mod captioner;
 pub mod cli;
 pub mod clip_train;
@@ -19,6 +18,7 @@ pub mod generate;
 pub mod hub;
 pub mod imageops;
 pub mod lock;
+pub mod metrics;
 pub mod models;
 pub mod prompts;
 pub mod resources;

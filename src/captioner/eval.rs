@@ -2,7 +2,6 @@
 //! experiment reported it (every reference caption of an image, normalised; startseq/endseq left
 //! out), plus caption diversity.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -10,9 +9,10 @@ use serde::Serialize;
 
 use super::features::{CacheStats, FeatureCache};
 use super::model::Captioner;
-use crate::bleu::{corpus_stats, Smoothing};
 use crate::dataset::{Dataset, Split};
 use crate::hub::Locator;
+use crate::metrics::bleu::{corpus_stats, Smoothing};
+use crate::metrics::captions::diversity;
 use crate::text::normalize;
 
 #[derive(Debug, Serialize)]
@@ -36,20 +36,6 @@ pub struct EvalReport {
     /// Images the dataset's splits list but that have no file (left out, named on stderr).
     pub missing_images: usize,
     pub features: CacheStats,
-}
-
-/// Corpus figures of captions against reference sets (shared with `run`'s corpus report).
-pub fn diversity(captions: &[String]) -> (usize, String, usize) {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for c in captions {
-        *counts.entry(c.as_str()).or_default() += 1;
-    }
-    let (top, n) = counts
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-        .map(|(c, n)| (c.to_string(), *n))
-        .unwrap_or_default();
-    (counts.len(), top, n)
 }
 
 /// The images a split lists whose file is missing (the dataset leaves them out and records each

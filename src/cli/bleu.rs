@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::bleu::files::{AlignedCorpus, BleuReport};
-use crate::bleu::Smoothing;
+use crate::metrics::bleu::files::{AlignedCorpus, BleuReport};
+use crate::metrics::bleu::Smoothing;
 use crate::text::Tokenize;
 
 #[derive(Debug, clap::Args)]

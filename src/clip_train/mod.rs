@@ -11,6 +11,6 @@ pub mod loss;
 pub mod tokenizer;
 pub mod train;
 
-pub use eval::{evaluate_clip, retrieval, EvalClipReport, Retrieval};
+pub use eval::{evaluate_clip, EvalClipReport};
 pub use loss::contrastive_loss;
 pub use train::{train_clip, ClipTrainSettings, ClipTrainSummary, TrainClipRequest};

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::data::{random_crop, Crop, Degrade, Images};
-use super::eval::{embed_gallery, retrieval, Retrieval};
+use super::eval::embed_gallery;
 use super::init::{init_clip, Trainable, LOGIT_SCALE_INIT};
 use super::loss::{contrastive_loss, MAX_LOGIT_SCALE};
 use super::tokenizer::{self, WordTokenizer};
@@ -29,6 +29,7 @@ use crate::captioner::train::{ModelDir, CHECKPOINT};
 use crate::dataset::Dataset;
 use crate::fsutil::{write_atomic, write_json, write_safetensors};
 use crate::input_err;
+use crate::metrics::retrieval::{retrieval, Retrieval};
 use crate::models::clip::{ClipConfig, ClipTextConfig, ClipTokenizer, ClipVisionConfig, HiddenAct};
 
 /// What `training.json` declares itself to be.

@@ -17,11 +17,12 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use super::stages::{caption_bleu, BleuPair, Generator, ImageCaptioner, Judge};
+use super::stages::{Generator, ImageCaptioner, Judge};
 use super::{Layout, Manifest, RUN_SCHEMA_VERSION};
 use crate::fingerprint::sha256_hex;
 use crate::fsutil::{write_atomic, write_json};
 use crate::imageops::{png_bytes, tensor_to_rgb};
+use crate::metrics::captions::{caption_bleu, BleuPair};
 
 /// The real photo of a phrase, as copied into the run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,11 +11,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::record::{PhraseRecord, ScoredCaption};
-use super::stages::BleuPair;
 use super::{Layout, Manifest, RunSettings, Shard};
-use crate::bleu::{corpus_bleu, Smoothing};
-use crate::captioner::eval::diversity;
 use crate::fsutil::{write_atomic, write_json};
+use crate::metrics::captions::BleuPair;
+use crate::metrics::captions::{corpus_bleu_pair, diversity};
 use crate::text::normalize;
 
 /// Version of `report.json`; bumped on any incompatible change (2: model fingerprints, each
@@ -108,10 +107,7 @@ fn figures(pairs: &[(&PhraseRecord, &ScoredCaption)]) -> Option<Figures> {
     let (distinct, top, top_n) = diversity(&captions);
     Some(Figures {
         images: pairs.len(),
-        bleu: BleuPair {
-            unsmoothed: corpus_bleu(&hyps, &refs, Smoothing::None),
-            method1: corpus_bleu(&hyps, &refs, Smoothing::Method1),
-        },
+        bleu: corpus_bleu_pair(&hyps, &refs),
         mean_clip_text_similarity: mean(pairs.iter().map(|(_, c)| c.clip_text_similarity))
             .unwrap_or(0.0),
         distinct_captions: distinct,

@@ -6,18 +6,16 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 
-use crate::bleu::{sentence_bleu, Smoothing};
 use crate::captioner::model::Captioner;
-use crate::features::clip_score_matrix;
 use crate::generate::biggan::Settings as BigGanSettings;
 use crate::generate::job::{
     generate_biggan, generate_siren, text_embedding, whole_image_similarity, BigGanJob, Generated,
 };
 use crate::generate::siren::Settings;
 use crate::generate::ImageEncoder;
+use crate::metrics::clip_score::{clip_score_matrix, cosine_with};
 use crate::models::biggan::BigGan;
 use crate::models::clip::{preprocess_image, Clip};
-use crate::text::normalize;
 
 /// Draws an image of a phrase.
 pub trait Generator {
@@ -149,24 +147,6 @@ impl ImageCaptioner for BeamCaptioner {
     }
 }
 
-/// BLEU-1..4 of a caption against the phrase, unsmoothed and with method1 smoothing.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BleuPair {
-    pub unsmoothed: [f64; 4],
-    pub method1: [f64; 4],
-}
-
-/// Sentence BLEU of a caption against the phrase, both normalised as the captioners'
-/// vocabulary is ([`normalize`]).
-pub fn caption_bleu(phrase: &str, caption: &str) -> BleuPair {
-    let refs = [normalize(phrase)];
-    let hyp = normalize(caption);
-    BleuPair {
-        unsmoothed: sentence_bleu(&hyp, &refs, Smoothing::None),
-        method1: sentence_bleu(&hyp, &refs, Smoothing::Method1),
-    }
-}
-
 /// CLIP as the judge: CLIPScore of images against the phrase, and text-text cosine between the
 /// phrase and captions.
 pub struct Judge<'a> {
@@ -219,22 +199,6 @@ impl Judge<'_> {
         if others.is_empty() {
             return Ok(Vec::new());
         }
-        let e = crate::generate::l2_normalize(&self.texts(others)?)?;
-        let t = crate::generate::l2_normalize(text)?;
-        Ok(e.matmul(&t.t()?)?.flatten_all()?.to_vec1()?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bleu_normalises_like_the_vocabulary() {
-        let b = caption_bleu("A cat, eating a big mouse!", "cat eating big mouse");
-        assert_eq!(b.unsmoothed, [1.0; 4]);
-        let b = caption_bleu("a cat eating a mouse", "dog running");
-        assert_eq!(b.unsmoothed, [0.0; 4]);
-        assert!(b.method1.iter().all(|x| (0.0..0.1).contains(x)));
+        Ok(cosine_with(text, &self.texts(others)?)?)
     }
 }

@@ -1,6 +1,6 @@
 //! roundtrip's BLEU against nltk's on random corpora (fixtures from tests/fixtures/make_bleu_fixtures.py).
 
-use roundtrip::bleu::{corpus_bleu, sentence_bleu, Smoothing};
+use roundtrip::metrics::bleu::{corpus_bleu, sentence_bleu, Smoothing};
 use roundtrip::text::whitespace;
 use serde::Deserialize;
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! Property tests of corpus BLEU on random corpora.
 
 use proptest::prelude::*;
-use roundtrip::bleu::{corpus_bleu, sentence_bleu, Smoothing};
+use roundtrip::metrics::bleu::{corpus_bleu, sentence_bleu, Smoothing};
 
 const WORDS: &[&str] = &["a", "the", "dog", "cat", "runs", "on", "grass", "red"];
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use roundtrip::bleu::{corpus_bleu, Smoothing};
+use roundtrip::metrics::bleu::{corpus_bleu, Smoothing};
 use roundtrip::text::normalize;
 use serde::Deserialize;
 

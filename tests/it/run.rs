@@ -339,7 +339,7 @@ fn golden_report_matches() {
             assert_eq!(c.photo.is_some(), p.photo.is_some(), "{label}");
             for cap in std::iter::once(&c.generated).chain(&c.photo) {
                 // Recomputed BLEU agrees with the report's.
-                let b = roundtrip::run::stages::caption_bleu(&p.phrase, &cap.caption);
+                let b = roundtrip::metrics::captions::caption_bleu(&p.phrase, &cap.caption);
                 assert_eq!(b.unsmoothed, cap.bleu.unsmoothed);
                 assert_eq!(b.method1, cap.bleu.method1);
                 assert!((-1.0..=1.0).contains(&cap.clip_text_similarity));

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::Distribution;
-use roundtrip::bleu::{corpus_bleu, Smoothing};
 use roundtrip::captioner::encoder::{
     encoder_geometry, load_encoder, trainable_encoder, EncoderKind,
 };
 use roundtrip::hub::Locator;
+use roundtrip::metrics::bleu::{corpus_bleu, Smoothing};
 use roundtrip::models::trainable::{self, TrainableEncoder};
 use roundtrip::text::normalize;
 use serde::Deserialize;
