@@ -17,10 +17,12 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use super::stages::{caption_bleu, BleuPair, Generator, ImageCaptioner, Judge};
-use super::{Layout, Manifest, RUN_SCHEMA_VERSION};
+use super::manifest::{Layout, Manifest};
+use super::stages::{caption_bleu, BleuPair, ImageCaptioner, Judge};
+use super::RUN_SCHEMA_VERSION;
 use crate::fingerprint::sha256_hex;
 use crate::fsutil::{write_atomic, write_json};
+use crate::generate::{drive, Generator, GeneratorKind};
 use crate::imageops::{png_bytes, tensor_to_rgb};
 
 /// The real photo of a phrase, as copied into the run folder.
@@ -75,7 +77,7 @@ pub struct Timings {
 /// What the generated image (with its frames and latents) was made from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageKey {
-    pub generator: String,
+    pub generator: GeneratorKind,
     /// The generator's settings (SIREN's, or BigGAN's without its model reference).
     pub settings: serde_json::Value,
     /// Content fingerprint of the guiding CLIP.
@@ -126,7 +128,7 @@ pub struct PhraseRecord {
     /// The phrase normalised as the captioners' vocabulary is (BLEU's reference).
     pub reference_tokens: Vec<String>,
     pub seed: u64,
-    pub generator: String,
+    pub generator: GeneratorKind,
     /// Where it was computed (`cpu`, `cuda:0`, `metal:0`): floating-point results differ in the
     /// last bits between devices.
     #[serde(default = "cpu_label")]
@@ -168,22 +170,23 @@ fn fingerprint(m: &Manifest, name: &str) -> anyhow::Result<String> {
 }
 
 /// The key a phrase's image must have under a manifest's settings and models.
-pub fn image_key(m: &Manifest, generator: &str, seed: u64) -> anyhow::Result<ImageKey> {
-    let (settings, biggan) = if generator == "biggan" {
-        let b = m
-            .settings
-            .biggan
-            .as_ref()
-            .context("a BigGAN phrase in a run without BigGAN settings")?;
-        (
-            serde_json::to_value(&b.settings)?,
-            Some(fingerprint(m, "biggan")?),
-        )
-    } else {
-        (serde_json::to_value(&m.settings.siren)?, None)
+pub fn image_key(m: &Manifest, generator: GeneratorKind, seed: u64) -> anyhow::Result<ImageKey> {
+    let (settings, biggan) = match generator {
+        GeneratorKind::BigGan => {
+            let b = m
+                .settings
+                .biggan
+                .as_ref()
+                .context("a BigGAN phrase in a run without BigGAN settings")?;
+            (
+                serde_json::to_value(&b.settings)?,
+                Some(fingerprint(m, "biggan")?),
+            )
+        }
+        GeneratorKind::Siren => (serde_json::to_value(&m.settings.siren)?, None),
     };
     Ok(ImageKey {
-        generator: generator.to_owned(),
+        generator,
         settings,
         clip: fingerprint(m, "clip")?,
         biggan,
@@ -280,10 +283,10 @@ pub fn unfinished(
     m: &Manifest,
     r: &PhraseRecord,
     phrase: &str,
-    generator: &str,
+    generator: GeneratorKind,
     has_photo: bool,
 ) -> anyhow::Result<Option<String>> {
-    let seed = super::phrase_seed(m.settings.seed, phrase);
+    let seed = super::shard::phrase_seed(m.settings.seed, phrase);
     if r.phrase != phrase || r.seed != seed {
         return Ok(Some("its record is of another phrase or seed".into()));
     }
@@ -340,8 +343,6 @@ pub struct StageModels<'a> {
     pub manifest: &'a Manifest,
     pub captioners: &'a [(&'a str, &'a dyn ImageCaptioner)],
     pub judge: &'a Judge<'a>,
-    /// Where notes on recomputed stages go (stderr; always shown, also with --quiet).
-    pub note: &'a dyn Fn(&str),
 }
 
 /// What [`bring_up_to_date`] did to a phrase.
@@ -356,8 +357,8 @@ pub enum Outcome {
 }
 
 /// Brings one phrase's record up to date: each stage is reused when its key is unchanged and
-/// its files are intact, else recomputed (with a note saying why); the record is written when
-/// anything changed.
+/// its files are intact, else recomputed (with a note on stderr saying why, also with --quiet);
+/// the record is written when anything changed.
 pub fn bring_up_to_date(
     s: &StageModels,
     job: &PhraseJob,
@@ -369,21 +370,20 @@ pub fn bring_up_to_date(
     let old = match read_record(&record_path) {
         ReadRecord::Absent => None,
         ReadRecord::Unreadable(why) => {
-            (s.note)(&format!(
+            crate::stderr::note(format_args!(
                 "{rel_record} is unreadable ({why}): recomputing it"
             ));
             None
         }
         ReadRecord::Found(r) if r.phrase != job.phrase || r.id != job.id => {
-            (s.note)(&format!(
+            crate::stderr::note(format_args!(
                 "{rel_record} is of another phrase: recomputing it"
             ));
             None
         }
         ReadRecord::Found(r) => Some(*r),
     };
-    let generator_name = job.generator.name();
-    let key = image_key(s.manifest, generator_name, job.seed)?;
+    let key = image_key(s.manifest, job.generator.kind(), job.seed)?;
     let text = s.judge.phrase(job.phrase)?;
 
     // 1. The image: reused when its key is unchanged and its files intact.
@@ -401,7 +401,7 @@ pub fn bring_up_to_date(
         match problem {
             None => Some(r),
             Some(p) => {
-                (s.note)(&format!("{}: image regenerated: {p}", job.phrase));
+                crate::stderr::note(format_args!("{}: image regenerated: {p}", job.phrase));
                 None
             }
         }
@@ -436,7 +436,10 @@ pub fn bring_up_to_date(
                     .then(|| photo_file_problem(layout, &rec))
                     .flatten()
                 {
-                    (s.note)(&format!("{}: photo copied again: {problem}", job.phrase));
+                    crate::stderr::note(format_args!(
+                        "{}: photo copied again: {problem}",
+                        job.phrase
+                    ));
                 }
                 if let Some(d) = dest.parent() {
                     std::fs::create_dir_all(d)
@@ -498,7 +501,7 @@ pub fn bring_up_to_date(
                         .map(|d| short_digests(&d))
                         .unwrap_or_else(|| "record incomplete".into()),
                 };
-                (s.note)(&format!(
+                crate::stderr::note(format_args!(
                     "{}: {label} captions recomputed ({why})",
                     job.phrase
                 ));
@@ -602,7 +605,8 @@ fn generate_image(
         std::fs::remove_dir_all(&frames_dir)
             .with_context(|| format!("cannot remove {}", frames_dir.display()))?;
     }
-    let out = job.generator.generate(
+    let out = drive(
+        job.generator,
         text,
         job.seed,
         &frames_dir,
@@ -630,7 +634,6 @@ fn generate_image(
             .with_context(|| format!("cannot read back {rel}"))?;
         sha256.insert(rel.clone(), sha256_hex(&bytes));
     }
-    let final_similarity = job.generator.similarity(&out.image, text)?;
     let empty_key = ClipScoreKey {
         clip: String::new(),
         image: String::new(),
@@ -642,13 +645,13 @@ fn generate_image(
         phrase: job.phrase.to_owned(),
         reference_tokens: crate::text::normalize(job.phrase),
         seed: job.seed,
-        generator: job.generator.name().to_owned(),
+        generator: job.generator.kind(),
         device: crate::device::label(&s.judge.device),
         image: layout.relative(&image_path),
         frames,
         latents,
         photo: None,
-        final_similarity,
+        final_similarity: out.final_similarity,
         clip_score: ClipScores {
             generated: 0.0,
             photo: None,
