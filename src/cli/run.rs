@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use super::generate::{BigGanArgs, SirenArgs};
 use crate::generate::GeneratorKind;
 use crate::run::preset::Preset;
-use crate::run::BigGanRunSettings;
-use crate::run::{execute as run_prompts, parse_captioners, RunRequest, RunSettings, Shard};
+use crate::run::{
+    execute as run_prompts, parse_captioners, BigGanRunSettings, RunRequest, RunSettings, Shard,
+};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum PresetArg {

@@ -41,6 +41,36 @@ pub struct Manifest {
     pub shard: Option<Shard>,
 }
 
+impl Manifest {
+    /// The manifest of a run of `prompts` (all its phrases, not only this shard's) read from
+    /// `prompts_file`, with the models' records as loaded.
+    pub fn new(
+        settings: &RunSettings,
+        models: BTreeMap<String, serde_json::Value>,
+        prompts_file: &Path,
+        prompts: &PromptFile,
+        shard: Option<Shard>,
+    ) -> Self {
+        Self {
+            schema_version: RUN_SCHEMA_VERSION,
+            settings: settings.clone(),
+            models,
+            prompts_file: prompts_file.display().to_string(),
+            prompts: prompts
+                .prompts
+                .iter()
+                .map(|p| PromptEntry {
+                    line: p.line,
+                    phrase: p.phrase.clone(),
+                    generator: p.generator,
+                    photo: p.photo.clone(),
+                })
+                .collect(),
+            shard,
+        }
+    }
+}
+
 /// The run folder's files.
 pub struct Layout {
     pub root: PathBuf,
@@ -250,34 +280,4 @@ fn discard_results(layout: &Layout) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-impl Manifest {
-    /// The manifest of a run of `prompts` (all its phrases, not only this shard's) read from
-    /// `prompts_file`, with the models' records as loaded.
-    pub fn new(
-        settings: &RunSettings,
-        models: BTreeMap<String, serde_json::Value>,
-        prompts_file: &Path,
-        prompts: &PromptFile,
-        shard: Option<Shard>,
-    ) -> Self {
-        Self {
-            schema_version: RUN_SCHEMA_VERSION,
-            settings: settings.clone(),
-            models,
-            prompts_file: prompts_file.display().to_string(),
-            prompts: prompts
-                .prompts
-                .iter()
-                .map(|p| PromptEntry {
-                    line: p.line,
-                    phrase: p.phrase.clone(),
-                    generator: p.generator,
-                    photo: p.photo.clone(),
-                })
-                .collect(),
-            shard,
-        }
-    }
 }
