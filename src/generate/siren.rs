@@ -277,7 +277,8 @@ impl Guidance for SirenGuidance<'_> {
     /// One optimiser step (with gradient accumulation); returns its record.
     ///
     /// candle's autograd runs only from the loss back to the image (cutouts, resize, CLIP); the
-    /// SIREN's backward is hand-written ([`SirenTape`]), which is where most of the work is.
+    /// SIREN's backward is hand-written ([`crate::models::siren::SirenTape`]), which is where
+    /// most of the work is.
     fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let s = &self.settings;
