@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use roundtrip::bleu::{corpus_stats, Smoothing};
+use roundtrip::metrics::bleu::{corpus_stats, Smoothing};
 
 const LINES: usize = 100_000;
 const STREAMS: usize = 5;

@@ -12,8 +12,9 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use criterion::{criterion_group, criterion_main, Criterion};
-use roundtrip::generate::biggan::{BigGanRun, Settings as BigGanSettings};
-use roundtrip::generate::siren::{Settings, SirenRun};
+use roundtrip::generate::biggan::BigGanGuidance;
+use roundtrip::generate::siren::SirenGuidance;
+use roundtrip::generate::{BigGanSettings, Guidance, SirenSettings as Settings};
 use roundtrip::models::biggan::{BigGan, Config as BigGanConfig};
 use roundtrip::models::clip::{ClipConfig, ClipModel};
 use roundtrip::models::seeded_random_weights;
@@ -50,7 +51,7 @@ fn siren(c: &mut Criterion, group: &str, layers: usize, cutouts: usize) {
         cutouts,
         ..Settings::default()
     };
-    let mut run = SirenRun::new(&settings, &clip, &text, 0, &dev).unwrap();
+    let mut run = SirenGuidance::new(&settings, &clip, &text, 0, &dev).unwrap();
     run.step().unwrap(); // warm-up outside the measurement
     let mut g = c.benchmark_group(group);
     g.sample_size(10);
@@ -81,7 +82,8 @@ fn bench(c: &mut Criterion) {
     }
     let biggan = BigGan::new(VarBuilder::from_tensors(gw, DType::F32, &dev), &gcfg).unwrap();
     let bsettings = BigGanSettings::default();
-    let mut brun = BigGanRun::new(&bsettings, &biggan, &clip, &text, &[], 0, None, &dev).unwrap();
+    let mut brun =
+        BigGanGuidance::new(&bsettings, &biggan, &clip, &text, &[], 0, None, &dev).unwrap();
     brun.step().unwrap();
     let mut g = c.benchmark_group("w2");
     g.sample_size(10);

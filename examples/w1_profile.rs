@@ -10,10 +10,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use rand::SeedableRng;
-use roundtrip::generate::siren::Settings;
-use roundtrip::generate::{
-    cutout_batch, deep_daze_loss, l2_normalize, sample_cutouts, ImageEncoder,
-};
+use roundtrip::generate::cutouts::{cutout_batch, deep_daze_cutouts, Resize};
+use roundtrip::generate::SirenSettings as Settings;
+use roundtrip::generate::{deep_daze_loss, l2_normalize, ImageEncoder};
 use roundtrip::models::clip::{ClipConfig, ClipModel};
 use roundtrip::models::seeded_random_weights;
 use roundtrip::models::siren::{coord_grid, Siren};
@@ -79,8 +78,8 @@ fn main() -> anyhow::Result<()> {
         };
         mark(0, &mut t);
         let leaf = Var::from_tensor(&image.detach())?;
-        let cuts = sample_cutouts(&mut rng, s.cutouts, s.size, s.lower, s.upper);
-        let batch = cutout_batch(leaf.as_tensor(), &cuts, clip.input_size())?;
+        let cuts = deep_daze_cutouts(&mut rng, s.cutouts, s.size, s.lower, s.upper);
+        let batch = cutout_batch(leaf.as_tensor(), &cuts, clip.input_size(), Resize::Bilinear)?;
         mark(1, &mut t);
         let (g, gimg) = match clip.encode_images_taped(&batch)? {
             Some((emb, back)) => {

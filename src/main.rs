@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match cli::run(args, &mut out) {
+    match cli::execute(args, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

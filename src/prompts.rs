@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{read_input_file, utf8_lines, InputError};
-
-/// Generators a line may pick with a `[name]` prefix.
-pub const GENERATORS: [&str; 2] = ["siren", "biggan"];
+use crate::generate::GeneratorKind;
 
 /// Longest accepted line, in characters.
 pub const MAX_LINE_CHARS: usize = 1000;
@@ -24,8 +22,8 @@ pub struct Prompt {
     /// 1-based line number in the prompts file.
     pub line: usize,
     pub phrase: String,
-    /// The line's `[generator]` prefix, if any (one of [`GENERATORS`]).
-    pub generator: Option<String>,
+    /// The line's `[generator]` prefix, if any.
+    pub generator: Option<GeneratorKind>,
     /// The real photo's path as written in the file.
     pub photo: Option<String>,
     /// The photo's path resolved against the prompts file's folder.
@@ -74,17 +72,17 @@ impl PromptFile {
                     let Some((name, after)) = rest.split_once(']') else {
                         return Err(err(format!(
                             "`[` opens a generator prefix but no `]` closes it: expected `[{}] phrase`",
-                            GENERATORS.join("|")
+                            GeneratorKind::ALL.map(GeneratorKind::name).join("|")
                         )));
                     };
                     let name = name.trim();
-                    if !GENERATORS.contains(&name) {
+                    let Ok(kind) = name.parse::<GeneratorKind>() else {
                         return Err(err(format!(
                             "unknown generator `[{name}]`: expected one of {}",
-                            GENERATORS.map(|g| format!("[{g}]")).join(", ")
+                            GeneratorKind::ALL.map(|g| format!("[{g}]")).join(", ")
                         )));
-                    }
-                    (Some(name.to_owned()), after.trim())
+                    };
+                    (Some(kind), after.trim())
                 }
             };
             if phrase.is_empty() {
@@ -161,13 +159,13 @@ mod tests {
         let got: Vec<_> = f
             .prompts
             .iter()
-            .map(|p| (p.phrase.as_str(), p.generator.as_deref()))
+            .map(|p| (p.phrase.as_str(), p.generator))
             .collect();
         assert_eq!(
             got,
             [
-                ("a macaw flying over a forest", Some("biggan")),
-                ("a cat", Some("siren")),
+                ("a macaw flying over a forest", Some(GeneratorKind::BigGan)),
+                ("a cat", Some(GeneratorKind::Siren)),
                 ("a dog", None)
             ]
         );
@@ -253,7 +251,7 @@ mod tests {
         let biggan: Vec<&str> = f
             .prompts
             .iter()
-            .filter(|p| p.generator.as_deref() == Some("biggan"))
+            .filter(|p| p.generator == Some(GeneratorKind::BigGan))
             .map(|p| p.phrase.as_str())
             .collect();
         assert_eq!(

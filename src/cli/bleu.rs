@@ -26,7 +26,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let corpus = AlignedCorpus::load(&a.hyps, &a.refs, a.tokenize)?;
     let report = BleuReport::new(
         &corpus.stats(),

@@ -22,7 +22,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     check_beam_width(a.beam)?;
     let device = a.device.open()?;
     let c = Captioner::load(&a.captioner, &Locator::from_env(), &device)?;

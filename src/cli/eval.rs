@@ -32,7 +32,7 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let cache = a.cache.unwrap_or_else(default_cache_dir);
     let (r, captions) = evaluate(
         &a.captioner,

@@ -27,7 +27,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let r = evaluate_clip(&a.clip, &a.dataset, a.split, a.limit, &a.device.open()?)?;
     if a.json {
         serde_json::to_writer(&mut *out, &r)?;

@@ -38,7 +38,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     if a.texts.is_empty() && a.images.is_empty() {
         return Err(crate::input_err!(
             "nothing to embed: give --text PHRASE and/or IMAGE paths"

@@ -3,20 +3,28 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::generate::biggan::{Resize, Settings as BigGanSettings};
-use crate::generate::job::{generate, GenerateRequest, GeneratorSettings};
-use crate::generate::siren::Settings;
+use clap::builder::PossibleValue;
+
+use crate::generate::biggan::Resize;
+use crate::generate::command::{generate, GenerateRequest, GeneratorSettings};
 use crate::generate::{biggan_config, clip_config};
+use crate::generate::{BigGanSettings, GeneratorKind, SirenSettings};
 use crate::hub::Locator;
 use crate::input_err;
 
-/// Which generator draws.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum GeneratorKind {
-    /// deep-daze: a SIREN network.
-    Siren,
-    /// big-sleep: BigGAN-deep latents.
-    Biggan,
+/// `--generator`: the library's generators as clap values, each with its help line.
+impl clap::ValueEnum for GeneratorKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            Self::Siren => "deep-daze: a SIREN network",
+            Self::BigGan => "big-sleep: BigGAN-deep latents",
+        };
+        Some(PossibleValue::new(self.name()).help(help))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -209,8 +217,8 @@ impl SirenArgs {
     }
 
     /// The settings, taking what was not given from `base`.
-    pub fn settings(&self, base: Settings) -> Settings {
-        Settings {
+    pub fn settings(&self, base: SirenSettings) -> SirenSettings {
+        SirenSettings {
             steps: self.steps.unwrap_or(base.steps),
             size: self.size.unwrap_or(base.size),
             layers: self.layers.unwrap_or(base.layers),
@@ -258,7 +266,7 @@ fn check_memory(settings: &GeneratorSettings, phrase: &str, clip: &str) -> anyho
     Ok(())
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let settings = match a.generator {
         GeneratorKind::Siren => {
             if let Some(flag) = a
@@ -270,9 +278,9 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
                     "{flag} is a BigGAN setting: it needs --generator biggan"
                 ));
             }
-            GeneratorSettings::Siren(a.siren.settings(Settings::default()))
+            GeneratorSettings::Siren(a.siren.settings(SirenSettings::default()))
         }
-        GeneratorKind::Biggan => {
+        GeneratorKind::BigGan => {
             let (settings, model) = a.biggan.settings(&a.siren)?;
             GeneratorSettings::BigGan {
                 settings,
@@ -310,7 +318,7 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    /// The defaults written in the help text are the ones `Settings::default()` uses.
+    /// The defaults written in the help text are the ones `SirenSettings::default()` uses.
     #[test]
     fn help_states_the_real_defaults() {
         let mut cli = crate::cli::Cli::command();
@@ -319,7 +327,7 @@ mod tests {
             .expect("generate subcommand")
             .render_long_help()
             .to_string();
-        let d = Settings::default();
+        let d = SirenSettings::default();
         for (flag, value) in [
             ("steps", d.steps as f64),
             ("size", d.size as f64),

@@ -16,7 +16,7 @@ pub struct Args {
     force: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let s = crate::run::merge::merge(&a.shards, &a.out, a.force)?;
     writeln!(
         out,

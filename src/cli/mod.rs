@@ -78,22 +78,22 @@ impl DeviceArg {
     }
 }
 
-/// Runs a parsed command line, writing results to `out`.
-pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Executes a parsed command line, writing results to `out`.
+pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
-        Command::Bleu(a) => bleu::run(a, out),
-        Command::Run(a) => run::run(a, out),
-        Command::Merge(a) => merge::run(a, out),
-        Command::Generate(a) => generate::run(a, out),
-        Command::Features(a) => features::run(a, out),
-        Command::Train(a) => train::run(a, out),
-        Command::Eval(a) => eval::run(a, out),
-        Command::Caption(a) => caption::run(a, out),
-        Command::TrainClip(a) => train_clip::run(a, out),
-        Command::EvalClip(a) => eval_clip::run(a, out),
-        Command::Prompts(c) => prompts::run(c, out),
-        Command::Shapes(c) => shapes::run(c, out),
-        Command::Models(c) => models::run(c, out),
+        Command::Bleu(a) => bleu::execute(a, out),
+        Command::Run(a) => run::execute(a, out),
+        Command::Merge(a) => merge::execute(a, out),
+        Command::Generate(a) => generate::execute(a, out),
+        Command::Features(a) => features::execute(a, out),
+        Command::Train(a) => train::execute(a, out),
+        Command::Eval(a) => eval::execute(a, out),
+        Command::Caption(a) => caption::execute(a, out),
+        Command::TrainClip(a) => train_clip::execute(a, out),
+        Command::EvalClip(a) => eval_clip::execute(a, out),
+        Command::Prompts(c) => prompts::execute(c, out),
+        Command::Shapes(c) => shapes::execute(c, out),
+        Command::Models(c) => models::execute(c, out),
     }?;
     out.flush()?;
     Ok(())

@@ -23,7 +23,7 @@ pub enum Command {
     },
 }
 
-pub fn run(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
     match c {
         Command::List { json: true } => {
             serde_json::to_writer_pretty(&mut *out, presets())?;

@@ -16,7 +16,7 @@ pub enum Command {
     },
 }
 
-pub fn run(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
     let Command::Check { file, json } = c;
     let prompts = PromptFile::load(&file)?;
     if json {

@@ -3,10 +3,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::generate::{BigGanArgs, GeneratorKind, SirenArgs};
+use super::generate::{BigGanArgs, SirenArgs};
+use crate::generate::GeneratorKind;
 use crate::run::preset::Preset;
-use crate::run::BigGanRunSettings;
-use crate::run::{parse_captioners, run as run_all, RunRequest, RunSettings, Shard};
+use crate::run::{
+    execute as run_prompts, parse_captioners, BigGanRunSettings, RunRequest, RunSettings, Shard,
+};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum PresetArg {
@@ -67,7 +69,7 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let preset = match a.preset {
         PresetArg::Real => Preset::Real,
         PresetArg::Shapes => Preset::Shapes,
@@ -82,16 +84,13 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
                 BigGanRunSettings { model, settings },
             )
         }
-        GeneratorKind::Biggan => {
+        GeneratorKind::BigGan => {
             let (settings, model) = a.biggan.settings(&a.siren)?;
             (d.siren, BigGanRunSettings { model, settings })
         }
     };
     let settings = RunSettings {
-        generator: match a.generator {
-            GeneratorKind::Siren => "siren".into(),
-            GeneratorKind::Biggan => "biggan".into(),
-        },
+        generator: a.generator,
         siren,
         biggan: Some(biggan),
         seed: a.seed,
@@ -109,7 +108,7 @@ pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         quiet: a.quiet,
         device: a.device.open()?,
     };
-    let s = run_all(&req)?;
+    let s = run_prompts(&req)?;
     writeln!(
         out,
         "{}\tphrases {}\tcomputed {}\treused {}\tupdated {}",

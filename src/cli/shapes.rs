@@ -49,7 +49,7 @@ pub enum Command {
     },
 }
 
-pub fn run(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
     match c {
         Command::Dataset {
             out: dir,

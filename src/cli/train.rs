@@ -75,7 +75,7 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let augmentation = (a.train_encoder && !a.no_augment).then(Augmentation::light);
     let req = TrainRequest {
         encoder: a.encoder,

@@ -74,7 +74,7 @@ pub struct Args {
     quiet: bool,
 }
 
-pub fn run(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let req = TrainClipRequest {
         dataset: a.dataset,
         out: a.out,

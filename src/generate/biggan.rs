@@ -9,31 +9,23 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use super::{encode_and_backward, l2_normalize, Cutout, ImageEncoder, StepRecord};
+pub use super::cutouts::Resize;
+use super::cutouts::{big_sleep_cutouts, cutout_batch};
+use super::{
+    encode_and_backward, l2_normalize, Generator, GeneratorKind, Guidance, ImageEncoder, StepRecord,
+};
 use crate::error::InputError;
-use crate::imageops::{resize_bilinear, resize_nearest};
 use crate::models::biggan::{BigGan, Config as BigGanConfig};
 use crate::models::clip::ClipConfig;
 
-/// How cutouts are resized to the encoder's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Resize {
-    /// big-sleep's default (`F.interpolate(mode="nearest")`).
-    #[default]
-    Nearest,
-    /// big-sleep's `--bilinear` (align_corners = false).
-    Bilinear,
-}
-
 /// Settings of a BigGAN run; big-sleep's GPU defaults beside each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
+pub struct BigGanSettings {
     /// Optimiser steps (big-sleep: 1050 iterations x 20 epochs).
     pub steps: usize,
     /// Cutouts per step (big-sleep: 128, sized for a GPU; 8 keeps a CPU step in seconds).
@@ -53,7 +45,7 @@ pub struct Settings {
     pub avoid: Vec<String>,
 }
 
-impl Default for Settings {
+impl Default for BigGanSettings {
     fn default() -> Self {
         Self {
             steps: 100,
@@ -68,7 +60,7 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl BigGanSettings {
     /// Rejects settings that cannot run, naming the option and what was expected.
     pub fn validate(&self, num_classes: Option<usize>) -> std::result::Result<(), InputError> {
         let fail = |m: String| Err(InputError::new(m));
@@ -263,41 +255,6 @@ pub fn class_loss(classes: &Tensor) -> Result<Tensor> {
     (sq.sum_all()? - top_sq.sum_all()?)? / (l * (c - 1).max(1)) as f64
 }
 
-/// big-sleep's cutouts: side int(W * clip(N(0.8, 0.3), 0.5, 0.95)), offsets uniform over every
-/// position where the crop fits.
-pub fn sample_cutouts(rng: &mut impl Rng, n: usize, width: usize) -> Vec<Cutout> {
-    let normal = Normal::new(0.8f64, 0.3).expect("valid normal");
-    (0..n)
-        .map(|_| {
-            let f = normal.sample(rng).clamp(0.5, 0.95);
-            let side = ((width as f64 * f) as usize).clamp(1, width);
-            let y = rng.random_range(0..=width - side);
-            let x = rng.random_range(0..=width - side);
-            Cutout { side, y, x }
-        })
-        .collect()
-}
-
-/// Crops each cutout from `image` [3, H, W] and resizes it to `size`: [N, 3, size, size].
-pub fn cutout_batch(
-    image: &Tensor,
-    cutouts: &[Cutout],
-    size: usize,
-    mode: Resize,
-) -> Result<Tensor> {
-    let pieces = cutouts
-        .iter()
-        .map(|c| {
-            let crop = image.narrow(1, c.y, c.side)?.narrow(2, c.x, c.side)?;
-            match mode {
-                Resize::Nearest => resize_nearest(&crop, size, size),
-                Resize::Bilinear => resize_bilinear(&crop, size, size),
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::stack(&pieces, 0)
-}
-
 /// The optimised latents: z [L, Z] and class logits [L, C].
 #[derive(Debug, Clone)]
 pub struct Latents {
@@ -426,9 +383,49 @@ impl Ema {
     }
 }
 
+/// big-sleep's generator: BigGAN `model`'s latents guided by `encoder`.
+pub struct BigGanGenerator<'a> {
+    pub model: &'a BigGan,
+    pub encoder: &'a dyn ImageEncoder,
+    pub settings: BigGanSettings,
+    /// Raw embeddings of the penalty phrases.
+    pub avoid: Vec<Tensor>,
+    /// Latents to start from instead of drawing them (`generate --init-latents`).
+    pub init: Option<Latents>,
+    pub device: Device,
+}
+
+impl Generator for BigGanGenerator<'_> {
+    fn kind(&self) -> GeneratorKind {
+        GeneratorKind::BigGan
+    }
+
+    fn steps(&self) -> usize {
+        self.settings.steps
+    }
+
+    fn encoder(&self) -> &dyn ImageEncoder {
+        self.encoder
+    }
+
+    fn start(&self, text: &Tensor, seed: u64) -> anyhow::Result<Box<dyn Guidance + '_>> {
+        let g = BigGanGuidance::new(
+            &self.settings,
+            self.model,
+            self.encoder,
+            text,
+            &self.avoid,
+            seed,
+            self.init.clone(),
+            &self.device,
+        )?;
+        Ok(Box::new(g))
+    }
+}
+
 /// BigGAN latents being optimised towards one phrase.
-pub struct BigGanRun<'a> {
-    settings: Settings,
+pub struct BigGanGuidance<'a> {
+    settings: BigGanSettings,
     model: &'a BigGan,
     encoder: &'a dyn ImageEncoder,
     text: Tensor,
@@ -441,13 +438,13 @@ pub struct BigGanRun<'a> {
     step: usize,
 }
 
-impl<'a> BigGanRun<'a> {
+impl<'a> BigGanGuidance<'a> {
     /// `text` is the phrase's raw embedding [1, D], `avoid` those of the penalty phrases;
     /// `seed` drives the initialisation (stream 0) and the cutouts (stream 1). `init` replaces
     /// the drawn latents.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        settings: &Settings,
+        settings: &BigGanSettings,
         model: &'a BigGan,
         encoder: &'a dyn ImageEncoder,
         text: &Tensor,
@@ -518,10 +515,12 @@ impl<'a> BigGanRun<'a> {
         let x = self.model.forward_per_block(z, classes, 1.0)?;
         (x.squeeze(0)? + 1.0)? / 2.0
     }
+}
 
+impl Guidance for BigGanGuidance<'_> {
     /// One Adam step on the latents; returns its record (loss = the sum of the three terms,
     /// similarity = mean cosine of the cutouts with the phrase).
-    pub fn step(&mut self) -> Result<StepRecord> {
+    fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let s = &self.settings;
         let z = self.z.as_tensor();
@@ -529,7 +528,7 @@ impl<'a> BigGanRun<'a> {
         let classes = self.classes(logits)?;
         let image = self.draw(z, &classes)?;
         let width = image.dim(2)?;
-        let cuts = sample_cutouts(&mut self.rng, s.cutouts, width);
+        let cuts = big_sleep_cutouts(&mut self.rng, s.cutouts, width);
         let batch = cutout_batch(&image, &cuts, self.encoder.input_size(), s.resize)?;
         let (text, avoid) = (&self.text, &self.avoid);
         let (loss, cos, grads) = encode_and_backward(self.encoder, &batch, |raw| {
@@ -558,20 +557,20 @@ impl<'a> BigGanRun<'a> {
     }
 
     /// The saved image: the generator's output for the moving-average latents, detached.
-    pub fn image(&self) -> Result<Tensor> {
+    fn image(&self) -> Result<Tensor> {
         let avg = self.ema.average()?;
         Ok(self.render(&avg.z, &avg.class_logits)?.detach())
     }
 
     /// The current and moving-average latents.
-    pub fn latents(&self) -> Result<LatentsOut> {
-        Ok(LatentsOut {
+    fn latents(&self) -> Result<Option<LatentsOut>> {
+        Ok(Some(LatentsOut {
             last: Latents {
                 z: self.z.as_tensor().detach(),
                 class_logits: self.class_logits.as_tensor().detach(),
             },
             ema: self.ema.average()?,
-        })
+        }))
     }
 }
 
@@ -652,15 +651,6 @@ mod tests {
         }
         want += 4.0 * (energy / 8.0).max(1.0);
         assert!((got - want).abs() < 1e-4 * want.abs(), "{got} vs {want}");
-    }
-
-    #[test]
-    fn cutouts_follow_big_sleep_bounds() {
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        for c in sample_cutouts(&mut rng, 500, 128) {
-            assert!((64..=121).contains(&c.side), "{c:?}");
-            assert!(c.y + c.side <= 128 && c.x + c.side <= 128);
-        }
     }
 
     #[test]

@@ -1,20 +1,28 @@
 //! CLIP-guided image generation: the first half of the round trip (phrase -> image).
 //!
 //! A generator owns trainable parameters that render an image; each step draws random square
-//! cutouts of the image, resizes them to the encoder's input, and pulls their embeddings towards
-//! the phrase's. Every random draw comes from a seeded host RNG.
+//! cutouts of the image ([`cutouts`]), resizes them to the encoder's input, and pulls their
+//! embeddings towards the phrase's. Every random draw comes from a seeded host RNG.
+//!
+//! [`generator`] is the registry ([`GeneratorKind`], the [`Generator`] and [`Guidance`] traits
+//! and the one [`drive`] loop); [`siren`] and [`biggan`] implement it; [`clip`] is the guide;
+//! [`command`] is `roundtrip generate`.
 
 pub mod biggan;
-pub mod job;
+pub mod clip;
+pub mod command;
+pub mod cutouts;
+pub mod generator;
 pub mod siren;
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
-use rand::Rng;
 use serde::Serialize;
 
-use crate::imageops::resize_bilinear;
 pub use crate::models::clip::l2_normalize;
 use crate::models::clip::{ClipConfig, ClipVisionConfig};
+pub use biggan::{BigGanGenerator, BigGanSettings};
+pub use generator::{drive, Generated, Generator, GeneratorKind, Guidance};
+pub use siren::{SirenGenerator, SirenSettings};
 
 /// d loss / d images from d loss / d embeddings: an encoder's hand-written backward.
 pub type EncoderBackward<'a> = Box<dyn FnOnce(&Tensor) -> Result<Tensor> + 'a>;
@@ -82,55 +90,14 @@ pub fn deep_daze_loss(
     Ok((loss, cos_each))
 }
 
-/// A square crop: side and top-left corner, in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cutout {
-    pub side: usize,
-    pub y: usize,
-    pub x: usize,
-}
-
-/// deep-daze's cutouts of a `width`-pixel image: side uniform in [lower * W, upper * W) (at least
-/// 1 pixel, at most W), offsets uniform over every position where the crop fits.
-pub fn sample_cutouts(
-    rng: &mut impl Rng,
-    n: usize,
-    width: usize,
-    lower: f64,
-    upper: f64,
-) -> Vec<Cutout> {
-    let lo = ((lower * width as f64) as usize).clamp(1, width);
-    let hi = ((upper * width as f64) as usize).clamp(lo + 1, width + 1);
-    (0..n)
-        .map(|_| {
-            let side = rng.random_range(lo..hi);
-            let y = rng.random_range(0..=width - side);
-            let x = rng.random_range(0..=width - side);
-            Cutout { side, y, x }
-        })
-        .collect()
-}
-
-/// Crops each cutout from `image` [3, H, W] and resizes it (bilinear) to `size`: [N, 3, size, size].
-pub fn cutout_batch(image: &Tensor, cutouts: &[Cutout], size: usize) -> Result<Tensor> {
-    let pieces = cutouts
-        .iter()
-        .map(|c| {
-            let crop = image.narrow(1, c.y, c.side)?.narrow(2, c.x, c.side)?;
-            resize_bilinear(&crop, size, size)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::stack(&pieces, 0)
-}
-
 /// Working memory of CLIP guidance, in bytes, as f64 so that absurd settings cannot overflow.
 ///
 /// A model of what guidance keeps alive at its peak: the models' weights, and either the weights
 /// file being read (loading) or a guidance step (the encoder's backward with the generator's tape
 /// still held), whichever is larger. Calibrated against peaks measured with
 /// `examples/w1_profile.rs` (`/usr/bin/time -f %M`, ViT-B/32 with random weights) and README's
-/// Performance table: see [`siren::Settings::memory_estimate`] and
-/// [`biggan::Settings::memory_estimate`]. Settings whose estimate exceeds the machine's memory
+/// Performance table: see [`SirenSettings::memory_estimate`] and
+/// [`BigGanSettings::memory_estimate`]. Settings whose estimate exceeds the machine's memory
 /// are refused by [`crate::resources::check_memory`] before anything is allocated or written.
 pub mod memory {
     use super::{ClipConfig, ClipVisionConfig};
@@ -250,27 +217,4 @@ pub struct StepRecord {
     /// Mean cosine similarity between the phrase and the step's cutouts.
     pub similarity: f32,
     pub seconds: f64,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
-
-    #[test]
-    fn cutouts_fit_and_respect_bounds() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let cs = sample_cutouts(&mut rng, 500, 64, 0.1, 1.0);
-        assert!(cs
-            .iter()
-            .all(|c| c.side >= 6 && c.side < 64 && c.y + c.side <= 64 && c.x + c.side <= 64));
-        assert!(cs.iter().any(|c| c.side < 12) && cs.iter().any(|c| c.side > 56));
-        let full = sample_cutouts(&mut rng, 20, 10, 1.0, 1.0);
-        assert!(full.iter().all(|c| *c
-            == Cutout {
-                side: 10,
-                y: 0,
-                x: 0
-            }));
-    }
 }

@@ -9,9 +9,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::cutouts::{cutout_batch, deep_daze_cutouts, Resize};
 use super::{
-    cutout_batch, deep_daze_loss, encode_and_backward, l2_normalize, sample_cutouts, ImageEncoder,
-    StepRecord,
+    deep_daze_loss, encode_and_backward, l2_normalize, Generator, GeneratorKind, Guidance,
+    ImageEncoder, StepRecord,
 };
 use crate::error::InputError;
 use crate::models::clip::ClipConfig;
@@ -20,7 +21,7 @@ use crate::models::siren::{coord_grid, Config as SirenConfig, Siren};
 /// Settings of a SIREN run. The defaults are sized for a 2-core CPU (a phrase in minutes);
 /// deep-daze's GPU defaults are given beside each field.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Settings {
+pub struct SirenSettings {
     /// Image side in pixels (deep-daze: 512).
     pub size: usize,
     /// Sine layers (deep-daze: 16).
@@ -44,7 +45,7 @@ pub struct Settings {
     pub averaging_weight: f64,
 }
 
-impl Default for Settings {
+impl Default for SirenSettings {
     fn default() -> Self {
         Self {
             size: 128,
@@ -62,7 +63,7 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl SirenSettings {
     /// Rejects settings that cannot run, naming the option and what was expected.
     pub fn validate(&self) -> std::result::Result<(), InputError> {
         let fail = |m: String| Err(InputError::new(m));
@@ -198,9 +199,35 @@ impl Settings {
     }
 }
 
+/// deep-daze's generator: a SIREN of these settings guided by `encoder`.
+pub struct SirenGenerator<'a> {
+    pub encoder: &'a dyn ImageEncoder,
+    pub settings: SirenSettings,
+    pub device: Device,
+}
+
+impl Generator for SirenGenerator<'_> {
+    fn kind(&self) -> GeneratorKind {
+        GeneratorKind::Siren
+    }
+
+    fn steps(&self) -> usize {
+        self.settings.steps
+    }
+
+    fn encoder(&self) -> &dyn ImageEncoder {
+        self.encoder
+    }
+
+    fn start(&self, text: &Tensor, seed: u64) -> anyhow::Result<Box<dyn Guidance + '_>> {
+        let g = SirenGuidance::new(&self.settings, self.encoder, text, seed, &self.device)?;
+        Ok(Box::new(g))
+    }
+}
+
 /// A SIREN being optimised towards one phrase.
-pub struct SirenRun<'a> {
-    settings: Settings,
+pub struct SirenGuidance<'a> {
+    settings: SirenSettings,
     encoder: &'a dyn ImageEncoder,
     text: Tensor,
     net: Siren,
@@ -210,10 +237,10 @@ pub struct SirenRun<'a> {
     step: usize,
 }
 
-impl<'a> SirenRun<'a> {
+impl<'a> SirenGuidance<'a> {
     /// `text` is the phrase's raw embedding [1, D]; `seed` drives the initialisation and cutouts.
     pub fn new(
-        settings: &Settings,
+        settings: &SirenSettings,
         encoder: &'a dyn ImageEncoder,
         text: &Tensor,
         seed: u64,
@@ -244,12 +271,15 @@ impl<'a> SirenRun<'a> {
             step: 0,
         })
     }
+}
 
+impl Guidance for SirenGuidance<'_> {
     /// One optimiser step (with gradient accumulation); returns its record.
     ///
     /// candle's autograd runs only from the loss back to the image (cutouts, resize, CLIP); the
-    /// SIREN's backward is hand-written ([`SirenTape`]), which is where most of the work is.
-    pub fn step(&mut self) -> Result<StepRecord> {
+    /// SIREN's backward is hand-written ([`crate::models::siren::SirenTape`]), which is where
+    /// most of the work is.
+    fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let s = &self.settings;
         let accum = s.grad_accum;
@@ -259,8 +289,9 @@ impl<'a> SirenRun<'a> {
         for _ in 0..accum {
             let (image, tape) = self.net.render_taped(&self.coords, s.size, s.size)?;
             let image = Var::from_tensor(&image)?;
-            let cuts = sample_cutouts(&mut self.rng, s.cutouts, s.size, s.lower, s.upper);
-            let batch = cutout_batch(image.as_tensor(), &cuts, self.encoder.input_size())?;
+            let cuts = deep_daze_cutouts(&mut self.rng, s.cutouts, s.size, s.lower, s.upper);
+            let size = self.encoder.input_size();
+            let batch = cutout_batch(image.as_tensor(), &cuts, size, Resize::Bilinear)?;
             let (loss, sim, store) = encode_and_backward(self.encoder, &batch, |emb| {
                 let (loss, sim) = deep_daze_loss(&self.text, emb, s.averaging_weight)?;
                 Ok(((loss / accum as f64)?, sim))
@@ -299,7 +330,7 @@ impl<'a> SirenRun<'a> {
     }
 
     /// The current image, [3, size, size] in [0, 1], detached from the graph.
-    pub fn image(&self) -> Result<Tensor> {
+    fn image(&self) -> Result<Tensor> {
         Ok(self
             .net
             .render(&self.coords, self.settings.size, self.settings.size)?
@@ -313,13 +344,13 @@ mod tests {
 
     const MIB: f64 = 1024.0 * 1024.0;
 
-    fn w1(layers: usize, cutouts: usize) -> Settings {
-        Settings {
+    fn w1(layers: usize, cutouts: usize) -> SirenSettings {
+        SirenSettings {
             size: 224,
             layers,
             hidden: 256,
             cutouts,
-            ..Settings::default()
+            ..SirenSettings::default()
         }
     }
 
@@ -347,14 +378,14 @@ mod tests {
             assert!(s.memory_estimate(None).0 < s.memory_estimate(Some(&clip)).0);
         }
         // The defaults and deep-daze's GPU settings are far from absurd.
-        let d = Settings::default().memory_estimate(Some(&clip)).0 / MIB;
+        let d = SirenSettings::default().memory_estimate(Some(&clip)).0 / MIB;
         assert!(d < 1600.0, "{d}");
-        let deep_daze = Settings {
+        let deep_daze = SirenSettings {
             size: 512,
             layers: 16,
             hidden: 256,
             cutouts: 4,
-            ..Settings::default()
+            ..SirenSettings::default()
         };
         let gib = deep_daze.memory_estimate(Some(&clip)).0 / (1024.0 * MIB);
         assert!((8.0..14.0).contains(&gib), "{gib}");
@@ -362,46 +393,46 @@ mod tests {
 
     #[test]
     fn the_largest_term_names_its_settings_and_nothing_overflows() {
-        let named = |s: Settings| {
+        let named = |s: SirenSettings| {
             let (bytes, name) = s.memory_estimate(None);
             assert!(bytes.is_finite() && bytes > 1e13, "{name}: {bytes}");
             name
         };
-        let d = Settings::default();
+        let d = SirenSettings::default();
         assert_eq!(
-            named(Settings {
+            named(SirenSettings {
                 size: 1_000_000,
                 ..d.clone()
             }),
             "--size 1000000 with --layers 8 and --hidden 256"
         );
         assert_eq!(
-            named(Settings {
+            named(SirenSettings {
                 hidden: 10_000_000_000,
                 ..d.clone()
             }),
             "--hidden 10000000000 with --layers 8"
         );
-        assert!(named(Settings {
+        assert!(named(SirenSettings {
             layers: 1_000_000_000_000,
             ..d.clone()
         })
         .contains("--layers 1000000000000"));
         assert_eq!(
-            named(Settings {
+            named(SirenSettings {
                 cutouts: 1_000_000_000_000,
                 ..d.clone()
             }),
             "--cutouts 1000000000000 at --size 128"
         );
         assert_eq!(
-            named(Settings {
+            named(SirenSettings {
                 steps: usize::MAX,
                 ..d.clone()
             }),
             format!("--steps {}", usize::MAX)
         );
-        let all = Settings {
+        let all = SirenSettings {
             size: usize::MAX,
             layers: usize::MAX,
             hidden: usize::MAX,

@@ -150,7 +150,7 @@ fn phrase_row(s: &mut String, r: &Report, layout: &Layout, line: usize, p: &Phra
         "<tr><td>{}<br><small>line {line} · seed {} · {}</small></td><td>{}<small>CLIPScore {:.4} · guide similarity {:.4}</small>{}</td>",
         text(&p.phrase),
         p.seed,
-        text(&p.generator),
+        text(p.generator.name()),
         img(layout, &p.image, &format!("generated: {}", p.phrase), false),
         p.clip_score.generated,
         p.final_similarity,

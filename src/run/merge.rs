@@ -125,7 +125,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
             .ok_or_else(|| input_err!("no shard owns `{}`", p.phrase))?;
         let layout = Layout { root: dir.clone() };
         let id = phrase_id(&p.phrase);
-        let generator = p.generator.as_deref().unwrap_or(&m.settings.generator);
+        let generator = p.generator.unwrap_or(m.settings.generator);
         let why = match read_record(&layout.record(&id)) {
             ReadRecord::Absent => Some("it has no record".to_owned()),
             ReadRecord::Unreadable(e) => Some(format!("its record is unreadable ({e})")),

@@ -4,7 +4,7 @@
 //! with `roundtrip train`); `shapes` is the offline shapes world whose tiny models ship under
 //! `models/shapes/`. Explicit options always win over the preset.
 
-use crate::generate::siren::Settings;
+use crate::generate::SirenSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
@@ -17,7 +17,7 @@ pub enum Preset {
 pub struct PresetDefaults {
     pub clip: &'static str,
     pub captioners: &'static str,
-    pub siren: Settings,
+    pub siren: SirenSettings,
 }
 
 impl Preset {
@@ -33,7 +33,7 @@ impl Preset {
             Preset::Real => PresetDefaults {
                 clip: "clip-vit-b32",
                 captioners: "vgg16=models/captioners/vgg16,xception=models/captioners/xception",
-                siren: Settings::default(),
+                siren: SirenSettings::default(),
             },
             Preset::Shapes => PresetDefaults {
                 clip: "models/shapes/clip",
@@ -49,8 +49,8 @@ impl Preset {
 /// fragmented patterns that the captioners read worse), near-whole cutouts (positions carry
 /// meaning, and the CLIP was trained on crops of at least 85% of the area), 150 steps at lr 3e-3:
 /// a phrase in a few seconds on two cores. Chosen on prompts/shapes.txt (README, shapes world).
-pub fn shapes_siren() -> Settings {
-    Settings {
+pub fn shapes_siren() -> SirenSettings {
+    SirenSettings {
         size: 64,
         layers: 4,
         hidden: 64,

@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::record::{PhraseRecord, ScoredCaption};
 use super::{Layout, Manifest, RunSettings, Shard};
 use crate::fsutil::{write_atomic, write_json};
-use crate::metrics::captions::BleuPair;
-use crate::metrics::captions::{corpus_bleu_pair, diversity};
+use crate::generate::GeneratorKind;
+use crate::metrics::captions::{corpus_bleu_pair, diversity, BleuPair};
 use crate::text::normalize;
 
 /// Version of `report.json`; bumped on any incompatible change (2: model fingerprints, each
@@ -233,15 +233,15 @@ fn md(text: &str) -> String {
 
 /// `siren`, or `siren (9), biggan (1)` when the phrases were drawn by several generators.
 pub fn generators_summary(r: &Report) -> String {
-    let mut counts: Vec<(&str, usize)> = Vec::new();
+    let mut counts: Vec<(GeneratorKind, usize)> = Vec::new();
     for p in &r.phrases {
         match counts.iter_mut().find(|(g, _)| *g == p.record.generator) {
             Some((_, n)) => *n += 1,
-            None => counts.push((&p.record.generator, 1)),
+            None => counts.push((p.record.generator, 1)),
         }
     }
     match counts.as_slice() {
-        [] => r.settings.generator.clone(),
+        [] => r.settings.generator.to_string(),
         [(g, _)] => g.to_string(),
         many => many
             .iter()

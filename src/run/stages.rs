@@ -1,139 +1,27 @@
-//! The round trip's stages behind small traits, so that a generator (SIREN, BigGAN) or a
-//! captioner can be swapped without touching the orchestration.
-
-use std::path::Path;
+//! The round trip's stages after generation behind small types, so that a captioner can be
+//! swapped without touching the orchestration: captioning ([`ImageCaptioner`]) and the scores
+//! (BLEU, and CLIP as the [`Judge`]). Generators are [`crate::generate::Generator`]s.
 
 use candle_core::{Device, Tensor};
-use indicatif::ProgressBar;
 
 use crate::captioner::model::Captioner;
-use crate::generate::biggan::Settings as BigGanSettings;
-use crate::generate::job::{
-    generate_biggan, generate_siren, text_embedding, whole_image_similarity, BigGanJob, Generated,
-};
-use crate::generate::siren::Settings;
-use crate::generate::ImageEncoder;
+use crate::generate::clip::text_embedding;
 use crate::metrics::clip_score::{clip_score_matrix, cosine_with};
-use crate::models::biggan::BigGan;
 use crate::models::clip::{preprocess_image, Clip};
-
-/// Draws an image of a phrase.
-pub trait Generator {
-    /// The name recorded with each image (`siren`, `biggan`).
-    fn name(&self) -> &'static str;
-    /// Optimiser steps per image (for progress bars).
-    fn steps(&self) -> usize;
-    /// Optimises an image towards the phrase embedding `text` [1, D] from `seed`, writing a
-    /// progress frame to `frames_dir` every `save_every` steps.
-    fn generate(
-        &self,
-        text: &Tensor,
-        seed: u64,
-        frames_dir: &Path,
-        save_every: usize,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<Generated>;
-    /// Cosine similarity between the phrase and the whole image, as the guide sees it.
-    fn similarity(&self, image: &Tensor, text: &Tensor) -> anyhow::Result<f32>;
-}
-
-/// deep-daze's SIREN guided by CLIP's image tower.
-pub struct SirenGenerator<'a> {
-    pub encoder: &'a dyn ImageEncoder,
-    pub settings: Settings,
-    pub device: Device,
-}
-
-impl Generator for SirenGenerator<'_> {
-    fn name(&self) -> &'static str {
-        "siren"
-    }
-
-    fn steps(&self) -> usize {
-        self.settings.steps
-    }
-
-    fn generate(
-        &self,
-        text: &Tensor,
-        seed: u64,
-        frames_dir: &Path,
-        save_every: usize,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<Generated> {
-        generate_siren(
-            self.encoder,
-            text,
-            &self.settings,
-            seed,
-            &self.device,
-            frames_dir,
-            save_every,
-            progress,
-        )
-    }
-
-    fn similarity(&self, image: &Tensor, text: &Tensor) -> anyhow::Result<f32> {
-        whole_image_similarity(self.encoder, image, text)
-    }
-}
-
-/// big-sleep's BigGAN latents guided by CLIP's image tower.
-pub struct BigGanGenerator<'a> {
-    pub model: &'a BigGan,
-    pub encoder: &'a dyn ImageEncoder,
-    pub settings: BigGanSettings,
-    /// Raw embeddings of the penalty phrases.
-    pub avoid: Vec<Tensor>,
-    pub device: Device,
-}
-
-impl Generator for BigGanGenerator<'_> {
-    fn name(&self) -> &'static str {
-        "biggan"
-    }
-
-    fn steps(&self) -> usize {
-        self.settings.steps
-    }
-
-    fn generate(
-        &self,
-        text: &Tensor,
-        seed: u64,
-        frames_dir: &Path,
-        save_every: usize,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<Generated> {
-        let job = BigGanJob {
-            model: self.model,
-            encoder: self.encoder,
-            settings: &self.settings,
-            avoid: &self.avoid,
-            init: None,
-            device: &self.device,
-        };
-        generate_biggan(job, text, seed, frames_dir, save_every, progress)
-    }
-
-    fn similarity(&self, image: &Tensor, text: &Tensor) -> anyhow::Result<f32> {
-        whole_image_similarity(self.encoder, image, text)
-    }
-}
 
 /// Captions RGB images.
 pub trait ImageCaptioner {
     fn caption(&self, images: &[image::RgbImage]) -> anyhow::Result<Vec<String>>;
 }
 
-/// A trained captioner decoding greedily (beam 1) or with a beam.
-pub struct BeamCaptioner {
+/// A trained captioner (CNN encoder, LSTM decoder) decoding greedily (beam 1) or with a beam.
+pub struct LstmCaptioner {
     pub captioner: Captioner,
     pub beam: usize,
     pub device: Device,
 }
 
-impl ImageCaptioner for BeamCaptioner {
+impl ImageCaptioner for LstmCaptioner {
     fn caption(&self, images: &[image::RgbImage]) -> anyhow::Result<Vec<String>> {
         if images.is_empty() {
             return Ok(Vec::new());

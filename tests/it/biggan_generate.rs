@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor, Var};
-use roundtrip::generate::biggan::{cutout_batch, sample_cutouts, Latents, Resize};
+use roundtrip::generate::biggan::Latents;
+use roundtrip::generate::cutouts::{big_sleep_cutouts, cutout_batch, Resize};
 use roundtrip::generate::l2_normalize;
 use roundtrip::generate::ImageEncoder;
 use roundtrip::hub::{Locator, ModelRef};
@@ -112,7 +113,7 @@ fn the_similarity_gradient_reaches_both_latents() {
         / 2.0)
         .unwrap();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-    let cuts = sample_cutouts(&mut rng, 4, img.dim(2).unwrap());
+    let cuts = big_sleep_cutouts(&mut rng, 4, img.dim(2).unwrap());
     for mode in [Resize::Nearest, Resize::Bilinear] {
         let batch = cutout_batch(&img, &cuts, clip.model.input_size(), mode).unwrap();
         let emb = l2_normalize(&clip.model.encode_images(&batch).unwrap()).unwrap();
@@ -348,7 +349,7 @@ fn cutouts_beyond_the_memory_are_refused_before_writing() {
 /// 8 cutouts, ViT-B/32: 2684 MiB).
 #[test]
 fn memory_estimate_matches_the_measured_peak() {
-    use roundtrip::generate::biggan::Settings;
+    use roundtrip::generate::BigGanSettings as Settings;
     use roundtrip::models::biggan::Config;
     use roundtrip::models::clip::ClipConfig;
     let (clip, g) = (ClipConfig::vit_b32(), Config::deep_128());

@@ -719,7 +719,8 @@ fn taped_image_backward_matches_pytorch_and_autograd() {
 #[test]
 fn guidance_gradient_with_the_tape_matches_autograd() {
     use rand::SeedableRng;
-    use roundtrip::generate::{cutout_batch, deep_daze_loss, encode_and_backward, sample_cutouts};
+    use roundtrip::generate::cutouts::{cutout_batch, deep_daze_cutouts, Resize};
+    use roundtrip::generate::{deep_daze_loss, encode_and_backward};
     let gradient = || {
         let model = model(DType::F32);
         let size = 40;
@@ -730,9 +731,9 @@ fn guidance_gradient_with_the_tape_matches_autograd() {
         let image =
             Var::from_tensor(&Tensor::from_vec(v, (3, size, size), &Device::Cpu).unwrap()).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let cuts = sample_cutouts(&mut rng, 3, size, 0.5, 1.0);
-        let batch =
-            cutout_batch(image.as_tensor(), &cuts, model.config().vision.image_size).unwrap();
+        let cuts = deep_daze_cutouts(&mut rng, 3, size, 0.5, 1.0);
+        let input = model.config().vision.image_size;
+        let batch = cutout_batch(image.as_tensor(), &cuts, input, Resize::Bilinear).unwrap();
         let r = reference();
         let t = l2_normalize(&model.text_features(&ids(&r).i(0..1).unwrap()).unwrap()).unwrap();
         // Plus a term on the image itself (as BigGAN's regularisers on the latents), whose

@@ -1,0 +1,110 @@
+//! A run's models: checked from their config files before anything is written ([`preflight`]),
+//! then loaded once and fingerprinted ([`load`]).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use candle_core::Device;
+
+use super::settings::RunSettings;
+use super::stages::LstmCaptioner;
+use crate::captioner::model::{read_config, Captioner};
+use crate::hub::{Locator, ModelRef};
+use crate::input_err;
+use crate::models::biggan::BigGan;
+use crate::models::clip::Clip;
+
+/// What loading will need, from the models' config files (without their weights): each
+/// captioner's beam against its vocabulary, and the generators' memory bound against the
+/// machine's memory. Settings that do not fit are refused, naming them.
+pub fn preflight(settings: &RunSettings, locator: &Locator) -> anyhow::Result<()> {
+    for c in &settings.captioners {
+        let cfg = read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
+        crate::resources::check_beam(settings.beam, cfg.decoder.vocab_size)?;
+    }
+    if let Some(c) = crate::generate::clip_config(locator, &settings.clip) {
+        settings.siren.validate_memory(&c)?;
+        if let Some(b) = &settings.biggan {
+            if let Some(g) = crate::generate::biggan_config(locator, &b.model) {
+                b.settings.validate_memory(&c, &g)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every model of a run, loaded once.
+pub struct Models {
+    /// Guides generation and computes CLIPScore and text similarity.
+    pub clip: Clip,
+    /// Loaded when the settings hold BigGAN's (a phrase of the prompts file draws with it).
+    pub biggan: Option<BigGan>,
+    /// By label, in `--captioners` order.
+    pub captioners: Vec<(String, LstmCaptioner)>,
+    /// What `run.json` records of each (`clip`, `biggan`, `captioner:LABEL`), with its content
+    /// fingerprint.
+    pub records: BTreeMap<String, serde_json::Value>,
+}
+
+/// Loads CLIP, BigGAN (when used) and the captioners, and fingerprints each.
+pub fn load(settings: &RunSettings, locator: &Locator, device: &Device) -> anyhow::Result<Models> {
+    let clip_model = locator.open(&ModelRef::parse(&settings.clip)?)?;
+    let clip = Clip::load(&clip_model, device)
+        .with_context(|| format!("loading CLIP `{}`", settings.clip))?;
+    let mut records = BTreeMap::from([("clip".to_owned(), serde_json::to_value(&clip.record)?)]);
+    let biggan = match &settings.biggan {
+        None => None,
+        Some(b) => {
+            let m = locator.open(&ModelRef::parse(&b.model)?)?;
+            let g = BigGan::load(&m, device)
+                .with_context(|| format!("loading BigGAN `{}`", b.model))?;
+            b.settings.validate(Some(g.config().num_classes))?;
+            records.insert("biggan".to_owned(), serde_json::to_value(m.record())?);
+            Some(g)
+        }
+    };
+    for name in records.keys() {
+        anyhow::ensure!(
+            records[name]
+                .get("fingerprint")
+                .is_some_and(|f| f.is_string()),
+            "model `{name}` could not be fingerprinted"
+        );
+    }
+    let mut captioners = Vec::new();
+    for c in &settings.captioners {
+        let loaded = Captioner::load(&c.dir, locator, device).map_err(|e| {
+            input_err!(
+                "--captioners {}: cannot load the captioner in {}: {e:#}",
+                c.label,
+                c.dir.display()
+            )
+        })?;
+        records.insert(
+            format!("captioner:{}", c.label),
+            serde_json::json!({
+                "folder": c.dir.display().to_string(),
+                "fingerprint": loaded.fingerprint,
+                "architecture": loaded.config.architecture,
+                "encoder": loaded.config.encoder.kind.name(),
+                "encoder_model": loaded.encoder.record,
+                "vocab_size": loaded.vocab.len(),
+                "training": loaded.config.training,
+            }),
+        );
+        captioners.push((
+            c.label.clone(),
+            LstmCaptioner {
+                captioner: loaded,
+                beam: settings.beam,
+                device: device.clone(),
+            },
+        ));
+    }
+    Ok(Models {
+        clip,
+        biggan,
+        captioners,
+        records,
+    })
+}

@@ -1,0 +1,157 @@
+//! What decides a run's results ([`RunSettings`]: generators' settings, seed, captioners, CLIP),
+//! how they are checked before any work, and how two runs' settings differ.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::InputError;
+use crate::generate::{BigGanSettings, GeneratorKind, SirenSettings};
+use crate::prompts::PromptFile;
+
+/// Which captioner folder each label uses (`--captioners vgg16=DIR,xception=DIR`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptionerSpec {
+    pub label: String,
+    pub dir: PathBuf,
+}
+
+/// Parses `label=DIR[,label=DIR...]`.
+pub fn parse_captioners(spec: &str) -> Result<Vec<CaptionerSpec>, InputError> {
+    let mut out: Vec<CaptionerSpec> = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (label, dir) = part.split_once('=').ok_or_else(|| {
+            InputError::new(format!(
+                "--captioners: `{part}` is not LABEL=FOLDER (e.g. vgg16=models/captioners/vgg16)"
+            ))
+        })?;
+        let label = label.trim();
+        if label.is_empty()
+            || !label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(InputError::new(format!(
+                "--captioners: label `{label}` must be letters, digits, `-` or `_`"
+            )));
+        }
+        if out.iter().any(|c| c.label == label) {
+            return Err(InputError::new(format!(
+                "--captioners: label `{label}` is given twice"
+            )));
+        }
+        out.push(CaptionerSpec {
+            label: label.to_owned(),
+            dir: PathBuf::from(dir.trim()),
+        });
+    }
+    if out.is_empty() {
+        return Err(InputError::new(
+            "--captioners is empty: expected LABEL=FOLDER[,LABEL=FOLDER...]",
+        ));
+    }
+    Ok(out)
+}
+
+/// Everything that decides a phrase's result. A run folder records the settings of its last
+/// run; running again with other settings recomputes the stages that depend on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// The generator of lines without a `[generator]` prefix.
+    pub generator: GeneratorKind,
+    pub siren: SirenSettings,
+    /// BigGAN's model and settings; recorded only when a phrase of the prompts file uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub biggan: Option<BigGanRunSettings>,
+    /// The run seed; each phrase's seed is [`super::phrase_seed`] of it.
+    pub seed: u64,
+    /// A progress frame every N steps (0: none).
+    pub save_every: usize,
+    /// Beam width of the captioners (1: greedy).
+    pub beam: usize,
+    /// CLIP reference as given (guides generation and computes CLIPScore and text similarity).
+    pub clip: String,
+    pub captioners: Vec<CaptionerSpec>,
+}
+
+/// BigGAN's part of the run settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BigGanRunSettings {
+    /// Model reference (preset, hub id or folder).
+    pub model: String,
+    #[serde(flatten)]
+    pub settings: BigGanSettings,
+}
+
+/// The settings a run records: BigGAN's are dropped when no phrase of the prompts file (all
+/// shards) draws with it, so that they cannot make a SIREN-only run differ.
+pub fn effective_settings(s: &RunSettings, prompts: &PromptFile) -> RunSettings {
+    let uses_biggan = s.generator == GeneratorKind::BigGan
+        || prompts
+            .prompts
+            .iter()
+            .any(|p| p.generator == Some(GeneratorKind::BigGan));
+    let mut out = s.clone();
+    if !uses_biggan {
+        out.biggan = None;
+    }
+    out
+}
+
+/// Settings that cannot run, named by their option.
+pub fn validate_settings(s: &RunSettings) -> Result<(), InputError> {
+    s.siren.validate()?;
+    if let Some(b) = &s.biggan {
+        b.settings.validate(None)?;
+    }
+    if s.beam == 0 {
+        return Err(InputError::new(
+            "--beam must be at least 1 (1 is greedy decoding)",
+        ));
+    }
+    Ok(())
+}
+
+/// The first setting that differs between two runs, as `name: old -> new`.
+pub fn settings_difference(old: &RunSettings, new: &RunSettings) -> Option<String> {
+    crate::diff::first_difference(old, new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captioner_specs() {
+        let c = parse_captioners("vgg16=a/b, xception=c").unwrap();
+        assert_eq!(c[0].label, "vgg16");
+        assert_eq!(c[1].dir, PathBuf::from("c"));
+        for bad in ["vgg16", "=x", "a b=x", "v=a,v=b", ","] {
+            assert!(parse_captioners(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn differences_name_the_setting() {
+        let a = RunSettings {
+            generator: GeneratorKind::Siren,
+            siren: SirenSettings::default(),
+            biggan: None,
+            seed: 0,
+            save_every: 50,
+            beam: 1,
+            clip: "clip-vit-b32".into(),
+            captioners: parse_captioners("vgg16=x").unwrap(),
+        };
+        assert_eq!(settings_difference(&a, &a.clone()), None);
+        let mut b = a.clone();
+        b.siren.steps = 7;
+        assert_eq!(
+            settings_difference(&a, &b).as_deref(),
+            Some("siren.steps: 200 -> 7")
+        );
+        let json = serde_json::to_string(&a).unwrap();
+        let back: RunSettings = serde_json::from_str(&json).unwrap();
+        assert_eq!(settings_difference(&a, &back), None);
+    }
+}
