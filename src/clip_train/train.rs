@@ -2,19 +2,21 @@
 //! dataset in a Flickr8k layout, with the same model code as the published CLIP
 //! ([`crate::models::clip`]), written as a model folder in transformers' layout.
 //!
-//! Conventions as the captioner trainer: host-seeded ChaCha8 streams (stream 0 initialises the
-//! weights, stream `e` draws epoch `e`'s shuffling, captions and crops), every file written by an
-//! atomic rename, the model with the best dev loss kept in `model.safetensors`, the last epoch's
-//! whole state (weights, Adam moments, counters) in `checkpoint.safetensors` so that `--resume`
-//! continues to exactly the model an uninterrupted run gives.
+//! The epoch loop is the shared training driver ([`crate::train::driver`]), as for the captioner:
+//! host-seeded ChaCha8 streams (stream 0 initialises the weights, stream `e` draws epoch `e`'s
+//! shuffling, captions and crops), every file written by an atomic rename, the model with the
+//! best dev loss kept in `model.safetensors`, the last epoch's whole state (weights, Adam
+//! moments, counters) in `checkpoint.safetensors` so that `--resume` continues to exactly the
+//! model an uninterrupted run gives.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
+use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -24,10 +26,12 @@ use super::eval::{embed_gallery, retrieval, Retrieval};
 use super::init::{init_clip, Trainable, LOGIT_SCALE_INIT};
 use super::loss::{contrastive_loss, MAX_LOGIT_SCALE};
 use super::tokenizer::{self, WordTokenizer};
-use crate::captioner::adam::Adam;
-use crate::captioner::train::{ModelDir, CHECKPOINT};
 use crate::dataset::Dataset;
 use crate::fsutil::{write_atomic, write_json, write_safetensors};
+use crate::train::{
+    checkpoint, Adam, BestCounter, Driver, Finished, ModelDir, Plan, Trainer, CHECKPOINT,
+};
+
 use crate::input_err;
 use crate::models::clip::{ClipConfig, ClipTextConfig, ClipTokenizer, ClipVisionConfig, HiddenAct};
 
@@ -332,16 +336,6 @@ fn groups(rows: &[&Vec<u32>]) -> Vec<usize> {
         .collect()
 }
 
-fn scalar(state: &HashMap<String, Tensor>, k: &str, file: &Path) -> anyhow::Result<f64> {
-    Ok(state
-        .get(k)
-        .ok_or_else(|| input_err!("{} has no `{k}`", file.display()))?
-        .to_vec1::<f64>()?
-        .first()
-        .copied()
-        .unwrap_or(0.0))
-}
-
 /// Dev loss (contrastive, in chunks of the batch size, weighted by chunk) and retrieval of
 /// dev images with their first captions.
 struct DevSet {
@@ -483,7 +477,6 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     let s = &req.settings;
     s.validate()?;
     let out = &req.out;
-    let checkpoint = out.join(CHECKPOINT);
     let training_path = out.join("training.json");
 
     // Everything is checked before MODEL_DIR is created or touched: settings, dataset (every
@@ -553,7 +546,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
                 out.display()
             ));
         }
-        Some(crate::fsutil::read_checkpoint(&checkpoint, &req.device)?)
+        Some(checkpoint::read(&out.join(CHECKPOINT), &req.device)?)
     } else {
         None
     };
@@ -585,36 +578,43 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     }
 
     let trainable = init_clip(&cfg, s.seed, &req.device)?;
-    let mut adam = Adam::new(trainable.params.clone(), s.lr)?
+    let adam = Adam::new(trainable.params.clone(), s.lr)?
         .with_beta2_eps(0.98, 1e-6)
         .with_weight_decay(s.weight_decay, |name, p| {
             p.rank() >= 2 && !name.ends_with("class_embedding")
         });
     let logit_scale = trainable.logit_scale()?.clone();
     let warmup = ((total_steps as f64 * s.warmup).ceil() as usize).min(total_steps);
+    let mut trainer = ClipTrainer {
+        s,
+        trainable,
+        adam,
+        logit_scale,
+        train_images,
+        train_ids,
+        dev,
+        tok,
+        pad: word_tok.eos_id,
+        steps_per_epoch,
+        total_steps,
+        warmup,
+        out,
+        device: &req.device,
+        step_seconds: (0.0, 0),
+    };
+    let plan = Plan {
+        seed: s.seed,
+        epochs: s.epochs,
+        patience: None,
+        counter: BestCounter::BestEpoch,
+        ticks_per_epoch: steps_per_epoch,
+        bar_prefix: "steps",
+        quiet: req.quiet,
+        device: &req.device,
+    };
+    // The checkpoint restored before training.json is rewritten.
+    let driver = Driver::resume(&plan, &mut model_dir, resumed_state, &mut trainer)?;
 
-    let mut start_epoch = 1usize;
-    let (mut best, mut best_epoch, mut best_dev) = (f64::INFINITY, 0usize, None::<Retrieval>);
-    let log_path = out.join("train_log.jsonl");
-    let mut log: Vec<ClipEpochLog> = Vec::new();
-    if let Some(state) = resumed_state {
-        adam.restore(&state)
-            .map_err(|e| input_err!("{}: {e}", checkpoint.display()))?;
-        start_epoch = (scalar(&state, "epoch", &checkpoint)? as usize).saturating_add(1);
-        best = scalar(&state, "best_dev_loss", &checkpoint)?;
-        best_epoch = scalar(&state, "best_epoch", &checkpoint)? as usize;
-        if let Ok(text) = std::fs::read_to_string(&log_path) {
-            log = text
-                .lines()
-                .take(start_epoch - 1)
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-        }
-        best_dev = log
-            .iter()
-            .find(|l| l.epoch == best_epoch)
-            .map(|l| l.dev.clone());
-    }
     let mut record = json!({
         "format": TRAINING_FORMAT,
         "version": 1,
@@ -623,7 +623,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         "settings": s,
         "dataset": dataset,
         "tokenizer": tokenizer_record,
-        "parameters": trainable.parameter_count(),
+        "parameters": trainer.trainable.parameter_count(),
         "threads": candle_core::utils::get_num_threads(),
         "steps_per_epoch": steps_per_epoch,
         "warmup_steps": warmup,
@@ -634,16 +634,95 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     });
     write_json(&training_path, &record)?;
 
-    let bar = crate::stderr::bar(total_steps as u64, "steps", req.quiet);
-    bar.set_position(((start_epoch - 1).saturating_mul(steps_per_epoch)) as u64);
-    let mut epochs_run = start_epoch - 1;
-    let mut step_seconds = (0f64, 0usize);
-    for epoch in start_epoch..=s.epochs {
-        let t0 = Instant::now();
-        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
-        rng.set_stream(epoch as u64);
-        let mut order: Vec<usize> = (0..ds.train.len()).collect();
-        order.shuffle(&mut rng);
+    let outcome = driver.run(&mut trainer)?;
+    let log: Vec<ClipEpochLog> = outcome
+        .log
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let best_dev = log
+        .iter()
+        .find(|l| l.epoch == outcome.best_epoch)
+        .map(|l| l.dev.clone());
+    let (step_seconds, step_count) = trainer.step_seconds;
+    let per_step = if step_count > 0 {
+        step_seconds / step_count as f64
+    } else {
+        0.0
+    };
+    record["finished"] = json!(true);
+    record["epochs_run"] = json!(outcome.epochs_run);
+    record["best_epoch"] = json!(outcome.best_epoch);
+    record["best_dev_loss"] = json!(outcome.best_dev_loss);
+    record["dev_at_best"] = serde_json::to_value(&best_dev)?;
+    record["final_temperature_inverse"] = json!(trainer.temperature_inverse()?);
+    record["seconds_per_step_this_run"] = json!(per_step);
+    record["seconds_total"] = json!(log.iter().map(|l| l.seconds).sum::<f64>());
+    write_json(&training_path, &record)?;
+    Ok(ClipTrainSummary {
+        epochs_run: outcome.epochs_run,
+        best_epoch: outcome.best_epoch,
+        best_dev_loss: outcome.best_dev_loss,
+        best_dev,
+        parameters: trainer.trainable.parameter_count(),
+        vocab_size: word_tok.vocab_size,
+        seconds_per_step: per_step,
+        problems: ds.problems.len(),
+    })
+}
+
+/// A CLIP training as the driver sees it.
+struct ClipTrainer<'a> {
+    s: &'a ClipTrainSettings,
+    trainable: Trainable,
+    adam: Adam,
+    logit_scale: Var,
+    train_images: Images,
+    /// Token ids of every caption of every training image.
+    train_ids: Vec<Vec<Vec<u32>>>,
+    dev: DevSet,
+    tok: ClipTokenizer,
+    /// The padding token (the end token).
+    pad: u32,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    warmup: usize,
+    out: &'a Path,
+    device: &'a Device,
+    /// Seconds of this run's optimiser steps, and their number.
+    step_seconds: (f64, usize),
+}
+
+/// What an epoch's training reports.
+struct ClipEpoch {
+    steps: usize,
+    train_loss: f64,
+    seconds_per_step: f64,
+}
+
+impl ClipTrainer<'_> {
+    /// exp(logit_scale): the inverse temperature.
+    fn temperature_inverse(&self) -> anyhow::Result<f64> {
+        Ok((self.logit_scale.as_tensor().to_scalar::<f32>()? as f64).exp())
+    }
+}
+
+impl Trainer for ClipTrainer<'_> {
+    type Trained = ClipEpoch;
+    type Dev = Retrieval;
+    type Log = ClipEpochLog;
+
+    /// Shuffled batches of images, each with one of its captions drawn at random, a random
+    /// crop and degradation; the learning rate follows the schedule step by step.
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        rng: &mut ChaCha8Rng,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<ClipEpoch> {
+        let s = self.s;
+        let mut order: Vec<usize> = (0..self.train_ids.len()).collect();
+        order.shuffle(rng);
         let (mut total, mut n, mut steps) = (0f64, 0usize, 0usize);
         let mut epoch_step_seconds = 0f64;
         for chunk in order.chunks(s.batch_size).filter(|c| c.len() >= 2) {
@@ -651,113 +730,93 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             let mut items: Vec<(usize, Crop, Degrade)> = Vec::with_capacity(chunk.len());
             let mut rows: Vec<&Vec<u32>> = Vec::with_capacity(chunk.len());
             for &i in chunk {
-                let caps = &train_ids[i];
+                let caps = &self.train_ids[i];
                 rows.push(&caps[rng.random_range(0..caps.len())]);
-                let img = &train_images.rgb[i];
+                let img = &self.train_images.rgb[i];
                 let (w, h) = (img.width() as usize, img.height() as usize);
-                let crop = random_crop(w, h, s.crop_min, &mut rng);
-                items.push((i, crop, Degrade::draw(s.noise, s.blur, &mut rng)));
+                let crop = random_crop(w, h, s.crop_min, rng);
+                items.push((i, crop, Degrade::draw(s.noise, s.blur, rng)));
             }
-            let pixels = train_images.crops(&items, s.image_size, &mut rng, &req.device)?;
-            let ids = pad_ids(&rows, word_tok.eos_id, &req.device)?;
-            let step = (epoch - 1) * steps_per_epoch + steps + 1;
-            adam.set_lr(lr_at(s.lr, step, total_steps, warmup));
+            let pixels = self
+                .train_images
+                .crops(&items, s.image_size, rng, self.device)?;
+            let ids = pad_ids(&rows, self.pad, self.device)?;
+            let step = (epoch - 1) * self.steps_per_epoch + steps + 1;
+            self.adam
+                .set_lr(lr_at(s.lr, step, self.total_steps, self.warmup));
+            let model = &self.trainable.model;
             let loss = contrastive_loss(
-                &trainable.model.image_features(&pixels)?,
-                &trainable.model.text_features(&ids)?,
-                logit_scale.as_tensor(),
+                &model.image_features(&pixels)?,
+                &model.text_features(&ids)?,
+                self.logit_scale.as_tensor(),
                 Some(&groups(&rows)),
             )?;
-            adam.step(&loss.backward()?)?;
-            logit_scale.set(&logit_scale.as_tensor().clamp(0.0, MAX_LOGIT_SCALE)?)?;
+            self.adam.step(&loss.backward()?)?;
+            self.logit_scale
+                .set(&self.logit_scale.as_tensor().clamp(0.0, MAX_LOGIT_SCALE)?)?;
             let l = loss.to_scalar::<f32>()? as f64;
             total += l * chunk.len() as f64;
             n += chunk.len();
             steps += 1;
             epoch_step_seconds += ts.elapsed().as_secs_f64();
-            step_seconds.0 += ts.elapsed().as_secs_f64();
-            step_seconds.1 += 1;
+            self.step_seconds.0 += ts.elapsed().as_secs_f64();
+            self.step_seconds.1 += 1;
             bar.set_message(format!("epoch {epoch} loss {l:.3}"));
             bar.inc(1);
         }
-        let (dev_loss, dev_r) = dev.evaluate(&trainable, &tok, s.batch_size, &req.device)?;
-        let improved = dev_loss < best;
-        if improved {
-            best = dev_loss;
-            best_epoch = epoch;
-            best_dev = Some(dev_r.clone());
-            write_safetensors(&out.join("model.safetensors"), &trainable.weights())?;
-        }
-        let mut state = adam.state()?;
-        for (k, v) in [
-            ("epoch", epoch as f64),
-            ("best_dev_loss", best),
-            ("best_epoch", best_epoch as f64),
-        ] {
-            state.insert(k.into(), Tensor::new(&[v], &req.device)?);
-        }
-        let seconds = t0.elapsed().as_secs_f64();
-        let line = ClipEpochLog {
-            epoch,
+        Ok(ClipEpoch {
             steps,
             train_loss: total / n.max(1) as f64,
-            dev_loss,
-            dev: dev_r,
-            temperature_inverse: (logit_scale.as_tensor().to_scalar::<f32>()? as f64).exp(),
-            lr: adam.lr(),
-            best: improved,
-            seconds,
             seconds_per_step: epoch_step_seconds / steps.max(1) as f64,
-        };
-        crate::stderr::heartbeat(
-            req.quiet,
-            format_args!(
-                "epoch {epoch}: loss {:.4} dev {:.4} dev top-1 i2t {:.3} t2i {:.3} ({:.2} s/step)",
-                line.train_loss,
-                dev_loss,
-                line.dev.image_to_text_top1,
-                line.dev.text_to_image_top1,
-                line.seconds_per_step
-            ),
-        );
-        log.push(line);
-        let text: String = log
-            .iter()
-            .map(|l| serde_json::to_string(l).map(|s| s + "\n"))
-            .collect::<Result<_, _>>()?;
-        // The log line first, the checkpoint last: a kill between the two leaves one log line
-        // too many, which a resume drops (it keeps the lines of the epochs the checkpoint holds).
-        write_atomic(&log_path, text.as_bytes())?;
-        write_safetensors(&checkpoint, &state)?;
-        model_dir.checkpoint_written()?;
-        epochs_run = epoch;
+        })
     }
-    bar.finish_and_clear();
-    let per_step = if step_seconds.1 > 0 {
-        step_seconds.0 / step_seconds.1 as f64
-    } else {
-        0.0
-    };
-    record["finished"] = json!(true);
-    record["epochs_run"] = json!(epochs_run);
-    record["best_epoch"] = json!(best_epoch);
-    record["best_dev_loss"] = json!(best);
-    record["dev_at_best"] = serde_json::to_value(&best_dev)?;
-    record["final_temperature_inverse"] =
-        json!((logit_scale.as_tensor().to_scalar::<f32>()? as f64).exp());
-    record["seconds_per_step_this_run"] = json!(per_step);
-    record["seconds_total"] = json!(log.iter().map(|l| l.seconds).sum::<f64>());
-    write_json(&training_path, &record)?;
-    Ok(ClipTrainSummary {
-        epochs_run,
-        best_epoch,
-        best_dev_loss: best,
-        best_dev,
-        parameters: trainable.parameter_count(),
-        vocab_size: word_tok.vocab_size,
-        seconds_per_step: per_step,
-        problems: ds.problems.len(),
-    })
+
+    fn evaluate(&mut self) -> anyhow::Result<(f64, Retrieval)> {
+        self.dev
+            .evaluate(&self.trainable, &self.tok, self.s.batch_size, self.device)
+    }
+
+    fn save_best(&mut self, _epoch: usize) -> anyhow::Result<()> {
+        write_safetensors(
+            &self.out.join("model.safetensors"),
+            &self.trainable.weights(),
+        )
+    }
+
+    fn state_tensors(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+        Ok(self.adam.state()?)
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        Ok(self.adam.restore(state)?)
+    }
+
+    fn log_line(&self, done: Finished<ClipEpoch, Retrieval>) -> anyhow::Result<ClipEpochLog> {
+        Ok(ClipEpochLog {
+            epoch: done.epoch,
+            steps: done.trained.steps,
+            train_loss: done.trained.train_loss,
+            dev_loss: done.dev_loss,
+            dev: done.dev,
+            temperature_inverse: self.temperature_inverse()?,
+            lr: self.adam.lr(),
+            best: done.best,
+            seconds: done.seconds,
+            seconds_per_step: done.trained.seconds_per_step,
+        })
+    }
+
+    fn heartbeat(&self, l: &ClipEpochLog) -> String {
+        format!(
+            "epoch {}: loss {:.4} dev {:.4} dev top-1 i2t {:.3} t2i {:.3} ({:.2} s/step)",
+            l.epoch,
+            l.train_loss,
+            l.dev_loss,
+            l.dev.image_to_text_top1,
+            l.dev.text_to_image_top1,
+            l.seconds_per_step
+        )
+    }
 }
 
 /// The word splitter of a built tokenizer (for counting words).

@@ -1,9 +1,12 @@
-//! Adam whose moments can be saved and restored, so an interrupted training resumes exactly; with
-//! optional decoupled weight decay (AdamW) and a learning rate that can change between steps.
+//! The project's one Adam: its moments can be saved and restored, so an interrupted training
+//! resumes exactly; with optional decoupled weight decay (AdamW) and a learning rate that can
+//! change between steps. Its arithmetic is candle-nn 0.11's `AdamW`, op for op, so that the
+//! image generators, which used that one, give the same bytes.
 
 use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use candle_nn::VarMap;
 
 pub struct Adam {
     params: Vec<(String, Var)>,
@@ -15,8 +18,18 @@ pub struct Adam {
     beta2: f64,
     eps: f64,
     weight_decay: f64,
-    /// Per parameter (same order as `params`): whether weight decay applies to it.
+    /// Per parameter (same order as `params`): whether the decay factor `1 - lr * wd` multiplies
+    /// it at each step.
     decay: Vec<bool>,
+}
+
+/// The variables of a var map with their names (the names a checkpoint keeps them under).
+pub fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?;
+    Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 impl Adam {
@@ -55,10 +68,23 @@ impl Adam {
     }
 
     /// Decoupled weight decay as PyTorch's AdamW (`p -= lr * wd * p` before the Adam update), on
-    /// the parameters for which `applies(name, param)` holds.
+    /// the parameters for which `applies(name, param)` holds; none at all when `wd` is 0.
     pub fn with_weight_decay(mut self, wd: f64, applies: impl Fn(&str, &Var) -> bool) -> Self {
         self.weight_decay = wd;
-        self.decay = self.params.iter().map(|(n, p)| applies(n, p)).collect();
+        self.decay = self
+            .params
+            .iter()
+            .map(|(n, p)| wd > 0.0 && applies(n, p))
+            .collect();
+        self
+    }
+
+    /// Decoupled weight decay on every parameter exactly as candle-nn's `AdamW` applies it: the
+    /// factor `1 - lr * wd` multiplies each parameter at each step even when `wd` is 0 (which
+    /// turns a -0.0 into +0.0), so that a run is bit-identical to one with `candle_nn::AdamW`.
+    pub fn with_weight_decay_everywhere(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self.decay = vec![true; self.params.len()];
         self
     }
 
@@ -81,8 +107,9 @@ impl Adam {
             };
             self.m[i] = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             self.v[i] = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            // `x / c` is candle's `x * (1 / c)`: the same op as AdamW's `x * scale`.
             let update = ((&self.m[i] / bc1)? / ((&self.v[i] / bc2)?.sqrt()? + self.eps)?)?;
-            let decayed = if self.weight_decay > 0.0 && self.decay.get(i) == Some(&true) {
+            let decayed = if self.decay.get(i) == Some(&true) {
                 (p.as_tensor() * (1.0 - self.lr * self.weight_decay))?
             } else {
                 p.as_tensor().clone()
