@@ -268,3 +268,125 @@ pub fn run<T: Trainer + ?Sized>(
 ) -> anyhow::Result<Outcome> {
     Driver::resume(plan, dir, resumed, trainer)?.run(trainer)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use rand::Rng;
+
+    /// A one-number "model" that walks by a random step per epoch; its dev loss is its distance
+    /// from 1, so it improves, then gets worse.
+    struct Walk {
+        w: f64,
+        out: std::path::PathBuf,
+    }
+
+    impl Trainer for Walk {
+        type Trained = f64;
+        type Dev = ();
+        type Log = serde_json::Value;
+
+        fn train_epoch(
+            &mut self,
+            _: usize,
+            rng: &mut ChaCha8Rng,
+            _: &ProgressBar,
+        ) -> anyhow::Result<f64> {
+            let step: f64 = rng.random_range(0.2..0.4);
+            self.w += step;
+            Ok(step)
+        }
+        fn evaluate(&mut self) -> anyhow::Result<(f64, ())> {
+            Ok(((self.w - 1.0).abs(), ()))
+        }
+        fn save_best(&mut self, epoch: usize) -> anyhow::Result<()> {
+            Ok(std::fs::write(
+                self.out.join("best"),
+                format!("{epoch} {}", self.w),
+            )?)
+        }
+        fn state_tensors(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+            Ok(HashMap::from([(
+                "w".into(),
+                Tensor::new(&[self.w], &Device::Cpu)?,
+            )]))
+        }
+        fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+            self.w = scalar(state, "w", Path::new("checkpoint"))?;
+            Ok(())
+        }
+        fn log_line(&self, d: Finished<f64, ()>) -> anyhow::Result<serde_json::Value> {
+            Ok(
+                serde_json::json!({"epoch": d.epoch, "step": d.trained, "dev": d.dev_loss, "best": d.best}),
+            )
+        }
+        fn heartbeat(&self, l: &serde_json::Value) -> String {
+            l.to_string()
+        }
+    }
+
+    fn train(out: &Path, epochs: usize, patience: Option<usize>, counter: BestCounter) -> Outcome {
+        let plan = Plan {
+            seed: 9,
+            epochs,
+            patience,
+            counter,
+            ticks_per_epoch: 1,
+            bar_prefix: "epochs",
+            quiet: true,
+            device: &Device::Cpu,
+        };
+        let resume = out.join(CHECKPOINT).is_file();
+        let mut dir = ModelDir::open(out, "test", "walk", resume, &[LOG], &[]).unwrap();
+        let resumed = dir
+            .resume
+            .then(|| super::super::checkpoint::read(&out.join(CHECKPOINT), &Device::Cpu).unwrap());
+        let mut walk = Walk {
+            w: 0.0,
+            out: out.to_path_buf(),
+        };
+        run(&plan, &mut dir, resumed, &mut walk).unwrap()
+    }
+
+    #[test]
+    fn a_resumed_training_writes_what_an_uninterrupted_one_does() {
+        for counter in [BestCounter::EpochsSinceBest, BestCounter::BestEpoch] {
+            let d = tempfile::tempdir().unwrap();
+            let (whole, parts) = (d.path().join("whole"), d.path().join("parts"));
+            let all = train(&whole, 6, None, counter);
+            assert_eq!((all.epochs_run, all.log.len()), (6, 6));
+            assert!(
+                all.best_epoch > 1 && all.best_epoch < 6,
+                "{}",
+                all.best_epoch
+            );
+            train(&parts, 2, None, counter);
+            // A kill between the log line and the checkpoint: one line too many.
+            let log = parts.join(LOG);
+            let extra = std::fs::read_to_string(&log).unwrap() + "{\"epoch\":3}\n";
+            std::fs::write(&log, extra).unwrap();
+            let rest = train(&parts, 6, None, counter);
+            assert_eq!(rest.best_epoch, all.best_epoch);
+            for f in [LOG, CHECKPOINT, "best"] {
+                let (a, b) = (whole.join(f), parts.join(f));
+                assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{f}");
+            }
+        }
+    }
+
+    #[test]
+    fn patience_stops_after_that_many_epochs_without_improvement() {
+        let d = tempfile::tempdir().unwrap();
+        let all = train(&d.path().join("all"), 20, None, BestCounter::BestEpoch);
+        let stopped = train(
+            &d.path().join("p"),
+            20,
+            Some(2),
+            BestCounter::EpochsSinceBest,
+        );
+        assert_eq!(stopped.best_epoch, all.best_epoch);
+        assert_eq!(stopped.epochs_run, all.best_epoch + 2);
+    }
+}
