@@ -76,16 +76,6 @@ pub fn is_temp_name(name: &str) -> bool {
         })
 }
 
-/// Reads a safetensors checkpoint for `--resume`; a file that does not parse is the user's to
-/// fix (an input error naming it).
-pub fn read_checkpoint(
-    path: &Path,
-    device: &candle_core::Device,
-) -> anyhow::Result<std::collections::HashMap<String, candle_core::Tensor>> {
-    candle_core::safetensors::load(path, device)
-        .map_err(|e| crate::input_err!("{} is not a valid checkpoint: {e}", path.display()))
-}
-
 /// Writes named tensors as a safetensors file, atomically (see [`write_atomic`]).
 pub fn write_safetensors(
     path: &Path,

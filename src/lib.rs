@@ -26,6 +26,7 @@ pub mod run;
 pub mod shapes;
 pub mod stderr;
 pub mod text;
+pub mod train;
 
 /// Makes glibc's malloc keep and reuse freed memory instead of returning it to the system.
 ///

@@ -2,11 +2,12 @@
 //! `--train-encoder`) feeding the merge-model LSTM decoder, trained by `roundtrip train` and
 //! used by `eval`, `caption` and `run`.
 
-pub mod adam;
 pub mod augment;
 pub mod encoder;
 pub mod eval;
 pub mod features;
+mod jobs;
+mod memory;
 pub mod model;
 pub mod train;
 pub mod vocab;

@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod init;
 pub mod loss;
+pub mod settings;
 pub mod tokenizer;
 pub mod train;
 

@@ -2,258 +2,42 @@
 //! dataset in a Flickr8k layout, with the same model code as the published CLIP
 //! ([`crate::models::clip`]), written as a model folder in transformers' layout.
 //!
-//! Conventions as the captioner trainer: host-seeded ChaCha8 streams (stream 0 initialises the
-//! weights, stream `e` draws epoch `e`'s shuffling, captions and crops), every file written by an
-//! atomic rename, the model with the best dev loss kept in `model.safetensors`, the last epoch's
-//! whole state (weights, Adam moments, counters) in `checkpoint.safetensors` so that `--resume`
-//! continues to exactly the model an uninterrupted run gives.
+//! The epoch loop is the shared training driver ([`crate::train::driver`]), as for the captioner:
+//! host-seeded ChaCha8 streams (stream 0 initialises the weights, stream `e` draws epoch `e`'s
+//! shuffling, captions and crops), every file written by an atomic rename, the model with the
+//! best dev loss kept in `model.safetensors`, the last epoch's whole state (weights, Adam
+//! moments, counters) in `checkpoint.safetensors` so that `--resume` continues to exactly the
+//! model an uninterrupted run gives.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
+use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::data::{random_crop, Crop, Degrade, Images};
 use super::eval::embed_gallery;
-use super::init::{init_clip, Trainable, LOGIT_SCALE_INIT};
+use super::init::{init_clip, Trainable};
 use super::loss::{contrastive_loss, MAX_LOGIT_SCALE};
+pub use super::settings::{check_clip_memory, hf_config_json, ClipTrainSettings};
 use super::tokenizer::{self, WordTokenizer};
-use crate::captioner::adam::Adam;
-use crate::captioner::train::{ModelDir, CHECKPOINT};
 use crate::dataset::Dataset;
 use crate::fsutil::{write_atomic, write_json, write_safetensors};
 use crate::input_err;
 use crate::metrics::retrieval::{retrieval, Retrieval};
-use crate::models::clip::{ClipConfig, ClipTextConfig, ClipTokenizer, ClipVisionConfig, HiddenAct};
+use crate::models::clip::ClipTokenizer;
+use crate::train::{
+    checkpoint, Adam, BestCounter, Driver, Finished, ModelDir, Plan, Trainer, CHECKPOINT,
+};
 
 /// What `training.json` declares itself to be.
 pub const TRAINING_FORMAT: &str = "roundtrip-clip-training";
-
-/// Every training setting; all recorded in `training.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ClipTrainSettings {
-    pub epochs: usize,
-    pub batch_size: usize,
-    /// Peak learning rate (AdamW, linear warmup then cosine decay).
-    pub lr: f64,
-    /// AdamW's decoupled weight decay, on matrices and embeddings (not on biases, LayerNorm
-    /// weights, the class embedding or the logit scale).
-    pub weight_decay: f64,
-    /// Share of all steps spent warming the learning rate up linearly.
-    pub warmup: f64,
-    pub seed: u64,
-    /// Input side in pixels (both towers' geometry below).
-    pub image_size: usize,
-    pub patch: usize,
-    /// Hidden size of both towers (MLP 4x).
-    pub width: usize,
-    /// Transformer layers of each tower.
-    pub layers: usize,
-    pub heads: usize,
-    /// Projection (joint embedding) size.
-    pub embed: usize,
-    /// Text context length in tokens, start and end tokens included.
-    pub context: usize,
-    /// Smallest crop, as a share of the image's largest square (1 = no crop augmentation).
-    pub crop_min: f64,
-    /// Largest std of the Gaussian pixel noise added to a training crop (each crop draws its std
-    /// uniformly from [0, noise]; 0 = none).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub noise: f64,
-    /// Probability of blurring a training crop (3x3 binomial kernel).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub blur: f64,
-}
-
-/// Augmentations left at 0 are not written, so that older training folders still resume.
-fn is_zero(v: &f64) -> bool {
-    *v == 0.0
-}
-
-impl Default for ClipTrainSettings {
-    /// Sized for the shapes world (64 px scenes) on a 2-core CPU.
-    fn default() -> Self {
-        Self {
-            epochs: 30,
-            batch_size: 64,
-            lr: 5e-4,
-            weight_decay: 0.1,
-            warmup: 0.05,
-            seed: 0,
-            image_size: 64,
-            patch: 8,
-            width: 128,
-            layers: 3,
-            heads: 4,
-            embed: 128,
-            context: 24,
-            crop_min: 0.5,
-            noise: 0.0,
-            blur: 0.0,
-        }
-    }
-}
-
-impl ClipTrainSettings {
-    /// Input errors (exit 2) naming the flag and value.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let positive = [
-            ("--epochs", self.epochs),
-            ("--image-size", self.image_size),
-            ("--patch", self.patch),
-            ("--width", self.width),
-            ("--layers", self.layers),
-            ("--heads", self.heads),
-            ("--embed", self.embed),
-        ];
-        for (flag, v) in positive {
-            if v == 0 {
-                return Err(input_err!("{flag} must be at least 1, got 0"));
-            }
-        }
-        if self.batch_size < 2 {
-            return Err(input_err!(
-                "--batch-size {} is too small: the contrastive loss needs at least 2 pairs per batch",
-                self.batch_size
-            ));
-        }
-        if !self.image_size.is_multiple_of(self.patch) {
-            return Err(input_err!(
-                "--image-size {} is not a multiple of --patch {}: the image must split into whole patches",
-                self.image_size,
-                self.patch
-            ));
-        }
-        if !self.width.is_multiple_of(self.heads) {
-            return Err(input_err!(
-                "--width {} is not divisible by --heads {}",
-                self.width,
-                self.heads
-            ));
-        }
-        if self.context < 3 {
-            return Err(input_err!(
-                "--context {} is too short: it holds the start and end tokens and at least one word",
-                self.context
-            ));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(input_err!("--lr {} must be a positive number", self.lr));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(input_err!(
-                "--weight-decay {} must be a non-negative number",
-                self.weight_decay
-            ));
-        }
-        if !(0.0..1.0).contains(&self.warmup) {
-            return Err(input_err!("--warmup {} must lie in [0, 1)", self.warmup));
-        }
-        if !(self.noise.is_finite() && (0.0..=1.0).contains(&self.noise)) {
-            return Err(input_err!("--noise {} must lie in [0, 1]", self.noise));
-        }
-        if !(self.blur.is_finite() && (0.0..=1.0).contains(&self.blur)) {
-            return Err(input_err!("--blur {} must lie in [0, 1]", self.blur));
-        }
-        if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
-            return Err(input_err!(
-                "--crop-min {} must lie in (0, 1]",
-                self.crop_min
-            ));
-        }
-        Ok(())
-    }
-
-    /// The model geometry for a tokenizer.
-    pub fn clip_config(&self, tok: &WordTokenizer) -> ClipConfig {
-        ClipConfig {
-            text: ClipTextConfig {
-                vocab_size: tok.vocab_size,
-                hidden_size: self.width,
-                intermediate_size: 4 * self.width,
-                num_hidden_layers: self.layers,
-                num_attention_heads: self.heads,
-                max_position_embeddings: self.context,
-                layer_norm_eps: 1e-5,
-                hidden_act: HiddenAct::QuickGelu,
-                bos_token_id: tok.bos_id,
-                eos_token_id: tok.eos_id,
-                pad_token_id: tok.eos_id,
-            },
-            vision: ClipVisionConfig {
-                image_size: self.image_size,
-                patch_size: self.patch,
-                hidden_size: self.width,
-                intermediate_size: 4 * self.width,
-                num_hidden_layers: self.layers,
-                num_attention_heads: self.heads,
-                layer_norm_eps: 1e-5,
-                hidden_act: HiddenAct::QuickGelu,
-                num_channels: 3,
-            },
-            projection_dim: self.embed,
-        }
-    }
-}
-
-/// config.json in transformers' `CLIPConfig` layout (what `ClipConfig::from_json` and
-/// `CLIPModel.from_pretrained` read).
-pub fn hf_config_json(cfg: &ClipConfig) -> Value {
-    let act = |a: HiddenAct| match a {
-        HiddenAct::QuickGelu => "quick_gelu",
-        HiddenAct::Gelu => "gelu",
-        HiddenAct::GeluTanh => "gelu_pytorch_tanh",
-    };
-    let (t, v) = (&cfg.text, &cfg.vision);
-    json!({
-        "architectures": ["CLIPModel"],
-        "model_type": "clip",
-        "dtype": "float32",
-        "initializer_factor": 1.0,
-        "logit_scale_init_value": LOGIT_SCALE_INIT,
-        "projection_dim": cfg.projection_dim,
-        "text_config": {
-            "model_type": "clip_text_model",
-            "vocab_size": t.vocab_size,
-            "hidden_size": t.hidden_size,
-            "intermediate_size": t.intermediate_size,
-            "num_hidden_layers": t.num_hidden_layers,
-            "num_attention_heads": t.num_attention_heads,
-            "max_position_embeddings": t.max_position_embeddings,
-            "hidden_act": act(t.hidden_act),
-            "layer_norm_eps": t.layer_norm_eps,
-            "attention_dropout": 0.0,
-            "initializer_range": 0.02,
-            "initializer_factor": 1.0,
-            "bos_token_id": t.bos_token_id,
-            "eos_token_id": t.eos_token_id,
-            "pad_token_id": t.pad_token_id,
-            "projection_dim": cfg.projection_dim,
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "image_size": v.image_size,
-            "patch_size": v.patch_size,
-            "num_channels": v.num_channels,
-            "hidden_size": v.hidden_size,
-            "intermediate_size": v.intermediate_size,
-            "num_hidden_layers": v.num_hidden_layers,
-            "num_attention_heads": v.num_attention_heads,
-            "hidden_act": act(v.hidden_act),
-            "layer_norm_eps": v.layer_norm_eps,
-            "attention_dropout": 0.0,
-            "initializer_range": 0.02,
-            "initializer_factor": 1.0,
-            "projection_dim": cfg.projection_dim,
-        },
-    })
-}
 
 pub struct TrainClipRequest {
     pub dataset: PathBuf,
@@ -331,16 +115,6 @@ fn groups(rows: &[&Vec<u32>]) -> Vec<usize> {
             *seen.entry(r).or_insert(n)
         })
         .collect()
-}
-
-fn scalar(state: &HashMap<String, Tensor>, k: &str, file: &Path) -> anyhow::Result<f64> {
-    Ok(state
-        .get(k)
-        .ok_or_else(|| input_err!("{} has no `{k}`", file.display()))?
-        .to_vec1::<f64>()?
-        .first()
-        .copied()
-        .unwrap_or(0.0))
 }
 
 /// Dev loss (contrastive, in chunks of the batch size, weighted by chunk) and retrieval of
@@ -422,55 +196,6 @@ const CLIP_OUTPUTS: [&str; 5] = [
     "train_log.jsonl",
 ];
 
-/// Bytes of one parameter during training: the value, its gradient and AdamW's two moments.
-const PARAMETER_BYTES: f64 = 16.0;
-
-/// Refuses settings whose training step needs more memory than the machine has (exit 2,
-/// naming the settings that dominate the estimate), before anything is allocated or written.
-/// A lower bound: parameters with gradients and moments, and per pair of a batch the
-/// activations both towers keep for the backward (per layer and token: the residual stream,
-/// LayerNorm, q/k/v, attention output and the 4x MLP before and after its activation; per layer
-/// and head the attention scores and their softmax), the image crop, and the B x B logits.
-pub fn check_clip_memory(s: &ClipTrainSettings, vocab_size: usize) -> anyhow::Result<()> {
-    let f = |v: usize| v as f64;
-    let (w, l, h, b) = (f(s.width), f(s.layers), f(s.heads), f(s.batch_size));
-    let side = f(s.image_size);
-    let grid = side / f(s.patch.max(1));
-    let tokens = grid * grid + 1.0;
-    let ctx = f(s.context);
-    let params = 2.0 * l * (12.0 * w * w + 13.0 * w)
-        + (f(vocab_size) + ctx + tokens + 3.0 * f(s.patch) * f(s.patch) + 6.0) * w
-        + 2.0 * w * f(s.embed);
-    let per_token = 16.0 * w;
-    let per_pair = l * ((tokens + ctx) * per_token + 2.0 * h * (tokens * tokens + ctx * ctx))
-        + 3.0 * side * side;
-    let parts = [
-        (
-            format!(
-                "--width {} with --layers {}, --embed {} and --context {}",
-                s.width, s.layers, s.embed, s.context
-            ),
-            PARAMETER_BYTES * params,
-        ),
-        (
-            format!(
-                "--batch-size {} at --image-size {} (--patch {}, --width {}, --layers {})",
-                s.batch_size, s.image_size, s.patch, s.width, s.layers
-            ),
-            4.0 * b * per_pair,
-        ),
-        (format!("--batch-size {}", s.batch_size), 4.0 * 3.0 * b * b),
-    ];
-    let total: f64 = parts.iter().map(|(_, v)| v).sum();
-    let setting = parts
-        .iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(n, _)| n.as_str())
-        .unwrap_or("--batch-size");
-    crate::resources::check_memory(setting, total)?;
-    Ok(())
-}
-
 /// What `--resume` must find unchanged in training.json.
 fn resume_view(settings: &Value, tokenizer: &Value, train_images: &Value) -> Value {
     json!({
@@ -484,7 +209,6 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     let s = &req.settings;
     s.validate()?;
     let out = &req.out;
-    let checkpoint = out.join(CHECKPOINT);
     let training_path = out.join("training.json");
 
     // Everything is checked before MODEL_DIR is created or touched: settings, dataset (every
@@ -554,7 +278,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
                 out.display()
             ));
         }
-        Some(crate::fsutil::read_checkpoint(&checkpoint, &req.device)?)
+        Some(checkpoint::read(&out.join(CHECKPOINT), &req.device)?)
     } else {
         None
     };
@@ -586,36 +310,43 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     }
 
     let trainable = init_clip(&cfg, s.seed, &req.device)?;
-    let mut adam = Adam::new(trainable.params.clone(), s.lr)?
+    let adam = Adam::new(trainable.params.clone(), s.lr)?
         .with_beta2_eps(0.98, 1e-6)
         .with_weight_decay(s.weight_decay, |name, p| {
             p.rank() >= 2 && !name.ends_with("class_embedding")
         });
     let logit_scale = trainable.logit_scale()?.clone();
     let warmup = ((total_steps as f64 * s.warmup).ceil() as usize).min(total_steps);
+    let mut trainer = ClipTrainer {
+        s,
+        trainable,
+        adam,
+        logit_scale,
+        train_images,
+        train_ids,
+        dev,
+        tok,
+        pad: word_tok.eos_id,
+        steps_per_epoch,
+        total_steps,
+        warmup,
+        out,
+        device: &req.device,
+        step_seconds: (0.0, 0),
+    };
+    let plan = Plan {
+        seed: s.seed,
+        epochs: s.epochs,
+        patience: None,
+        counter: BestCounter::BestEpoch,
+        ticks_per_epoch: steps_per_epoch,
+        bar_prefix: "steps",
+        quiet: req.quiet,
+        device: &req.device,
+    };
+    // The checkpoint restored before training.json is rewritten.
+    let driver = Driver::resume(&plan, &mut model_dir, resumed_state, &mut trainer)?;
 
-    let mut start_epoch = 1usize;
-    let (mut best, mut best_epoch, mut best_dev) = (f64::INFINITY, 0usize, None::<Retrieval>);
-    let log_path = out.join("train_log.jsonl");
-    let mut log: Vec<ClipEpochLog> = Vec::new();
-    if let Some(state) = resumed_state {
-        adam.restore(&state)
-            .map_err(|e| input_err!("{}: {e}", checkpoint.display()))?;
-        start_epoch = (scalar(&state, "epoch", &checkpoint)? as usize).saturating_add(1);
-        best = scalar(&state, "best_dev_loss", &checkpoint)?;
-        best_epoch = scalar(&state, "best_epoch", &checkpoint)? as usize;
-        if let Ok(text) = std::fs::read_to_string(&log_path) {
-            log = text
-                .lines()
-                .take(start_epoch - 1)
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-        }
-        best_dev = log
-            .iter()
-            .find(|l| l.epoch == best_epoch)
-            .map(|l| l.dev.clone());
-    }
     let mut record = json!({
         "format": TRAINING_FORMAT,
         "version": 1,
@@ -624,7 +355,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         "settings": s,
         "dataset": dataset,
         "tokenizer": tokenizer_record,
-        "parameters": trainable.parameter_count(),
+        "parameters": trainer.trainable.parameter_count(),
         "threads": candle_core::utils::get_num_threads(),
         "steps_per_epoch": steps_per_epoch,
         "warmup_steps": warmup,
@@ -635,16 +366,95 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
     });
     write_json(&training_path, &record)?;
 
-    let bar = crate::stderr::bar(total_steps as u64, "steps", req.quiet);
-    bar.set_position(((start_epoch - 1).saturating_mul(steps_per_epoch)) as u64);
-    let mut epochs_run = start_epoch - 1;
-    let mut step_seconds = (0f64, 0usize);
-    for epoch in start_epoch..=s.epochs {
-        let t0 = Instant::now();
-        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
-        rng.set_stream(epoch as u64);
-        let mut order: Vec<usize> = (0..ds.train.len()).collect();
-        order.shuffle(&mut rng);
+    let outcome = driver.run(&mut trainer)?;
+    let log: Vec<ClipEpochLog> = outcome
+        .log
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let best_dev = log
+        .iter()
+        .find(|l| l.epoch == outcome.best_epoch)
+        .map(|l| l.dev.clone());
+    let (step_seconds, step_count) = trainer.step_seconds;
+    let per_step = if step_count > 0 {
+        step_seconds / step_count as f64
+    } else {
+        0.0
+    };
+    record["finished"] = json!(true);
+    record["epochs_run"] = json!(outcome.epochs_run);
+    record["best_epoch"] = json!(outcome.best_epoch);
+    record["best_dev_loss"] = json!(outcome.best_dev_loss);
+    record["dev_at_best"] = serde_json::to_value(&best_dev)?;
+    record["final_temperature_inverse"] = json!(trainer.temperature_inverse()?);
+    record["seconds_per_step_this_run"] = json!(per_step);
+    record["seconds_total"] = json!(log.iter().map(|l| l.seconds).sum::<f64>());
+    write_json(&training_path, &record)?;
+    Ok(ClipTrainSummary {
+        epochs_run: outcome.epochs_run,
+        best_epoch: outcome.best_epoch,
+        best_dev_loss: outcome.best_dev_loss,
+        best_dev,
+        parameters: trainer.trainable.parameter_count(),
+        vocab_size: word_tok.vocab_size,
+        seconds_per_step: per_step,
+        problems: ds.problems.len(),
+    })
+}
+
+/// A CLIP training as the driver sees it.
+struct ClipTrainer<'a> {
+    s: &'a ClipTrainSettings,
+    trainable: Trainable,
+    adam: Adam,
+    logit_scale: Var,
+    train_images: Images,
+    /// Token ids of every caption of every training image.
+    train_ids: Vec<Vec<Vec<u32>>>,
+    dev: DevSet,
+    tok: ClipTokenizer,
+    /// The padding token (the end token).
+    pad: u32,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    warmup: usize,
+    out: &'a Path,
+    device: &'a Device,
+    /// Seconds of this run's optimiser steps, and their number.
+    step_seconds: (f64, usize),
+}
+
+/// What an epoch's training reports.
+struct ClipEpoch {
+    steps: usize,
+    train_loss: f64,
+    seconds_per_step: f64,
+}
+
+impl ClipTrainer<'_> {
+    /// exp(logit_scale): the inverse temperature.
+    fn temperature_inverse(&self) -> anyhow::Result<f64> {
+        Ok((self.logit_scale.as_tensor().to_scalar::<f32>()? as f64).exp())
+    }
+}
+
+impl Trainer for ClipTrainer<'_> {
+    type Trained = ClipEpoch;
+    type Dev = Retrieval;
+    type Log = ClipEpochLog;
+
+    /// Shuffled batches of images, each with one of its captions drawn at random, a random
+    /// crop and degradation; the learning rate follows the schedule step by step.
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        rng: &mut ChaCha8Rng,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<ClipEpoch> {
+        let s = self.s;
+        let mut order: Vec<usize> = (0..self.train_ids.len()).collect();
+        order.shuffle(rng);
         let (mut total, mut n, mut steps) = (0f64, 0usize, 0usize);
         let mut epoch_step_seconds = 0f64;
         for chunk in order.chunks(s.batch_size).filter(|c| c.len() >= 2) {
@@ -652,113 +462,93 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             let mut items: Vec<(usize, Crop, Degrade)> = Vec::with_capacity(chunk.len());
             let mut rows: Vec<&Vec<u32>> = Vec::with_capacity(chunk.len());
             for &i in chunk {
-                let caps = &train_ids[i];
+                let caps = &self.train_ids[i];
                 rows.push(&caps[rng.random_range(0..caps.len())]);
-                let img = &train_images.rgb[i];
+                let img = &self.train_images.rgb[i];
                 let (w, h) = (img.width() as usize, img.height() as usize);
-                let crop = random_crop(w, h, s.crop_min, &mut rng);
-                items.push((i, crop, Degrade::draw(s.noise, s.blur, &mut rng)));
+                let crop = random_crop(w, h, s.crop_min, rng);
+                items.push((i, crop, Degrade::draw(s.noise, s.blur, rng)));
             }
-            let pixels = train_images.crops(&items, s.image_size, &mut rng, &req.device)?;
-            let ids = pad_ids(&rows, word_tok.eos_id, &req.device)?;
-            let step = (epoch - 1) * steps_per_epoch + steps + 1;
-            adam.set_lr(lr_at(s.lr, step, total_steps, warmup));
+            let pixels = self
+                .train_images
+                .crops(&items, s.image_size, rng, self.device)?;
+            let ids = pad_ids(&rows, self.pad, self.device)?;
+            let step = (epoch - 1) * self.steps_per_epoch + steps + 1;
+            self.adam
+                .set_lr(lr_at(s.lr, step, self.total_steps, self.warmup));
+            let model = &self.trainable.model;
             let loss = contrastive_loss(
-                &trainable.model.image_features(&pixels)?,
-                &trainable.model.text_features(&ids)?,
-                logit_scale.as_tensor(),
+                &model.image_features(&pixels)?,
+                &model.text_features(&ids)?,
+                self.logit_scale.as_tensor(),
                 Some(&groups(&rows)),
             )?;
-            adam.step(&loss.backward()?)?;
-            logit_scale.set(&logit_scale.as_tensor().clamp(0.0, MAX_LOGIT_SCALE)?)?;
+            self.adam.step(&loss.backward()?)?;
+            self.logit_scale
+                .set(&self.logit_scale.as_tensor().clamp(0.0, MAX_LOGIT_SCALE)?)?;
             let l = loss.to_scalar::<f32>()? as f64;
             total += l * chunk.len() as f64;
             n += chunk.len();
             steps += 1;
             epoch_step_seconds += ts.elapsed().as_secs_f64();
-            step_seconds.0 += ts.elapsed().as_secs_f64();
-            step_seconds.1 += 1;
+            self.step_seconds.0 += ts.elapsed().as_secs_f64();
+            self.step_seconds.1 += 1;
             bar.set_message(format!("epoch {epoch} loss {l:.3}"));
             bar.inc(1);
         }
-        let (dev_loss, dev_r) = dev.evaluate(&trainable, &tok, s.batch_size, &req.device)?;
-        let improved = dev_loss < best;
-        if improved {
-            best = dev_loss;
-            best_epoch = epoch;
-            best_dev = Some(dev_r.clone());
-            write_safetensors(&out.join("model.safetensors"), &trainable.weights())?;
-        }
-        let mut state = adam.state()?;
-        for (k, v) in [
-            ("epoch", epoch as f64),
-            ("best_dev_loss", best),
-            ("best_epoch", best_epoch as f64),
-        ] {
-            state.insert(k.into(), Tensor::new(&[v], &req.device)?);
-        }
-        let seconds = t0.elapsed().as_secs_f64();
-        let line = ClipEpochLog {
-            epoch,
+        Ok(ClipEpoch {
             steps,
             train_loss: total / n.max(1) as f64,
-            dev_loss,
-            dev: dev_r,
-            temperature_inverse: (logit_scale.as_tensor().to_scalar::<f32>()? as f64).exp(),
-            lr: adam.lr(),
-            best: improved,
-            seconds,
             seconds_per_step: epoch_step_seconds / steps.max(1) as f64,
-        };
-        crate::stderr::heartbeat(
-            req.quiet,
-            format_args!(
-                "epoch {epoch}: loss {:.4} dev {:.4} dev top-1 i2t {:.3} t2i {:.3} ({:.2} s/step)",
-                line.train_loss,
-                dev_loss,
-                line.dev.image_to_text_top1,
-                line.dev.text_to_image_top1,
-                line.seconds_per_step
-            ),
-        );
-        log.push(line);
-        let text: String = log
-            .iter()
-            .map(|l| serde_json::to_string(l).map(|s| s + "\n"))
-            .collect::<Result<_, _>>()?;
-        // The log line first, the checkpoint last: a kill between the two leaves one log line
-        // too many, which a resume drops (it keeps the lines of the epochs the checkpoint holds).
-        write_atomic(&log_path, text.as_bytes())?;
-        write_safetensors(&checkpoint, &state)?;
-        model_dir.checkpoint_written()?;
-        epochs_run = epoch;
+        })
     }
-    bar.finish_and_clear();
-    let per_step = if step_seconds.1 > 0 {
-        step_seconds.0 / step_seconds.1 as f64
-    } else {
-        0.0
-    };
-    record["finished"] = json!(true);
-    record["epochs_run"] = json!(epochs_run);
-    record["best_epoch"] = json!(best_epoch);
-    record["best_dev_loss"] = json!(best);
-    record["dev_at_best"] = serde_json::to_value(&best_dev)?;
-    record["final_temperature_inverse"] =
-        json!((logit_scale.as_tensor().to_scalar::<f32>()? as f64).exp());
-    record["seconds_per_step_this_run"] = json!(per_step);
-    record["seconds_total"] = json!(log.iter().map(|l| l.seconds).sum::<f64>());
-    write_json(&training_path, &record)?;
-    Ok(ClipTrainSummary {
-        epochs_run,
-        best_epoch,
-        best_dev_loss: best,
-        best_dev,
-        parameters: trainable.parameter_count(),
-        vocab_size: word_tok.vocab_size,
-        seconds_per_step: per_step,
-        problems: ds.problems.len(),
-    })
+
+    fn evaluate(&mut self) -> anyhow::Result<(f64, Retrieval)> {
+        self.dev
+            .evaluate(&self.trainable, &self.tok, self.s.batch_size, self.device)
+    }
+
+    fn save_best(&mut self, _epoch: usize) -> anyhow::Result<()> {
+        write_safetensors(
+            &self.out.join("model.safetensors"),
+            &self.trainable.weights(),
+        )
+    }
+
+    fn state_tensors(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+        Ok(self.adam.state()?)
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        Ok(self.adam.restore(state)?)
+    }
+
+    fn log_line(&self, done: Finished<ClipEpoch, Retrieval>) -> anyhow::Result<ClipEpochLog> {
+        Ok(ClipEpochLog {
+            epoch: done.epoch,
+            steps: done.trained.steps,
+            train_loss: done.trained.train_loss,
+            dev_loss: done.dev_loss,
+            dev: done.dev,
+            temperature_inverse: self.temperature_inverse()?,
+            lr: self.adam.lr(),
+            best: done.best,
+            seconds: done.seconds,
+            seconds_per_step: done.trained.seconds_per_step,
+        })
+    }
+
+    fn heartbeat(&self, l: &ClipEpochLog) -> String {
+        format!(
+            "epoch {}: loss {:.4} dev {:.4} dev top-1 i2t {:.3} t2i {:.3} ({:.2} s/step)",
+            l.epoch,
+            l.train_loss,
+            l.dev_loss,
+            l.dev.image_to_text_top1,
+            l.dev.text_to_image_top1,
+            l.seconds_per_step
+        )
+    }
 }
 
 /// The word splitter of a built tokenizer (for counting words).
@@ -796,17 +586,5 @@ mod tests {
     fn identical_captions_share_a_group() {
         let (a, b, c) = (vec![1, 2], vec![1, 3], vec![1, 2]);
         assert_eq!(groups(&[&a, &b, &c, &b]), [0, 1, 0, 1]);
-    }
-
-    #[test]
-    fn bad_geometry_is_an_input_error() {
-        let s = ClipTrainSettings {
-            image_size: 60,
-            ..Default::default()
-        };
-        let e = s.validate().unwrap_err();
-        assert_eq!(crate::error::exit_code(&e), 2);
-        assert!(e.to_string().contains("--image-size 60"), "{e}");
-        assert!(e.to_string().contains("--patch 8"), "{e}");
     }
 }

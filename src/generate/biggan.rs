@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -22,6 +21,7 @@ use super::{
 use crate::error::InputError;
 use crate::models::biggan::{BigGan, Config as BigGanConfig};
 use crate::models::clip::ClipConfig;
+use crate::train::Adam;
 
 /// Settings of a BigGAN run; big-sleep's GPU defaults beside each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,7 +432,7 @@ pub struct BigGanGuidance<'a> {
     avoid: Vec<Tensor>,
     z: Var,
     class_logits: Var,
-    opt: AdamW,
+    opt: Adam,
     ema: Ema,
     rng: ChaCha8Rng,
     step: usize,
@@ -461,16 +461,12 @@ impl<'a> BigGanGuidance<'a> {
         };
         let z = Var::from_tensor(&start.z)?;
         let class_logits = Var::from_tensor(&start.class_logits)?;
-        let opt = AdamW::new(
-            vec![z.clone(), class_logits.clone()],
-            ParamsAdamW {
-                lr: settings.lr,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-        )?;
+        // Bit-identical to candle-nn's AdamW (beta 0.9, 0.999, eps 1e-8, decay 0), used before.
+        let latents = vec![
+            ("z".to_owned(), z.clone()),
+            ("class_logits".to_owned(), class_logits.clone()),
+        ];
+        let opt = Adam::new(latents, settings.lr)?.with_weight_decay_everywhere(0.0);
         let mut ema = Ema {
             decay: settings.ema_decay,
             accum: 1.0,

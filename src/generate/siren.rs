@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use candle_core::{backprop::GradStore, Device, Result, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -17,6 +16,7 @@ use super::{
 use crate::error::InputError;
 use crate::models::clip::ClipConfig;
 use crate::models::siren::{coord_grid, Config as SirenConfig, Siren};
+use crate::train::adam::{named_vars, Adam};
 
 /// Settings of a SIREN run. The defaults are sized for a 2-core CPU (a phrase in minutes);
 /// deep-daze's GPU defaults are given beside each field.
@@ -231,7 +231,7 @@ pub struct SirenGuidance<'a> {
     encoder: &'a dyn ImageEncoder,
     text: Tensor,
     net: Siren,
-    opt: AdamW,
+    opt: Adam,
     rng: ChaCha8Rng,
     coords: Tensor,
     step: usize,
@@ -247,16 +247,8 @@ impl<'a> SirenGuidance<'a> {
         device: &Device,
     ) -> Result<Self> {
         let (varmap, net) = Siren::init(&settings.siren(), seed, device)?;
-        let opt = AdamW::new(
-            varmap.all_vars(),
-            ParamsAdamW {
-                lr: settings.lr,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-        )?;
+        // Bit-identical to candle-nn's AdamW (beta 0.9, 0.999, eps 1e-8, decay 0), used before.
+        let opt = Adam::new(named_vars(&varmap)?, settings.lr)?.with_weight_decay_everywhere(0.0);
         // The cutouts draw from their own stream of the same seed.
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(1);
