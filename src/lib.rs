@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod hub;
 pub mod imageops;
+pub mod kernels;
 pub mod lock;
 pub mod models;
 pub mod prompts;
@@ -26,6 +27,7 @@ pub mod run;
 pub mod shapes;
 pub mod stderr;
 pub mod text;
+pub mod weights;
 
 /// Makes glibc's malloc keep and reuse freed memory instead of returning it to the system.
 ///

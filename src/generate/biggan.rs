@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{encode_and_backward, l2_normalize, Cutout, ImageEncoder, StepRecord};
 use crate::error::InputError;
-use crate::imageops::{resize_bilinear, resize_nearest};
+use crate::imageops::resize::{resize_bilinear, resize_nearest};
 use crate::models::biggan::{BigGan, Config as BigGanConfig};
 use crate::models::clip::ClipConfig;
 

@@ -12,7 +12,7 @@ use candle_core::{backprop::GradStore, Result, Tensor, Var};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::imageops::resize_bilinear;
+use crate::imageops::resize::resize_bilinear;
 pub use crate::models::clip::l2_normalize;
 use crate::models::clip::{ClipConfig, ClipVisionConfig};
 

@@ -2,7 +2,7 @@
 //! Fidelity Natural Image Synthesis") as pytorch-pretrained-BigGAN 0.1.1 implements it (a port of
 //! the TF Hub modules) and big-sleep (lucidrains, v0.9.1) drives it. Checkpoints: that package's
 //! `biggan-deep-128` / `-256` / `-512` (`config.json` + `pytorch_model.bin`, PyTorch's legacy
-//! pickle format, read by [`super::pth`]); tensor names as its `BigGAN.state_dict()`:
+//! pickle format, read by [`crate::weights::pth`]); tensor names as its `BigGAN.state_dict()`:
 //! `embeddings.weight`, `generator.gen_z.{weight_orig,weight_u,weight_v,bias}`,
 //! `generator.layers.{i}.bn_{0..3}.{running_means,running_vars,scale.*,offset.*}`,
 //! `generator.layers.{i}.conv_{0..3}.*`, `generator.layers.{a}.snconv1x1_{theta,phi,g,o_conv}.*`
@@ -713,7 +713,7 @@ impl BigGan {
 
     /// Loads config.json and the weights of a model folder or hub repository: `model.safetensors`
     /// when it has one, else `pytorch_model.bin` (legacy or zip torch.save format, read with
-    /// [`super::pth`]'s allow-list). Errors name the file and the tensor.
+    /// [`crate::weights::pth`]'s allow-list). Errors name the file and the tensor.
     pub fn load(model: &crate::hub::Model, device: &Device) -> anyhow::Result<Self> {
         let config_path = model.file("config.json")?;
         let weights = weights_file(model)?;
@@ -725,9 +725,14 @@ impl BigGan {
         let text = std::fs::read_to_string(config)
             .map_err(|e| input_err!("cannot read {}: {e}", config.display()))?;
         let cfg = Config::from_json(&text).map_err(|e| input_err!("{}: {e}", config.display()))?;
-        let tensors = super::pth::load_weights_file(weights)?;
-        Self::from_tensors(tensors, &cfg, device)
-            .map_err(|e| input_err!("{}: {}", weights.display(), without_backtrace(e)))
+        let tensors = crate::weights::load_weights_file(weights)?;
+        Self::from_tensors(tensors, &cfg, device).map_err(|e| {
+            input_err!(
+                "{}: {}",
+                weights.display(),
+                crate::weights::without_backtrace(e)
+            )
+        })
     }
 
     /// Builds the model from named tensors (converted to f32 on `device`).
@@ -758,14 +763,6 @@ fn weights_file(model: &crate::hub::Model) -> anyhow::Result<std::path::PathBuf>
             )),
             Err(_) => Err(bin_err.into()),
         },
-    }
-}
-
-/// The error without the backtrace candle attaches when RUST_BACKTRACE is set.
-fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
-        e => e,
     }
 }
 

@@ -15,8 +15,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use serde_json::{Map, Value};
 
-use super::fused::{FusedAttention, FusedLayerNorm, FusedQuickGelu};
 use crate::input_err;
+use crate::kernels::clip_fused::{FusedAttention, FusedLayerNorm, FusedQuickGelu};
 
 /// Activation of the MLP blocks (`hidden_act` in config.json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,9 @@ impl HiddenAct {
     /// `gelu` are unary ops with gradients).
     fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::QuickGelu if xs.dtype() == DType::F32 && super::native_kernels(xs.device()) => {
+            Self::QuickGelu
+                if xs.dtype() == DType::F32 && crate::kernels::native_kernels(xs.device()) =>
+            {
                 xs.contiguous()?.apply_op1(FusedQuickGelu)
             }
             Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
@@ -378,7 +380,9 @@ impl Linear {
         let ys = match &self.weight_t {
             // A few rows (the last layer's class tokens) read the weight once either way; gemm
             // would spend more packing the copy than it saves.
-            Some(wt) if rows >= 64 && !xs.track_op() && super::native_kernels(xs.device()) => {
+            Some(wt)
+                if rows >= 64 && !xs.track_op() && crate::kernels::native_kernels(xs.device()) =>
+            {
                 flat.matmul(wt)?
             }
             _ => matmul_wt(&flat, &self.weight)?,
@@ -519,7 +523,7 @@ impl LayerNorm {
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         if let Some(op) = &self.fused {
-            if xs.dtype() == DType::F32 && super::native_kernels(xs.device()) {
+            if xs.dtype() == DType::F32 && crate::kernels::native_kernels(xs.device()) {
                 return xs.contiguous()?.apply_op1(op.clone());
             }
         }
@@ -616,7 +620,10 @@ impl Attention {
             Some(l) => l.forward(xs)?,
             None => self.stacked_qkv()?.forward(xs)?,
         };
-        if mask.is_none() && qkv.dtype() == DType::F32 && super::native_kernels(qkv.device()) {
+        if mask.is_none()
+            && qkv.dtype() == DType::F32
+            && crate::kernels::native_kernels(qkv.device())
+        {
             let op = FusedAttention {
                 heads: self.heads,
                 queries: queries.unwrap_or(n),
@@ -1091,7 +1098,7 @@ pub fn preprocess_image(
     } else {
         (new_long, size)
     };
-    let resized = pil_resize_bicubic(&rgb, new_w, new_h);
+    let resized = crate::imageops::resize::pil_resize_bicubic(&rgb, new_w, new_h);
     let resized = resized.as_raw();
     let (top, left) = ((new_h - size) / 2, (new_w - size) / 2);
     let mut out = vec![0f32; 3 * size * size];
@@ -1106,112 +1113,6 @@ pub fn preprocess_image(
         }
     }
     Ok(Tensor::from_vec(out, (3, size, size), device)?)
-}
-
-/// PIL's fixed-point precision for 8-bit resampling (`PRECISION_BITS` in Resample.c).
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// PIL's bicubic kernel (a = -0.5).
-fn bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
-
-/// PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output pixel, the first input index
-/// and the fixed-point weights. The support widens by the downscale factor (antialiasing).
-fn pil_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
-    (0..out_size)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            // C's (int) cast truncates toward zero, as `as` does.
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let w: Vec<f64> = (xmin..xmax)
-                .map(|x| bicubic((x as f64 - center + 0.5) * ss))
-                .collect();
-            let total: f64 = w.iter().sum();
-            let one = (1u32 << PRECISION_BITS) as f64;
-            let k = w
-                .iter()
-                .map(|&v| {
-                    let v = if total != 0.0 { v / total } else { v };
-                    if v < 0.0 {
-                        (-0.5 + v * one) as i32
-                    } else {
-                        (0.5 + v * one) as i32
-                    }
-                })
-                .collect();
-            (xmin, k)
-        })
-        .collect()
-}
-
-/// `Image.resize((new_w, new_h), Image.BICUBIC)` bit for bit, as PIL's Resample.c: horizontal
-/// pass first, fixed-point sums with a rounding offset, shifted and clipped to uint8 after each
-/// pass; a pass is skipped when its size is unchanged. The kernel support widens by the downscale
-/// factor, so downscaling antialiases (unlike `image`'s `CatmullRom`).
-pub fn pil_resize_bicubic(img: &image::RgbImage, new_w: usize, new_h: usize) -> image::RgbImage {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let out = pil_resize_u8(img.as_raw(), w, h, 3, new_w, new_h);
-    image::RgbImage::from_raw(new_w as u32, new_h as u32, out)
-        .expect("the buffer has new_w * new_h * 3 bytes by construction")
-}
-
-fn pil_resize_u8(
-    src: &[u8],
-    w: usize,
-    h: usize,
-    chans: usize,
-    new_w: usize,
-    new_h: usize,
-) -> Vec<u8> {
-    let round = |acc: i64| (acc >> PRECISION_BITS).clamp(0, 255) as u8;
-    let horiz = if new_w == w {
-        src.to_vec()
-    } else {
-        let coeffs = pil_coeffs(w, new_w);
-        let mut out = vec![0u8; h * new_w * chans];
-        for y in 0..h {
-            for (x, (start, k)) in coeffs.iter().enumerate() {
-                for c in 0..chans {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                    for (i, &wt) in k.iter().enumerate() {
-                        acc += i64::from(src[(y * w + start + i) * chans + c]) * i64::from(wt);
-                    }
-                    out[(y * new_w + x) * chans + c] = round(acc);
-                }
-            }
-        }
-        out
-    };
-    if new_h == h {
-        return horiz;
-    }
-    let coeffs = pil_coeffs(h, new_h);
-    let row = new_w * chans;
-    let mut out = vec![0u8; new_h * row];
-    for (y, (start, k)) in coeffs.iter().enumerate() {
-        for j in 0..row {
-            let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-            for (i, &wt) in k.iter().enumerate() {
-                acc += i64::from(horiz[(start + i) * row + j]) * i64::from(wt);
-            }
-            out[y * row + j] = round(acc);
-        }
-    }
-    out
 }
 
 /// CLIP's tokenizer from tokenizer.json (byte-level BPE with `</w>` word ends and
@@ -1344,19 +1245,7 @@ pub fn load_weights(
     dtype: DType,
     device: &Device,
 ) -> anyhow::Result<ClipModel> {
-    let bytes =
-        std::fs::read(path).map_err(|e| input_err!("cannot read {}: {e}", path.display()))?;
-    let vb = VarBuilder::from_slice_safetensors(&bytes, dtype, device)
-        .map_err(|e| input_err!("{} is not a valid safetensors file: {e}", path.display()))?;
-    ClipModel::new(vb, cfg).map_err(|e| input_err!("{}: {}", path.display(), without_backtrace(e)))
-}
-
-/// The error without the backtrace candle attaches when RUST_BACKTRACE is set.
-fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
-        e => e,
-    }
+    crate::weights::load_safetensors(path, dtype, device, |vb| ClipModel::new(vb, cfg))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1495,10 +1384,10 @@ impl EncoderLayer {
 
 impl ClipModel {
     /// Whether [`Self::image_features_taped`] applies to this model on this device: frozen f32
-    /// weights, QuickGELU, and the fused CPU kernels ([`super::native_kernels`]).
+    /// weights, QuickGELU, and the fused CPU kernels ([`crate::kernels::native_kernels`]).
     pub fn image_tape_available(&self) -> bool {
         let v = &self.vision;
-        super::native_kernels(self.device())
+        crate::kernels::native_kernels(self.device())
             && self.dtype() == DType::F32
             && !self.visual_projection.weight.track_op()
             && !v.patch_weight.track_op()

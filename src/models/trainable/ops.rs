@@ -27,8 +27,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 
-use crate::models::f32_slice;
-use crate::models::vgg16::nhwc::par_rows;
+use crate::kernels::{f32_slice, par_rows};
 
 /// Runs `f(index, block)` over `out` split into consecutive blocks of `len` elements, in
 /// parallel (blocks are whole: a channel, a plane, ...).
