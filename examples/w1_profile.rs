@@ -15,8 +15,8 @@ use roundtrip::generate::{
     cutout_batch, deep_daze_loss, l2_normalize, sample_cutouts, ImageEncoder,
 };
 use roundtrip::models::clip::{ClipConfig, ClipModel};
-use roundtrip::models::seeded_random_weights;
 use roundtrip::models::siren::{coord_grid, Siren};
+use roundtrip::weights::seeded_random_weights;
 
 fn main() -> anyhow::Result<()> {
     roundtrip::tune_allocator();
