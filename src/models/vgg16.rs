@@ -26,9 +26,9 @@
 //! path, and one layer is checked against im2col at 1e-5 by a unit test. The kernel that reads a
 //! convolution's output (the next transform, im2col or max pool) applies its bias and ReLU while
 //! reading, so no elementwise pass is spent on them. The kernels are shared with
-//! [`super::xception`] (module [`crate::kernels::nhwc`]). They are f32 CPU kernels without a backward: the encoders
-//! are frozen feature extractors, and calling `backward` through them is an error, not a silent
-//! zero gradient. On CUDA or Metal the same graph runs as candle ops (conv2d, max_pool2d, shifted
+//! [`super::xception`] (module [`crate::kernels::nhwc`]). They are f32 CPU kernels without a
+//! backward: the encoders are frozen feature extractors, and calling `backward` through them is an
+//! error, not a silent zero gradient. On CUDA or Metal the same graph runs as candle ops (conv2d, max_pool2d, shifted
 //! multiply-adds; no Winograd), see [`crate::kernels::native_kernels`].
 
 use std::sync::Arc;
@@ -357,9 +357,9 @@ impl Vgg16 {
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// VGG16's preprocessing at side `size`: [`crate::imageops::resize::pil_resize_nearest`] straight to size x size (skipped
-/// when the image already has that size), then x / 255 and (x - mean) / std with the ImageNet
-/// statistics, in f32 (torchvision's ToTensor + Normalize). Returns [3, size, size].
+/// VGG16's preprocessing at side `size`: [`crate::imageops::resize::pil_resize_nearest`] straight
+/// to size x size (skipped when the image already has that size), then x / 255 and (x - mean) /
+/// std with the ImageNet statistics, in f32 (torchvision's ToTensor + Normalize). Returns [3, size, size].
 pub fn preprocess_image(
     img: &image::RgbImage,
     size: usize,

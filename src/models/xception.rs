@@ -494,8 +494,9 @@ impl Xception {
     }
 }
 
-/// Xception's preprocessing at side `size`: [`crate::imageops::resize::pil_resize_nearest`] straight to
-/// size x size (skipped when the image already has that size), then x / 127.5 - 1 in f32.
+/// Xception's preprocessing at side `size`: [`crate::imageops::resize::pil_resize_nearest`]
+/// straight to size x size (skipped when the image already has that size), then x / 127.5 - 1 in
+/// f32.
 /// Returns [3, size, size].
 pub fn preprocess_image(
     img: &image::RgbImage,
