@@ -4,8 +4,8 @@
 //! encoders ([`read_config`]), seeded random weights for benchmarks and tests
 //! ([`seeded_random_weights`]), and the mapping of candle's errors ([`without_backtrace`]).
 //!
-//! Every loader reports a missing or mis-shaped tensor as an input error naming the file and the
-//! tensor (`<file>: cannot find tensor ...`), without the backtrace candle attaches.
+//! Every loader reports a missing or mis-shaped tensor as an input error `<file>: <candle's
+//! message>` (which names the tensor), without the backtrace candle attaches.
 
 pub mod pth;
 
