@@ -9,9 +9,9 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use roundtrip::models::seeded_random_weights;
 use roundtrip::models::vgg16::{self, Vgg16};
 use roundtrip::models::xception::{self, Xception};
+use roundtrip::weights::seeded_random_weights;
 
 const BATCH: usize = 8;
 

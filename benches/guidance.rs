@@ -17,7 +17,7 @@ use roundtrip::generate::siren::SirenGuidance;
 use roundtrip::generate::{BigGanSettings, Guidance, SirenSettings as Settings};
 use roundtrip::models::biggan::{BigGan, Config as BigGanConfig};
 use roundtrip::models::clip::{ClipConfig, ClipModel};
-use roundtrip::models::seeded_random_weights;
+use roundtrip::weights::seeded_random_weights;
 
 /// Whether the command line's filter (if any) selects the group `name`.
 fn wanted(name: &str) -> bool {

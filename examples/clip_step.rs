@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use roundtrip::generate::{deep_daze_loss, l2_normalize, ImageEncoder};
 use roundtrip::models::clip::{ClipConfig, ClipModel};
-use roundtrip::models::seeded_random_weights;
+use roundtrip::weights::seeded_random_weights;
 
 fn main() -> anyhow::Result<()> {
     roundtrip::tune_allocator();

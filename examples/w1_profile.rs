@@ -14,8 +14,8 @@ use roundtrip::generate::cutouts::{cutout_batch, deep_daze_cutouts, Resize};
 use roundtrip::generate::SirenSettings as Settings;
 use roundtrip::generate::{deep_daze_loss, l2_normalize, ImageEncoder};
 use roundtrip::models::clip::{ClipConfig, ClipModel};
-use roundtrip::models::seeded_random_weights;
 use roundtrip::models::siren::{coord_grid, Siren};
+use roundtrip::weights::seeded_random_weights;
 
 fn main() -> anyhow::Result<()> {
     roundtrip::tune_allocator();

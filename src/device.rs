@@ -2,7 +2,7 @@
 //!
 //! GPU support is compiled in by the `cuda` (NVIDIA) or `metal` (Apple) cargo features, passed
 //! through to candle. Off the CPU every model takes its portable path (plain candle ops, see
-//! [`crate::models::native_kernels`]); the hand-written kernels are CPU-only.
+//! [`crate::kernels::native_kernels`]); the hand-written kernels are CPU-only.
 
 use std::str::FromStr;
 

@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod hub;
 pub mod imageops;
+pub mod kernels;
 pub mod lock;
 pub mod metrics;
 pub mod models;
@@ -27,6 +28,7 @@ pub mod shapes;
 pub mod stderr;
 pub mod text;
 pub mod train;
+pub mod weights;
 
 /// Makes glibc's malloc keep and reuse freed memory instead of returning it to the system.
 ///

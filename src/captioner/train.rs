@@ -146,7 +146,7 @@ fn load_images(ds: &Dataset, names: &[String], size: usize) -> anyhow::Result<Ve
         .iter()
         .map(|n| {
             let img = crate::imageops::open_rgb(&ds.image_path(n))?;
-            Ok(crate::models::vgg16::pil_resize_nearest(&img, size, size).into_raw())
+            Ok(crate::imageops::resize::pil_resize_nearest(&img, size, size).into_raw())
         })
         .collect()
 }

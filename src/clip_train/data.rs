@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use rand::Rng;
 
-use crate::imageops::bilinear_taps;
+use crate::imageops::resize::bilinear_taps;
 use crate::models::clip::{preprocess_image, CLIP_MEAN, CLIP_STD};
 
 /// One square crop: top-left corner and side, in source pixels.
@@ -219,7 +219,7 @@ mod tests {
             .unwrap()
             .narrow(2, 5, 9)
             .unwrap();
-        let r = crate::imageops::resize_bilinear(&t, 16, 16).unwrap();
+        let r = crate::imageops::resize::resize_bilinear(&t, 16, 16).unwrap();
         let mean = Tensor::new(&CLIP_MEAN, &d)
             .unwrap()
             .reshape((3, 1, 1))

@@ -53,7 +53,7 @@ pub fn whole_image_similarity(
     text: &Tensor,
 ) -> anyhow::Result<f32> {
     let s = encoder.input_size();
-    let x = crate::imageops::resize_bilinear(image, s, s)?.unsqueeze(0)?;
+    let x = crate::imageops::resize::resize_bilinear(image, s, s)?.unsqueeze(0)?;
     let e = l2_normalize(&encoder.encode_images(&x)?)?;
     let t = l2_normalize(text)?;
     Ok(e.matmul(&t.t()?)?.flatten_all()?.to_vec1::<f32>()?[0])

@@ -9,7 +9,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use crate::imageops::{resize_bilinear, resize_nearest};
+use crate::imageops::resize::{resize_bilinear, resize_nearest};
 
 /// A square crop: side and top-left corner, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

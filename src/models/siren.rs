@@ -9,7 +9,7 @@ use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::sine::{sine_layer_backward, sine_layer_forward};
+use crate::kernels::sine::{sine_layer_backward, sine_layer_forward};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {

@@ -20,7 +20,7 @@
 //! groups = C is slow), which also applies the preceding ReLU and pending bias as it reads its
 //! input; a pointwise convolution is one GEMM over all pixels of the batch. Pending BatchNorm biases
 //! are applied by the next kernel that reads the tensor (depthwise, max pool, the residual add), so
-//! they cost no pass of their own. The kernels live in [`super::vgg16::nhwc`]; they are f32, CPU
+//! they cost no pass of their own. The kernels live in [`crate::kernels::nhwc`]; they are f32, CPU
 //! only (on other devices the same graph runs as candle ops), without a backward (frozen encoder): `backward` through them is an error, not a silently
 //! cut gradient.
 
@@ -30,8 +30,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::vgg16::nhwc::{self, Pre};
 use crate::input_err;
+use crate::kernels::nhwc::{self, Pre};
 
 /// Geometry of an Xception. Every size here is a channel count except `image_size`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -479,7 +479,7 @@ impl Xception {
     /// `architecture` than `legacy_xception` (or its old timm name `xception`) is refused. Errors
     /// name the file and, for weights, the tensor.
     pub fn load(model: &crate::hub::Model, device: &Device) -> anyhow::Result<Self> {
-        let cfg = match super::vgg16::read_config(model, &["legacy_xception", "xception"])? {
+        let cfg = match crate::weights::read_config(model, &["legacy_xception", "xception"])? {
             Some((path, v)) => {
                 let cfg: Config = serde_json::from_value(v)
                     .map_err(|e| input_err!("{}: key `roundtrip`: {e}", path.display()))?;
@@ -490,17 +490,18 @@ impl Xception {
             None => Config::xception(),
         };
         let path = model.file("model.safetensors")?;
-        super::vgg16::load_weights(&path, device, |vb| Self::new(vb, &cfg))
+        crate::weights::load_safetensors(&path, DType::F32, device, |vb| Self::new(vb, &cfg))
     }
 }
 
-/// Xception's preprocessing at side `size`: [`super::vgg16::pil_resize_nearest`] straight to
-/// size x size (skipped when the image already has that size), then x / 127.5 - 1 in f32.
+/// Xception's preprocessing at side `size`: [`crate::imageops::resize::pil_resize_nearest`]
+/// straight to size x size (skipped when the image already has that size), then x / 127.5 - 1 in
+/// f32.
 /// Returns [3, size, size].
 pub fn preprocess_image(
     img: &image::RgbImage,
     size: usize,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
-    nhwc::normalised_chw(img, size, device, |v, _| v as f32 / 127.5 - 1.0)
+    crate::imageops::normalised_chw(img, size, device, |v, _| v as f32 / 127.5 - 1.0)
 }

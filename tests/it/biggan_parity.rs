@@ -316,7 +316,7 @@ fn folder_with(weights: Option<(&str, &[u8])>) -> tempfile::TempDir {
 }
 
 fn fixture_tensors() -> HashMap<String, Tensor> {
-    roundtrip::models::pth::load_weights_file(&fixtures("biggan_tiny/pytorch_model.bin")).unwrap()
+    roundtrip::weights::load_weights_file(&fixtures("biggan_tiny/pytorch_model.bin")).unwrap()
 }
 
 #[test]

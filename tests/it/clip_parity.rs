@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use roundtrip::hub::{Locator, ModelRef};
+use roundtrip::imageops::resize::pil_resize_bicubic;
 use roundtrip::models::clip::{
-    l2_normalize, load_weights, pil_resize_bicubic, preprocess_image, Clip, ClipConfig, ClipModel,
-    ClipTokenizer, HiddenAct, CLIP_MEAN, CLIP_STD,
+    l2_normalize, load_weights, preprocess_image, Clip, ClipConfig, ClipModel, ClipTokenizer,
+    HiddenAct, CLIP_MEAN, CLIP_STD,
 };
 
 const TOL: f64 = 1e-4;
@@ -644,7 +645,7 @@ fn trainable_weights_get_gradients() {
 /// kernels do: the optimised gradient path and the straightforward one agree.
 #[test]
 fn portable_path_matches_transformers() {
-    roundtrip::models::with_portable_ops(|| {
+    roundtrip::kernels::with_portable_ops(|| {
         hidden_states_match_transformers();
         pixel_gradient_matches_pytorch();
     });
@@ -706,7 +707,7 @@ fn taped_image_backward_matches_pytorch_and_autograd() {
         .clone();
     check("taped vs autograd, batch of 2", &g_taped, &g_auto);
     // Not available on the portable path (it falls back to autograd there).
-    roundtrip::models::with_portable_ops(|| {
+    roundtrip::kernels::with_portable_ops(|| {
         assert!(!model.image_tape_available());
         assert!(model.image_features_taped(&px).unwrap().is_none());
     });
@@ -751,7 +752,7 @@ fn guidance_gradient_with_the_tape_matches_autograd() {
         )
     };
     let (loss_taped, g_taped, taped) = gradient();
-    let (loss_auto, g_auto, auto_taped) = roundtrip::models::with_portable_ops(gradient);
+    let (loss_auto, g_auto, auto_taped) = roundtrip::kernels::with_portable_ops(gradient);
     assert!(taped && !auto_taped);
     assert!(
         (loss_taped - loss_auto).abs() < 1e-4,

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use roundtrip::hub::{Locator, ModelRef};
-use roundtrip::models::vgg16::{self, pil_resize_nearest, Vgg16};
+use roundtrip::imageops::resize::pil_resize_nearest;
+use roundtrip::models::vgg16::{self, Vgg16};
 use roundtrip::models::xception::{self, Xception};
 
 const TOL: f64 = 1e-4;
@@ -553,7 +554,7 @@ fn seeded_random_weights_build_the_full_models() {
     // the benchmark (one image each; the features are non-negative and finite).
     let dev = Device::Cpu;
     let cfg = xception::Config::xception();
-    let w = roundtrip::models::seeded_random_weights(|vb| Xception::new(vb, &cfg), 1, 0.02, &dev)
+    let w = roundtrip::weights::seeded_random_weights(|vb| Xception::new(vb, &cfg), 1, 0.02, &dev)
         .unwrap();
     let model = Xception::new(VarBuilder::from_tensors(w, DType::F32, &dev), &cfg).unwrap();
     let x = Tensor::zeros((1, 3, 299, 299), DType::F32, &dev).unwrap();
@@ -584,7 +585,7 @@ fn backward_through_the_encoders_is_an_error() {
 /// multiply-adds for the depthwise convolutions, no Winograd), matches timm as the CPU kernels do.
 #[test]
 fn portable_path_matches_timm() {
-    roundtrip::models::with_portable_ops(|| {
+    roundtrip::kernels::with_portable_ops(|| {
         vgg16_tiny_matches_timm();
         xception_tiny_matches_timm();
     });

@@ -1,4 +1,4 @@
-//! The PyTorch checkpoint reader (`roundtrip::models::pth`) on files written by torch.save
+//! The PyTorch checkpoint reader (`roundtrip::weights::pth`) on files written by torch.save
 //! (tests/fixtures/pth/, made by tests/fixtures/make_biggan_fixtures.py): the legacy format with
 //! protocols 2 and 4 and the zip format give exactly the stored tensors, every dtype and strided
 //! view included; pickles that name anything outside the allow-list (here `os.system`, pickled
@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use roundtrip::models::pth::{self, Format, PthError};
+use roundtrip::weights::pth::{self, Format, PthError};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -85,7 +85,7 @@ fn malicious_pickles_are_refused_naming_the_global() {
             e => panic!("{file}: expected a refusal, got {e}"),
         }
         // Through the weights loader: an input error (exit code 2) naming the file and the global.
-        let e = pth::load_weights_file(&fixture(file)).unwrap_err();
+        let e = roundtrip::weights::load_weights_file(&fixture(file)).unwrap_err();
         let msg = format!("{e:#}");
         eprintln!("{msg}");
         assert!(
@@ -117,12 +117,15 @@ fn corrupt_files_are_input_errors() {
     let bytes = std::fs::read(fixture("tensors_legacy.pt")).unwrap();
     let cut = tmp.path().join("cut.pt");
     std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
-    let e = pth::load_weights_file(&cut).unwrap_err();
+    let e = roundtrip::weights::load_weights_file(&cut).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("cut.pt") && msg.contains("truncated"), "{msg}");
     assert_eq!(roundtrip::error::exit_code(&e), 2);
     let junk = tmp.path().join("junk.bin");
     std::fs::write(&junk, b"\x00\x01 not a checkpoint").unwrap();
-    let msg = format!("{:#}", pth::load_weights_file(&junk).unwrap_err());
+    let msg = format!(
+        "{:#}",
+        roundtrip::weights::load_weights_file(&junk).unwrap_err()
+    );
     assert!(msg.contains("not a PyTorch checkpoint"), "{msg}");
 }

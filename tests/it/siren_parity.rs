@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use roundtrip::generate::{deep_daze_loss, l2_normalize};
-use roundtrip::imageops::resize_bilinear;
+use roundtrip::imageops::resize::resize_bilinear;
 use roundtrip::models::siren::{coord_grid, Config, Siren};
 
 fn fixture() -> HashMap<String, Tensor> {
@@ -124,5 +124,5 @@ fn fused_siren_matches_candle_autograd() {
 /// backward agree with autograd too.
 #[test]
 fn portable_sine_layers_match_candle_autograd() {
-    roundtrip::models::with_portable_ops(fused_siren_matches_candle_autograd);
+    roundtrip::kernels::with_portable_ops(fused_siren_matches_candle_autograd);
 }
