@@ -44,7 +44,7 @@ const MEMO_FROM: u64 = 16 << 20;
 
 /// SHA-256 of a file's content, hex; remembered for large files (see the module header).
 pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
-    let memo = crate::captioner::features::default_cache_dir().join("digests");
+    let memo = crate::captioner::feature_cache::default_cache_dir().join("digests");
     file_sha256_in(path, Some(&memo))
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::Serialize;
 
-use super::features::{CacheStats, FeatureCache};
+use super::feature_cache::{CacheStats, FeatureCache};
 use super::model::Captioner;
 use crate::dataset::{Dataset, Split};
 use crate::hub::Locator;

@@ -5,7 +5,7 @@
 pub mod augment;
 pub mod encoder;
 pub mod eval;
-pub mod features;
+pub mod feature_cache;
 mod jobs;
 mod memory;
 pub mod model;

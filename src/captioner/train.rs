@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::encoder::{encoder_geometry, load_encoder, trainable_encoder, EncoderKind};
-use super::features::{CacheStats, FeatureCache};
+use super::feature_cache::{CacheStats, FeatureCache};
 pub use super::jobs::EpochLog;
 use super::jobs::{samples, Captioning, Core, EndToEndJob, FrozenJob, Job, ENCODER_PREFIX};
 use super::memory::{check_training_memory, encoder_footprint};

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::captioner::eval::evaluate;
-use crate::captioner::features::default_cache_dir;
+use crate::captioner::feature_cache::default_cache_dir;
 use crate::dataset::Split;
 
 #[derive(Debug, clap::Args)]

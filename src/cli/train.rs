@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::captioner::augment::Augmentation;
 use crate::captioner::encoder::EncoderKind;
-use crate::captioner::features::default_cache_dir;
+use crate::captioner::feature_cache::default_cache_dir;
 use crate::captioner::model::{TrainSettings, TRAINED_ENCODER_DIR};
 use crate::captioner::train::{train, TrainRequest};
 

@@ -3,7 +3,7 @@
 //! bad input is refused (`run` with `[biggan]` lines: tests/run.rs).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{Device, Tensor, Var};
 use roundtrip::generate::biggan::Latents;
@@ -14,6 +14,8 @@ use roundtrip::hub::{Locator, ModelRef};
 use roundtrip::models::biggan::BigGan;
 use roundtrip::models::clip::Clip;
 use serde::Deserialize;
+
+use crate::common::{fails_with, ok};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -38,19 +40,7 @@ fn generate(out: &Path, extra: &[&str]) -> Output {
     .map(String::from);
     args.extend(fixed);
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(&args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    crate::common::bin().args(&args).output().unwrap()
 }
 
 #[derive(Deserialize)]
@@ -243,14 +233,6 @@ fn saved_latents_with_zero_steps_give_exactly_the_saved_image() {
     );
 }
 
-fn fails_with(o: &Output, needles: &[&str]) {
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{e}");
-    for n in needles {
-        assert!(e.contains(n), "`{n}` missing from: {e}");
-    }
-}
-
 #[test]
 fn bad_biggan_input_is_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -322,7 +304,7 @@ fn cutouts_beyond_the_memory_are_refused_before_writing() {
             args.push(a.into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+        crate::common::bin()
             .env("ROUNDTRIP_MEMORY_LIMIT", (256u64 << 20).to_string())
             .args(&args)
             .output()

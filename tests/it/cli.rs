@@ -6,8 +6,9 @@ use std::process::{Command, Output, Stdio};
 use crate::common::stderr;
 use serde::Deserialize;
 
+/// The binary with no hub settings from the environment (the tests set their own).
 fn roundtrip() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_roundtrip"));
+    let mut c = crate::common::bin();
     c.env_remove("HF_HUB_OFFLINE")
         .env_remove("HF_HOME")
         .env_remove("HF_HUB_CACHE");

@@ -126,10 +126,7 @@ pub const TINY_DECODER: [&str; 14] = [
 /// Starts `roundtrip ARGS` and kills it as soon as `checkpoint` exists (its first finished
 /// epoch), failing if none appears within two minutes.
 pub fn kill_at_first_checkpoint<S: AsRef<std::ffi::OsStr>>(args: &[S], checkpoint: &Path) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(args)
-        .spawn()
-        .unwrap();
+    let mut child = bin().args(args).spawn().unwrap();
     let t0 = std::time::Instant::now();
     while !checkpoint.exists() && t0.elapsed().as_secs() < 120 {
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -189,4 +186,12 @@ pub fn fails(o: &std::process::Output) -> String {
 /// A command's stderr as text.
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts exit code 2 and that stderr contains every one of `needles`.
+pub fn fails_with(o: &std::process::Output, needles: &[&str]) {
+    let e = fails(o);
+    for n in needles {
+        assert!(e.contains(n), "`{n}` missing from: {e}");
+    }
 }

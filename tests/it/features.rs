@@ -1,8 +1,6 @@
 //! `roundtrip features --encoder clip`: text features equal transformers' `get_text_features`
 //! (tiny CLIP fixture), and the CLIPScore matrix is 2.5 * max(cos, 0) of the printed features.
 
-use std::process::Command;
-
 use candle_core::Device;
 use serde::Deserialize;
 
@@ -54,10 +52,7 @@ fn text_features_match_transformers_and_clip_score_is_consistent() {
         args.extend(["--text".to_string(), t.clone()]);
     }
     args.push(image.clone());
-    let o = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(&args)
-        .output()
-        .unwrap();
+    let o = crate::common::bin().args(&args).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out: Out = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(out.model.source, "folder");
@@ -97,7 +92,7 @@ fn text_features_match_transformers_and_clip_score_is_consistent() {
 
 #[test]
 fn nothing_to_embed_or_a_bad_image_is_an_input_error() {
-    let o = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+    let o = crate::common::bin()
         .args(["features", "--weights", CLIP])
         .output()
         .unwrap();
@@ -105,7 +100,7 @@ fn nothing_to_embed_or_a_bad_image_is_an_input_error() {
     let d = tempfile::tempdir().unwrap();
     let bad = d.path().join("bad.png");
     std::fs::write(&bad, b"not a png").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+    let o = crate::common::bin()
         .args(["features", "--weights", CLIP, bad.to_str().unwrap()])
         .output()
         .unwrap();
@@ -123,7 +118,7 @@ fn vgg16_and_xception_features_equal_the_library_forward() {
         (EncoderKind::Xception, "xception_tiny"),
     ] {
         let weights = format!("{root}/tests/fixtures/{dir}");
-        let o = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+        let o = crate::common::bin()
             .args([
                 "features",
                 "--encoder",

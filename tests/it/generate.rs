@@ -2,7 +2,7 @@
 //! byte for byte, and bad inputs fail early with clear messages.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::common::stderr;
 use serde::Deserialize;
@@ -34,10 +34,7 @@ fn generate(out: &Path, extra: &[&str]) -> Output {
         args.push(a.into());
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_roundtrip"))
-        .args(&args)
-        .output()
-        .unwrap()
+    crate::common::bin().args(&args).output().unwrap()
 }
 
 #[derive(Deserialize)]
@@ -189,7 +186,7 @@ fn bad_settings_and_phrases_are_rejected_before_work() {
         &generate(d.path(), &["--lower", "0.9", "--upper", "0.5"]),
         "cutout bounds",
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_roundtrip"))
+    let o = crate::common::bin()
         .args([
             "generate",
             "  ",
