@@ -14,6 +14,7 @@
 //! fixes the geometry (left of, right of, above or below). Every random draw comes from the
 //! caller's RNG in a fixed order, so a seed reproduces images and captions exactly.
 
+pub mod classes;
 pub mod dataset;
 pub mod grammar;
 pub mod render;
