@@ -103,6 +103,14 @@ pub struct SirenArgs {
     /// Weight of the averaged-embedding loss term (deep-daze: 0.3) [default: 0.3, or the run preset's].
     #[arg(long)]
     averaging_weight: Option<f64>,
+    /// Weight of a total-variation penalty on the image, against high-frequency patterns that
+    /// fool CLIP (deep-daze: none) [default: 0, or the run preset's].
+    #[arg(long)]
+    tv_weight: Option<f64>,
+    /// Standard deviation of Gaussian noise added to each cutout before CLIP sees it (deep-daze:
+    /// none) [default: 0, or the run preset's].
+    #[arg(long)]
+    cutout_noise: Option<f64>,
 }
 
 /// BigGAN generator settings (`--generator biggan`), shared by `generate` and `run`.
@@ -141,6 +149,8 @@ impl BigGanArgs {
             ("--upper", shared.upper.is_some()),
             ("--grad-accum", shared.grad_accum.is_some()),
             ("--averaging-weight", shared.averaging_weight.is_some()),
+            ("--tv-weight", shared.tv_weight.is_some()),
+            ("--cutout-noise", shared.cutout_noise.is_some()),
         ];
         if let Some((flag, _)) = siren_only.iter().find(|(_, given)| *given) {
             return Err(input_err!(
@@ -213,6 +223,8 @@ impl SirenArgs {
             lr: None,
             grad_accum: None,
             averaging_weight: None,
+            tv_weight: None,
+            cutout_noise: None,
         }
     }
 
@@ -230,6 +242,8 @@ impl SirenArgs {
             lr: self.lr.unwrap_or(base.lr),
             grad_accum: self.grad_accum.unwrap_or(base.grad_accum),
             averaging_weight: self.averaging_weight.unwrap_or(base.averaging_weight),
+            tv_weight: self.tv_weight.unwrap_or(base.tv_weight),
+            cutout_noise: self.cutout_noise.unwrap_or(base.cutout_noise),
         }
     }
 }
@@ -340,6 +354,8 @@ mod tests {
             ("lr", d.lr),
             ("grad-accum", d.grad_accum as f64),
             ("averaging-weight", d.averaging_weight),
+            ("tv-weight", d.tv_weight),
+            ("cutout-noise", d.cutout_noise),
         ] {
             let at = help
                 .find(&format!("--{flag} <"))

@@ -43,6 +43,20 @@ pub struct SirenSettings {
     pub grad_accum: usize,
     /// Weight of the averaged-embedding term of the loss (deep-daze: 0.3).
     pub averaging_weight: f64,
+    /// Weight of a total-variation penalty on the image (mean squared difference of neighbouring
+    /// pixels), against the high-frequency patterns that fool CLIP (deep-daze: none; 0: off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tv_weight: f64,
+    /// Standard deviation of Gaussian noise added to each cutout before CLIP sees it, so the image
+    /// cannot rely on pixel-exact adversarial detail (deep-daze: none; 0: off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cutout_noise: f64,
+}
+
+/// Settings added after the first records were written are left out of records while off, so
+/// records and keys of earlier runs stay the same.
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for SirenSettings {
@@ -59,6 +73,8 @@ impl Default for SirenSettings {
             steps: 200,
             grad_accum: 1,
             averaging_weight: 0.3,
+            tv_weight: 0.0,
+            cutout_noise: 0.0,
         }
     }
 }
@@ -95,6 +111,18 @@ impl SirenSettings {
             return fail(format!(
                 "cutout bounds --lower {} --upper {} must satisfy 0 < lower <= upper <= 1",
                 self.lower, self.upper
+            ));
+        }
+        if !(self.tv_weight.is_finite() && self.tv_weight >= 0.0) {
+            return fail(format!(
+                "--tv-weight {} must be a number of at least 0",
+                self.tv_weight
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.cutout_noise) {
+            return fail(format!(
+                "--cutout-noise {} must lie in [0, 1] (a standard deviation in pixel units)",
+                self.cutout_noise
             ));
         }
         if !(0.0..=1.0).contains(&self.averaging_weight) {
@@ -225,6 +253,25 @@ impl Generator for SirenGenerator<'_> {
     }
 }
 
+/// Squared total variation of an image [C, H, W]: the mean squared difference between
+/// horizontally and between vertically neighbouring pixels, summed.
+pub fn total_variation(image: &Tensor) -> Result<Tensor> {
+    let (_, h, w) = image.dims3()?;
+    let dx = (image.narrow(2, 1, w - 1)? - image.narrow(2, 0, w - 1)?)?;
+    let dy = (image.narrow(1, 1, h - 1)? - image.narrow(1, 0, h - 1)?)?;
+    dx.sqr()?.mean_all()? + dy.sqr()?.mean_all()?
+}
+
+/// Gaussian noise N(0, std^2) of `like`'s shape, drawn on the host from `rng` (candle's own
+/// random numbers cannot be seeded).
+fn gaussian_like(like: &Tensor, std: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    use rand_distr::Distribution;
+    let normal = rand_distr::Normal::new(0f32, std as f32)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let v: Vec<f32> = (0..like.elem_count()).map(|_| normal.sample(rng)).collect();
+    Tensor::from_vec(v, like.shape(), like.device())
+}
+
 /// A SIREN being optimised towards one phrase.
 pub struct SirenGuidance<'a> {
     settings: SirenSettings,
@@ -233,6 +280,8 @@ pub struct SirenGuidance<'a> {
     net: Siren,
     opt: Adam,
     rng: ChaCha8Rng,
+    /// The cutout noise's own stream, so that turning noise on leaves the cutouts where they were.
+    noise_rng: ChaCha8Rng,
     coords: Tensor,
     step: usize,
 }
@@ -252,6 +301,8 @@ impl<'a> SirenGuidance<'a> {
         // The cutouts draw from their own stream of the same seed.
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(1);
+        let mut noise_rng = ChaCha8Rng::seed_from_u64(seed);
+        noise_rng.set_stream(2);
         Ok(Self {
             settings: settings.clone(),
             encoder,
@@ -259,6 +310,7 @@ impl<'a> SirenGuidance<'a> {
             net,
             opt,
             rng,
+            noise_rng,
             coords: coord_grid(settings.size, settings.size, device)?,
             step: 0,
         })
@@ -283,17 +335,29 @@ impl Guidance for SirenGuidance<'_> {
             let image = Var::from_tensor(&image)?;
             let cuts = deep_daze_cutouts(&mut self.rng, s.cutouts, s.size, s.lower, s.upper);
             let size = self.encoder.input_size();
-            let batch = cutout_batch(image.as_tensor(), &cuts, size, Resize::Bilinear)?;
+            let mut batch = cutout_batch(image.as_tensor(), &cuts, size, Resize::Bilinear)?;
+            if s.cutout_noise > 0.0 {
+                batch = (&batch + gaussian_like(&batch, s.cutout_noise, &mut self.noise_rng)?)?;
+            }
             let (loss, sim, store) = encode_and_backward(self.encoder, &batch, |emb| {
                 let (loss, sim) = deep_daze_loss(&self.text, emb, s.averaging_weight)?;
                 Ok(((loss / accum as f64)?, sim))
             })?;
             loss_sum += loss.to_scalar::<f32>()?;
             sim_sum += sim.to_scalar::<f32>()? / accum as f32;
-            let grad_image = store
+            let mut grad_image = store
                 .get(image.as_tensor())
-                .ok_or_else(|| candle_core::Error::Msg("no gradient reached the image".into()))?;
-            let grads = tape.backward(&self.net, grad_image)?;
+                .ok_or_else(|| candle_core::Error::Msg("no gradient reached the image".into()))?
+                .clone();
+            if s.tv_weight > 0.0 {
+                let tv = (total_variation(image.as_tensor())? * (s.tv_weight / accum as f64))?;
+                loss_sum += tv.to_scalar::<f32>()?;
+                let tv_grads = tv.backward()?;
+                if let Some(g) = tv_grads.get(image.as_tensor()) {
+                    grad_image = (grad_image + g)?;
+                }
+            }
+            let grads = tape.backward(&self.net, &grad_image)?;
             total = Some(match total {
                 None => (store, grads),
                 Some((store, acc)) => {
@@ -333,6 +397,20 @@ impl Guidance for SirenGuidance<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn total_variation_is_the_mean_squared_neighbour_difference() {
+        // One channel, 2 x 3: horizontal differences 1, 2 | 0, 0; vertical 3, 1, 4.
+        let img = Tensor::new(&[[[0f32, 1.0, 3.0], [3.0, 2.0, 7.0]]], &Device::Cpu).unwrap();
+        let want = (1.0 + 1.0 + 4.0 + 25.0) / 4.0 + (9.0 + 1.0 + 16.0) / 3.0;
+        let got = total_variation(&img).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got as f64 - want).abs() < 1e-6 * want, "{got} vs {want}");
+        let flat = Tensor::ones((3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            total_variation(&flat).unwrap().to_scalar::<f32>().unwrap(),
+            0.0
+        );
+    }
 
     const MIB: f64 = 1024.0 * 1024.0;
 

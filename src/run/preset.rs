@@ -62,5 +62,7 @@ pub fn shapes_siren() -> SirenSettings {
         steps: 150,
         grad_accum: 1,
         averaging_weight: 0.3,
+        tv_weight: 0.0,
+        cutout_noise: 0.0,
     }
 }

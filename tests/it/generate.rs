@@ -186,6 +186,14 @@ fn bad_settings_and_phrases_are_rejected_before_work() {
         &generate(d.path(), &["--lower", "0.9", "--upper", "0.5"]),
         "cutout bounds",
     );
+    expect_input_error(
+        &generate(d.path(), &["--tv-weight=-1"]),
+        "--tv-weight -1 must be a number of at least 0",
+    );
+    expect_input_error(
+        &generate(d.path(), &["--cutout-noise", "2"]),
+        "--cutout-noise 2 must lie in [0, 1]",
+    );
     let o = crate::common::bin()
         .args([
             "generate",
@@ -240,4 +248,83 @@ fn missing_or_broken_weights_and_unwritable_output_fail_clearly() {
     std::fs::write(&file, b"x").unwrap();
     let blocked: PathBuf = file.join("out");
     expect_input_error(&generate(&blocked, &[]), "cannot create output folder");
+}
+
+/// Squared total variation of a PNG, as `generate::siren::total_variation` defines it.
+fn png_tv(path: &Path) -> f64 {
+    let img = image::open(path).unwrap().to_rgb8();
+    let (w, h) = img.dimensions();
+    let px = |x: u32, y: u32, c: usize| img.get_pixel(x, y)[c] as f64 / 255.0;
+    let (mut dx, mut dy) = (0.0, 0.0);
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                if x + 1 < w {
+                    dx += (px(x + 1, y, c) - px(x, y, c)).powi(2);
+                }
+                if y + 1 < h {
+                    dy += (px(x, y + 1, c) - px(x, y, c)).powi(2);
+                }
+            }
+        }
+    }
+    dx / (3 * h * (w - 1)) as f64 + dy / (3 * (h - 1) * w) as f64
+}
+
+/// The total-variation penalty smooths the image (less than half the TV of the same run without
+/// it), cutout noise changes the image, and both are recorded with the settings only when on
+/// (so records of earlier runs keep their bytes).
+#[test]
+fn tv_penalty_smooths_and_noise_is_recorded() {
+    let (plain, tv, noisy) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    crate::common::ok(&generate(
+        plain.path(),
+        &["--seed", "4", "--w0", "30", "--lr", "1e-2"],
+    ));
+    crate::common::ok(&generate(
+        tv.path(),
+        &[
+            "--seed",
+            "4",
+            "--w0",
+            "30",
+            "--lr",
+            "1e-2",
+            "--tv-weight",
+            "1000",
+        ],
+    ));
+    crate::common::ok(&generate(
+        noisy.path(),
+        &[
+            "--seed",
+            "4",
+            "--w0",
+            "30",
+            "--lr",
+            "1e-2",
+            "--cutout-noise",
+            "0.2",
+        ],
+    ));
+    let image = |d: &Path| d.join(&record(d).image);
+    let (t_plain, t_tv) = (png_tv(&image(plain.path())), png_tv(&image(tv.path())));
+    assert!(
+        t_tv < 0.5 * t_plain,
+        "TV with the penalty {t_tv:.5} vs without {t_plain:.5}"
+    );
+    let json = |d: &Path| std::fs::read_to_string(d.join(format!("{SLUG}.json"))).unwrap();
+    assert!(
+        !json(plain.path()).contains("tv_weight") && !json(plain.path()).contains("cutout_noise")
+    );
+    assert!(json(tv.path()).contains("\"tv_weight\": 1000"));
+    assert!(json(noisy.path()).contains("\"cutout_noise\": 0.2"));
+    assert_ne!(
+        bytes(plain.path(), &record(plain.path()).image),
+        bytes(noisy.path(), &record(noisy.path()).image)
+    );
 }
