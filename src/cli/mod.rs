@@ -18,6 +18,7 @@ mod run;
 mod shapes;
 mod train;
 mod train_clip;
+mod train_gan;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +51,8 @@ enum Command {
     Caption(caption::Args),
     /// Train a small CLIP from scratch on a captioned dataset (Flickr8k layout).
     TrainClip(train_clip::Args),
+    /// Train a class-conditional BigGAN-deep on a shapes-world dataset (hinge loss, EMA, DiffAugment).
+    TrainGan(train_gan::Args),
     /// Image-to-text and text-to-image retrieval of a CLIP over a dataset split.
     EvalClip(eval_clip::Args),
     /// Work with prompts files.
@@ -90,6 +93,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Eval(a) => eval::execute(a, out),
         Command::Caption(a) => caption::execute(a, out),
         Command::TrainClip(a) => train_clip::execute(a, out),
+        Command::TrainGan(a) => train_gan::execute(a, out),
         Command::EvalClip(a) => eval_clip::execute(a, out),
         Command::Prompts(c) => prompts::execute(c, out),
         Command::Shapes(c) => shapes::execute(c, out),

@@ -67,6 +67,15 @@ impl Adam {
         self
     }
 
+    /// Sets both betas and epsilon (BigGAN trains with beta1 0, beta2 0.999, eps 1e-6: with
+    /// beta1 0 the first moment is the gradient itself and its bias correction is 1).
+    pub fn with_betas_eps(mut self, beta1: f64, beta2: f64, eps: f64) -> Self {
+        self.beta1 = beta1;
+        self.beta2 = beta2;
+        self.eps = eps;
+        self
+    }
+
     /// Decoupled weight decay as PyTorch's AdamW (`p -= lr * wd * p` before the Adam update), on
     /// the parameters for which `applies(name, param)` holds; none at all when `wd` is 0.
     pub fn with_weight_decay(mut self, wd: f64, applies: impl Fn(&str, &Var) -> bool) -> Self {

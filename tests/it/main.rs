@@ -13,6 +13,7 @@ mod common;
 mod decoder_parity;
 mod encoder_parity;
 mod features;
+mod gan;
 mod generate;
 mod pth_reader;
 mod run;

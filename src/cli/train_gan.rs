@@ -1,0 +1,110 @@
+//! `roundtrip train-gan --dataset DIR --out MODEL_DIR [...]`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::gan::{train_gan, GanSettings, TrainGanRequest};
+
+fn d() -> GanSettings {
+    GanSettings::default()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Dataset folder in a Flickr8k layout whose captions are in the shapes grammar (as
+    /// `roundtrip shapes dataset` writes).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Output model folder (config.json, model.safetensors, training.json, train_log.jsonl,
+    /// checkpoint.safetensors); `roundtrip generate --biggan MODEL_DIR` reads it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Passes over the training images (one D step per batch).
+    #[arg(long, default_value_t = d().epochs)]
+    epochs: usize,
+    #[arg(long, default_value_t = d().batch_size)]
+    batch_size: usize,
+    /// Generator learning rate (Adam, beta1 0, beta2 0.999).
+    #[arg(long, default_value_t = d().lr_g)]
+    lr_g: f64,
+    /// Discriminator learning rate.
+    #[arg(long, default_value_t = d().lr_d)]
+    lr_d: f64,
+    /// Discriminator steps per generator step.
+    #[arg(long, default_value_t = d().d_steps)]
+    d_steps: usize,
+    #[arg(long, default_value_t = d().seed)]
+    seed: u64,
+    /// Decay of the generator's exponential moving average (the saved generator).
+    #[arg(long, default_value_t = d().ema_decay)]
+    ema_decay: f64,
+    /// Side of the generated images (power of two, 16 to 256).
+    #[arg(long, default_value_t = d().image_size)]
+    image_size: usize,
+    #[arg(long, default_value_t = d().z_dim)]
+    z_dim: usize,
+    /// Generator channel_width (4 x 4 maps have 16 x this many channels).
+    #[arg(long, default_value_t = d().g_ch)]
+    g_ch: usize,
+    /// Discriminator width after its input convolution (doubled per stage).
+    #[arg(long, default_value_t = d().d_ch)]
+    d_ch: usize,
+    /// DBlocks per discriminator stage (BigGAN-deep: 2).
+    #[arg(long, default_value_t = d().d_depth)]
+    d_depth: usize,
+    /// Truncations of the standing statistics (0, 1/(n-1), ..., 1; the published models: 51).
+    #[arg(long, default_value_t = d().n_stats)]
+    n_stats: usize,
+    /// Samples per truncation for the standing statistics.
+    #[arg(long, default_value_t = d().standing_samples)]
+    standing_samples: usize,
+    /// Turn DiffAugment (colour, translation, cutout on real and fake images) off.
+    #[arg(long)]
+    no_diffaug: bool,
+    /// Continue an interrupted training from its last finished epoch.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let req = TrainGanRequest {
+        dataset: a.dataset,
+        out: a.out,
+        settings: GanSettings {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr_g: a.lr_g,
+            lr_d: a.lr_d,
+            d_steps: a.d_steps,
+            seed: a.seed,
+            ema_decay: a.ema_decay,
+            image_size: a.image_size,
+            z_dim: a.z_dim,
+            g_ch: a.g_ch,
+            d_ch: a.d_ch,
+            d_depth: a.d_depth,
+            n_stats: a.n_stats,
+            standing_samples: a.standing_samples,
+            diffaug: !a.no_diffaug,
+        },
+        resume: a.resume,
+        quiet: a.quiet,
+        command_line: std::env::args().collect(),
+    };
+    let s = train_gan(&req)?;
+    writeln!(
+        out,
+        "{}\tepochs {}\tG parameters {}\tD parameters {}\ttraining images {} (captions not parsed {})\tdev AUC {}\t{:.3} s/step",
+        req.out.display(),
+        s.epochs_run,
+        s.g_parameters,
+        s.d_parameters,
+        s.train_images,
+        s.unparsed,
+        s.last_dev_auc.map_or("-".into(), |a| format!("{a:.3}")),
+        s.seconds_per_step
+    )?;
+    Ok(())
+}
