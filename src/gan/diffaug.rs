@@ -104,7 +104,7 @@ mod tests {
     fn augmentation_is_differentiable_and_cuts_a_square() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let d = Draws::draw(2, 8, &mut rng);
-        let x = Var::new(&vec![0.5f32; 3 * 2 * 8 * 8], &Device::Cpu).unwrap();
+        let x = Var::from_vec(vec![0.5f32; 3 * 2 * 8 * 8], 3 * 2 * 8 * 8, &Device::Cpu).unwrap();
         let xr = x.as_tensor().reshape((3, 2, 8, 8)).unwrap();
         let y = augment(&xr, &d).unwrap();
         let y0: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();

@@ -98,14 +98,14 @@ impl GanSettings {
         if !(1..=1024).contains(&self.z_dim) {
             return bad("--z-dim", self.z_dim.to_string(), "expected 1 to 1024");
         }
-        if !(4..=256).contains(&self.g_ch) || self.g_ch % 4 != 0 {
+        if !(4..=256).contains(&self.g_ch) || !self.g_ch.is_multiple_of(4) {
             return bad(
                 "--g-ch",
                 self.g_ch.to_string(),
                 "expected a multiple of 4 from 4 to 256",
             );
         }
-        if !(4..=512).contains(&self.d_ch) || self.d_ch % 4 != 0 {
+        if !(4..=512).contains(&self.d_ch) || !self.d_ch.is_multiple_of(4) {
             return bad(
                 "--d-ch",
                 self.d_ch.to_string(),
