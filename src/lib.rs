@@ -14,6 +14,7 @@ pub mod error;
 pub mod features;
 pub mod fingerprint;
 pub mod fsutil;
+pub mod gan_eval;
 pub mod generate;
 pub mod hub;
 pub mod imageops;
