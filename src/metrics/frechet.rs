@@ -212,7 +212,10 @@ mod tests {
         for c in &f.cases {
             let ours = frechet_distance_of(&f32s(&c.x), &f32s(&c.y)).unwrap();
             let rel = (ours - c.fd).abs() / c.fd.abs();
-            eprintln!("{:<28} ours {ours:.12} scipy {:.12} rel {rel:.2e}", c.name, c.fd);
+            eprintln!(
+                "{:<28} ours {ours:.12} scipy {:.12} rel {rel:.2e}",
+                c.name, c.fd
+            );
             assert!(rel < 1e-6, "{}: {ours} vs pytorch-fid {}", c.name, c.fd);
         }
     }
