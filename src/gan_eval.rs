@@ -381,6 +381,25 @@ pub fn evaluate(o: &Options, device: &Device) -> anyhow::Result<Report> {
         ));
     }
     let seeds = Seeds::new(o.seed, o.reference.is_none());
+    // The reference sets first, so that a dataset too small is refused before any work.
+    let m = o.fd_samples;
+    crate::stderr::status(o.quiet, format_args!("reference: {} images", 2 * m));
+    let (reference, reference_name) = match &o.reference {
+        Some(dir) => (
+            dataset_reference(dir, 2 * m)?,
+            format!("dataset {}", dir.display()),
+        ),
+        None => {
+            let s = seeds.reference.unwrap_or(o.seed);
+            (
+                rendered_reference(s, 2 * m, size as u32),
+                format!(
+                    "rendered: images 0..{} of `roundtrip shapes dataset --seed {s} --size {size}`",
+                    2 * m
+                ),
+            )
+        }
+    };
     let zd = g.config().z_dim;
 
     // Class fidelity: N samples and N photos, class i % 40.
@@ -464,24 +483,6 @@ pub fn evaluate(o: &Options, device: &Device) -> anyhow::Result<Report> {
     }
 
     // Frechet distances: reference set A, floor set B, samples on B's class vectors.
-    let m = o.fd_samples;
-    crate::stderr::status(o.quiet, format_args!("reference: {} images", 2 * m));
-    let (reference, reference_name) = match &o.reference {
-        Some(dir) => (
-            dataset_reference(dir, 2 * m)?,
-            format!("dataset {}", dir.display()),
-        ),
-        None => {
-            let s = seeds.reference.unwrap_or(o.seed);
-            (
-                rendered_reference(s, 2 * m, size as u32),
-                format!(
-                    "rendered: images 0..{} of `roundtrip shapes dataset --seed {s} --size {size}`",
-                    2 * m
-                ),
-            )
-        }
-    };
     let (set_a, set_b) = reference.split_at(m);
     let b_classes: Vec<Vec<f32>> = set_b.iter().map(|(_, c)| c.clone()).collect();
     let bar = crate::stderr::bar(m as u64, "fd samples", o.quiet);
