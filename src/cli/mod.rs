@@ -9,6 +9,7 @@ mod bleu;
 mod caption;
 mod eval;
 mod eval_clip;
+mod eval_gan;
 mod features;
 mod generate;
 mod merge;
@@ -55,6 +56,8 @@ enum Command {
     TrainGan(train_gan::Args),
     /// Image-to-text and text-to-image retrieval of a CLIP over a dataset split.
     EvalClip(eval_clip::Args),
+    /// Class fidelity and Frechet distance of the shapes world's class-conditional BigGAN.
+    EvalGan(eval_gan::Args),
     /// Work with prompts files.
     #[command(subcommand)]
     Prompts(prompts::Command),
@@ -95,6 +98,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::TrainClip(a) => train_clip::execute(a, out),
         Command::TrainGan(a) => train_gan::execute(a, out),
         Command::EvalClip(a) => eval_clip::execute(a, out),
+        Command::EvalGan(a) => eval_gan::execute(a, out),
         Command::Prompts(c) => prompts::execute(c, out),
         Command::Shapes(c) => shapes::execute(c, out),
         Command::Models(c) => models::execute(c, out),

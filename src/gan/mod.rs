@@ -1,4 +1,5 @@
-//! A class-conditional BigGAN-deep trained by the tool (`roundtrip train-gan`): Brock, Donahue and
+//! A class-conditional BigGAN-deep trained by the tool (`roundtrip train-gan`, measured by
+//! `roundtrip eval-gan`): Brock, Donahue and
 //! Simonyan 2019, "Large Scale GAN Training for High Fidelity Natural Image Synthesis", with the
 //! generator of [`crate::models::biggan`] (the same architecture and the published tensor names of
 //! pytorch-pretrained-BigGAN's checkpoints, so `BigGan::load` runs a trained model unchanged) in
@@ -20,10 +21,12 @@
 //!
 //! Files: here the pieces both networks share (orthogonal initialisation, the parameter store,
 //! the spectral-norm weight); `generator`, `discriminator`, `diffaug`, `train` (the training
-//! driver's [`crate::train::Trainer`], settings, standing statistics, the model folder).
+//! driver's [`crate::train::Trainer`], settings, standing statistics, the model folder); `eval`
+//! (`roundtrip eval-gan`: class fidelity and the Frechet distance of a trained model).
 
 pub mod diffaug;
 pub mod discriminator;
+pub mod eval;
 pub mod generator;
 pub mod settings;
 pub mod train;

@@ -12,6 +12,7 @@ mod clip_train;
 mod common;
 mod decoder_parity;
 mod encoder_parity;
+mod eval_gan;
 mod features;
 mod gan;
 mod generate;
