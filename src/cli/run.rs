@@ -32,8 +32,9 @@ pub struct Args {
     /// Models and generator settings used where no option says otherwise.
     #[arg(long, value_enum, default_value = "real")]
     preset: PresetArg,
-    /// The generator of lines without a `[siren]` / `[biggan]` prefix; --steps, --size, --cutouts
-    /// and --lr set its settings (lines of the other generator keep that one's defaults).
+    /// The generator of lines without a `[siren]` / `[biggan]` prefix (the one-generator form of
+    /// --generators); --steps, --size, --cutouts and --lr set its settings (lines of the other
+    /// generator keep that one's defaults).
     #[arg(long, value_enum, default_value = "siren")]
     generator: GeneratorKind,
     /// Draw every line without a `[siren]` / `[biggan]` prefix with each of these generators
