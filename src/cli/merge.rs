@@ -20,10 +20,11 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let s = crate::run::merge::merge(&a.shards, &a.out, a.force)?;
     writeln!(
         out,
-        "{}\tphrases {}\tshards {}",
+        "{}\tphrases {}\tshards {}\timages {}",
         s.report.display(),
         s.phrases,
-        s.shards
+        s.shards,
+        s.images
     )?;
     Ok(())
 }

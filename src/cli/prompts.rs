@@ -7,7 +7,9 @@ use crate::prompts::PromptFile;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Validate a prompts file and print the phrases (and real photos) it holds.
+    /// Validate a prompts file and print the phrases (and real photos) it holds. A line's
+    /// `[siren]` / `[biggan]` prefix pins it to that generator; `run --generators siren,biggan`
+    /// draws every other line with each listed generator.
     Check {
         file: PathBuf,
         /// Print one JSON object instead of text.
@@ -25,12 +27,18 @@ pub fn execute(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
         return Ok(());
     }
     let photos = prompts.prompts.iter().filter(|p| p.photo.is_some()).count();
+    let pinned = prompts
+        .prompts
+        .iter()
+        .filter(|p| p.generator.is_some())
+        .count();
     writeln!(
         out,
-        "{}: {} phrases, {} with a real photo",
+        "{}: {} phrases, {} with a real photo, {} pinned to one generator by a [siren] / [biggan] prefix (`run --generators` draws the others with each listed generator)",
         file.display(),
         prompts.prompts.len(),
-        photos
+        photos,
+        pinned
     )?;
     for p in &prompts.prompts {
         let generator = p

@@ -7,7 +7,8 @@ use super::generate::{BigGanArgs, SirenArgs};
 use crate::generate::GeneratorKind;
 use crate::run::preset::Preset;
 use crate::run::{
-    execute as run_prompts, parse_captioners, BigGanRunSettings, RunRequest, RunSettings, Shard,
+    execute as run_prompts, parse_captioners, parse_generators, BigGanRunSettings, RunRequest,
+    RunSettings, Shard,
 };
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -31,10 +32,19 @@ pub struct Args {
     /// Models and generator settings used where no option says otherwise.
     #[arg(long, value_enum, default_value = "real")]
     preset: PresetArg,
-    /// The generator of lines without a `[siren]` / `[biggan]` prefix; --steps, --size, --cutouts
-    /// and --lr set its settings (lines of the other generator keep that one's defaults).
+    /// The generator of lines without a `[siren]` / `[biggan]` prefix (the one-generator form of
+    /// --generators); --steps, --size, --cutouts and --lr set its settings (lines of the other
+    /// generator keep that one's defaults).
     #[arg(long, value_enum, default_value = "siren")]
     generator: GeneratorKind,
+    /// Draw every line without a `[siren]` / `[biggan]` prefix with each of these generators
+    /// (comma-separated, e.g. siren,biggan) and compare them side by side; a prefixed line is
+    /// still drawn only with its own. The first listed takes --steps, --size, --cutouts and --lr
+    /// and keeps the one-generator seeds and file names (so adding a generator at the end keeps
+    /// the images already drawn); each other image gets a seed of its own. [default: the
+    /// --generator]
+    #[arg(long, conflicts_with = "generator", value_name = "LIST")]
+    generators: Option<String>,
     /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`)
     /// [default: real: vgg16=models/captioners/vgg16,xception=models/captioners/xception;
     /// shapes: vgg16=models/shapes/vgg16,xception=models/shapes/xception].
@@ -75,8 +85,12 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         PresetArg::Shapes => Preset::Shapes,
     };
     let d = preset.defaults();
-    // The shared flags set the default generator's settings; the other keeps its defaults.
-    let (siren, biggan) = match a.generator {
+    let generators = match &a.generators {
+        Some(list) => parse_generators(list)?,
+        None => vec![a.generator],
+    };
+    // The shared flags set the first generator's settings; the other keeps its defaults.
+    let (siren, biggan) = match generators.first().copied().unwrap_or(a.generator) {
         GeneratorKind::Siren => {
             let (settings, model) = a.biggan.settings(&SirenArgs::none())?;
             (
@@ -90,7 +104,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     };
     let settings = RunSettings {
-        generator: a.generator,
+        generators,
         siren,
         biggan: Some(biggan),
         seed: a.seed,
@@ -111,12 +125,13 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let s = run_prompts(&req)?;
     writeln!(
         out,
-        "{}\tphrases {}\tcomputed {}\treused {}\tupdated {}",
+        "{}\tphrases {}\tcomputed {}\treused {}\tupdated {}\timages {}",
         s.report.display(),
         s.phrases,
         s.computed,
         s.reused,
-        s.updated
+        s.updated,
+        s.images
     )?;
     Ok(())
 }

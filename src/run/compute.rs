@@ -19,7 +19,6 @@ use super::record::{
     CaptionerResult, ClipScoreKey, ClipScores, ImageKey, PhotoRecord, PhraseRecord, ReadRecord,
     ScoredCaption, StageKeys, StepPoint, Timings,
 };
-use super::shard::phrase_seed;
 use super::stages::{ImageCaptioner, Judge};
 use super::RUN_SCHEMA_VERSION;
 use crate::fingerprint::sha256_hex;
@@ -29,14 +28,15 @@ use crate::generate::{drive, BigGanGenerator, Generator, GeneratorKind, SirenGen
 use crate::imageops::{png_bytes, tensor_to_rgb};
 use crate::metrics::captions::caption_bleu;
 
-/// The records of a run's phrases, in plan order, and what was done to them.
+/// The records of a run's images (one per phrase and generator drawing it), in plan order, and
+/// what was done to them.
 pub struct Computed {
     pub records: Vec<PhraseRecord>,
-    /// Phrases whose image was generated.
+    /// Images generated.
     pub computed: usize,
-    /// Phrases whose image was kept and whose captions or scores were recomputed.
+    /// Images kept whose captions or scores were recomputed.
     pub updated: usize,
-    /// Phrases whose record was up to date.
+    /// Images whose record was up to date.
     pub reused: usize,
 }
 
@@ -124,40 +124,46 @@ pub fn compute_all(
         updated: 0,
         reused: 0,
     };
-    let total = plan.phrases.len();
-    for (i, p) in plan.phrases.iter().enumerate() {
-        let kind = p.prompt.generator.unwrap_or(plan.settings.generator);
-        let generator = generators.get(kind)?;
-        let job = PhraseJob {
-            id: &p.id,
-            phrase: &p.prompt.phrase,
-            seed: phrase_seed(plan.settings.seed, &p.prompt.phrase),
-            photo: p.photo.as_ref().map(|(source, bytes, img)| PhotoInput {
-                source,
-                written: p.prompt.photo.as_deref().unwrap_or_default(),
-                bytes,
-                image: img,
-                sha256: sha256_hex(bytes),
-            }),
-            generator,
-        };
-        crate::stderr::status(
-            quiet,
-            format_args!("[{}/{total}] {}", i + 1, p.prompt.phrase),
-        );
-        let bar = crate::stderr::bar(
-            generator.steps() as u64,
-            &format!("[{}/{total}]", i + 1),
-            quiet,
-        );
-        let (rec, outcome) = bring_up_to_date(&stage_models, &job, &bar)?;
-        bar.finish_and_clear();
-        match outcome {
-            Outcome::Reused => out.reused += 1,
-            Outcome::Updated => out.updated += 1,
-            Outcome::Computed => out.computed += 1,
+    let total: usize = plan.phrases.iter().map(|p| p.images.len()).sum();
+    let mut i = 0;
+    for p in &plan.phrases {
+        for slot in &p.images {
+            i += 1;
+            let generator = generators.get(slot.generator)?;
+            let job = PhraseJob {
+                id: &slot.id,
+                photo_id: &p.id,
+                phrase: &p.prompt.phrase,
+                seed: slot.seed,
+                photo: p.photo.as_ref().map(|(source, bytes, img)| PhotoInput {
+                    source,
+                    written: p.prompt.photo.as_deref().unwrap_or_default(),
+                    bytes,
+                    image: img,
+                    sha256: sha256_hex(bytes),
+                }),
+                generator,
+            };
+            let what = if p.images.len() > 1 {
+                format!(" [{}]", slot.generator)
+            } else {
+                String::new()
+            };
+            crate::stderr::status(
+                quiet,
+                format_args!("[{i}/{total}] {}{what}", p.prompt.phrase),
+            );
+            let bar =
+                crate::stderr::bar(generator.steps() as u64, &format!("[{i}/{total}]"), quiet);
+            let (rec, outcome) = bring_up_to_date(&stage_models, &job, &bar)?;
+            bar.finish_and_clear();
+            match outcome {
+                Outcome::Reused => out.reused += 1,
+                Outcome::Updated => out.updated += 1,
+                Outcome::Computed => out.computed += 1,
+            }
+            out.records.push(rec);
         }
-        out.records.push(rec);
     }
     Ok(out)
 }
@@ -173,9 +179,12 @@ pub struct PhotoInput<'a> {
     pub sha256: String,
 }
 
-/// One phrase to bring up to date.
+/// One image of a phrase to bring up to date.
 pub struct PhraseJob<'a> {
+    /// The record's file-name stem ([`super::plan::ImageSlot::id`]).
     pub id: &'a str,
+    /// The phrase's file-name stem, naming its photo copy (shared by its images' records).
+    pub photo_id: &'a str,
     pub phrase: &'a str,
     pub seed: u64,
     pub photo: Option<PhotoInput<'a>>,
@@ -266,7 +275,7 @@ pub fn bring_up_to_date(
             photo_changed |= rec.photo.take().is_some();
         }
         Some(p) => {
-            let dest = layout.photo(job.id, p.source);
+            let dest = layout.photo(job.photo_id, p.source);
             let wanted = PhotoRecord {
                 source: p.written.to_owned(),
                 file: layout.relative(&dest),

@@ -1,6 +1,8 @@
 //! `report.html`: one self-contained page (images inlined as data URIs, no script, no external
-//! resource) laid out as the original experiment's table: phrase | generated image | real photo |
-//! captions, with the scores and a chart of CLIP similarity over the guidance steps.
+//! resource) laid out as the original experiment's table, one row per phrase: phrase | one column
+//! per generator (its image, scores, a chart of CLIP similarity over the guidance steps and each
+//! captioner's caption) | real photo (with its captions). The header names each generator's
+//! settings.
 //!
 //! Every phrase, caption, label and path is HTML-escaped, so a phrase like `<script>` is text.
 
@@ -11,7 +13,7 @@ use base64::Engine as _;
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 
 use super::record::{PhraseRecord, ScoredCaption, StepPoint};
-use super::report::{Figures, Report};
+use super::report::{generator_settings, generators_summary, Figures, Report};
 use super::Layout;
 
 /// Real photos larger than this (either side) are inlined as a JPEG thumbnail of this size.
@@ -144,43 +146,83 @@ fn opt(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.4}"))
 }
 
-fn phrase_row(s: &mut String, r: &Report, layout: &Layout, line: usize, p: &PhraseRecord) {
+/// One image's cell: the image, its seed and scores, the chart of its guidance and each
+/// captioner's caption of it.
+fn image_cell(s: &mut String, r: &Report, layout: &Layout, p: &PhraseRecord) {
     let _ = write!(
         s,
-        "<tr><td>{}<br><small>line {line} · seed {} · {}</small></td><td>{}<small>CLIPScore {:.4} · guide similarity {:.4}</small>{}</td>",
-        text(&p.phrase),
+        "<td>{}<small>seed {} · CLIPScore {:.4} · guide similarity {:.4}</small>{}<table class=\"caps\">",
+        img(layout, &p.image, &format!("{}: {}", p.generator, p.phrase), false),
         p.seed,
-        text(p.generator.name()),
-        img(layout, &p.image, &format!("generated: {}", p.phrase), false),
         p.clip_score.generated,
         p.final_similarity,
         chart(&p.steps)
-    );
-    match (&p.photo, p.clip_score.photo) {
-        (Some(photo), score) => {
-            let _ = write!(
-                s,
-                "<td>{}<small>CLIPScore {}</small></td>",
-                img(layout, &photo.file, &format!("photo: {}", p.phrase), true),
-                opt(score.map(f64::from))
-            );
-        }
-        (None, _) => s.push_str("<td class=\"missing\">no photo</td>"),
-    }
-    s.push_str(
-        "<td><table class=\"caps\"><tr><th></th><th>generated image</th><th>real photo</th></tr>",
     );
     for spec in &r.settings.captioners {
         let res = p.captions.get(&spec.label);
         let _ = write!(
             s,
-            "<tr><th>{}</th>{}{}</tr>",
+            "<tr><th>{}</th>{}</tr>",
             text(&spec.label),
-            caption_cell(res.map(|x| &x.generated)),
-            caption_cell(res.and_then(|x| x.photo.as_ref()))
+            caption_cell(res.map(|x| &x.generated))
         );
     }
-    s.push_str("</table></td></tr>\n");
+    s.push_str("</table></td>");
+}
+
+/// One phrase's row: the phrase, one cell per generator column (empty where a `[prefix]` pins
+/// the line to another), the real photo with its captions.
+fn phrase_row(s: &mut String, r: &Report, layout: &Layout, line: usize, images: &[&PhraseRecord]) {
+    let Some(first) = images.first() else { return };
+    let _ = write!(
+        s,
+        "<tr><td>{}<br><small>line {line}</small></td>",
+        text(&first.phrase)
+    );
+    for g in &r.columns {
+        match images.iter().find(|p| p.generator == *g) {
+            Some(p) => image_cell(s, r, layout, p),
+            None => {
+                let pinned = images
+                    .iter()
+                    .map(|p| p.generator.name())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = write!(
+                    s,
+                    "<td class=\"missing\">drawn with {} only</td>",
+                    text(&pinned)
+                );
+            }
+        }
+    }
+    match (&first.photo, first.clip_score.photo) {
+        (Some(photo), score) => {
+            let _ = write!(
+                s,
+                "<td>{}<small>CLIPScore {}</small><table class=\"caps\">",
+                img(
+                    layout,
+                    &photo.file,
+                    &format!("photo: {}", first.phrase),
+                    true
+                ),
+                opt(score.map(f64::from))
+            );
+            for spec in &r.settings.captioners {
+                let res = first.captions.get(&spec.label);
+                let _ = write!(
+                    s,
+                    "<tr><th>{}</th>{}</tr>",
+                    text(&spec.label),
+                    caption_cell(res.and_then(|x| x.photo.as_ref()))
+                );
+            }
+            s.push_str("</table></td>");
+        }
+        (None, _) => s.push_str("<td class=\"missing\">no photo</td>"),
+    }
+    s.push_str("</tr>\n");
 }
 
 /// The whole page.
@@ -197,43 +239,78 @@ pub fn render(r: &Report, layout: &Layout) -> anyhow::Result<String> {
         c.phrases,
         c.with_photo,
         text(r.prompts_file),
-        text(&super::report::generators_summary(r)),
+        text(&generators_summary(r)),
         r.settings.seed,
         text(&r.settings.clip),
         r.shard
             .as_ref()
             .map_or(String::new(), |k| format!(", shard {}", text(k)))
     );
+    s.push_str("<ul class=\"generators\">");
+    for g in &r.columns {
+        let _ = write!(
+            s,
+            "<li><b>{}</b>: {}</li>",
+            text(g.name()),
+            text(&generator_settings(r.settings, *g))
+        );
+    }
+    s.push_str("</ul>\n");
     let _ = writeln!(
         s,
-        "<h2>Corpus</h2><p>Corpus BLEU of each caption against its phrase (unsmoothed), mean CLIP text similarity of caption and phrase, and caption diversity.</p>\
+        "<h2>Corpus</h2><p>Corpus BLEU of each caption against its phrase (unsmoothed), mean CLIP text similarity of caption and phrase, and caption diversity, per captioner on each generator's images and on the real photos.</p>\
 <table class=\"corpus\"><thead><tr><th>captioner</th><th>images</th><th>n</th><th>BLEU-1</th><th>BLEU-2</th><th>BLEU-3</th><th>BLEU-4</th><th>CLIP text sim</th><th>distinct (ratio)</th><th>most repeated caption</th></tr></thead><tbody>"
     );
     for spec in &r.settings.captioners {
-        if let Some(cc) = c.captioners.get(&spec.label) {
-            figures_row(&mut s, &spec.label, "generated", &cc.generated);
-            figures_row(
-                &mut s,
-                &spec.label,
-                "generated (phrases with a photo)",
-                &cc.generated_with_photo,
-            );
-            figures_row(&mut s, &spec.label, "real photo", &cc.photo);
+        for g in &r.columns {
+            if let Some(gc) = c
+                .generators
+                .get(g.name())
+                .and_then(|x| x.captioners.get(&spec.label))
+            {
+                figures_row(&mut s, &spec.label, g.name(), &gc.generated);
+                let what = format!("{g} (phrases with a photo)");
+                figures_row(&mut s, &spec.label, &what, &gc.generated_with_photo);
+            }
+        }
+        if let Some(f) = c.photo.captioners.get(&spec.label) {
+            figures_row(&mut s, &spec.label, "real photo", f);
         }
     }
-    let _ = writeln!(
-        s,
-        "</tbody></table><p>Mean CLIPScore: generated {} (phrases with a photo: {}), real photos {}.</p>",
-        opt(c.clip_score.generated),
-        opt(c.clip_score.generated_with_photo),
-        opt(c.clip_score.photo)
-    );
-    let _ = writeln!(
-        s,
-        "<h2>Phrases</h2><table class=\"phrases\"><thead><tr><th>phrase</th><th>generated image</th><th>real photo</th><th>captions</th></tr></thead><tbody>"
-    );
-    for e in &r.phrases {
-        phrase_row(&mut s, r, layout, e.line, e.record);
+    s.push_str("</tbody></table><p>Mean CLIPScore:");
+    for g in &r.columns {
+        if let Some(gc) = c.generators.get(g.name()) {
+            let _ = write!(
+                s,
+                " {} {} (phrases with a photo: {});",
+                text(g.name()),
+                opt(gc.clip_score.generated),
+                opt(gc.clip_score.generated_with_photo)
+            );
+        }
+    }
+    let _ = writeln!(s, " real photos {}.</p>", opt(c.photo.clip_score));
+    s.push_str("<h2>Phrases</h2><table class=\"phrases\"><thead><tr><th>phrase</th>");
+    for g in &r.columns {
+        let _ = write!(
+            s,
+            "<th class=\"generator\">{}<br><small>{}</small></th>",
+            text(g.name()),
+            text(&generator_settings(r.settings, *g))
+        );
+    }
+    s.push_str("<th>real photo</th></tr></thead><tbody>\n");
+    // Consecutive entries of one line are one phrase's images.
+    let mut i = 0;
+    while i < r.phrases.len() {
+        let line = r.phrases[i].line;
+        let images: Vec<&PhraseRecord> = r.phrases[i..]
+            .iter()
+            .take_while(|e| e.line == line)
+            .map(|e| e.record)
+            .collect();
+        i += images.len();
+        phrase_row(&mut s, r, layout, line, &images);
     }
     s.push_str("</tbody></table></body></html>\n");
     Ok(s)

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::plan::image_slots;
 use super::record::{read_record, unfinished, PhraseRecord, ReadRecord};
-use super::{phrase_id, read_manifest, settings_difference, Layout, Manifest};
+use super::{read_manifest, settings_difference, Layout, Manifest};
 use crate::fsutil::{write_atomic, write_json};
 use crate::input_err;
 
@@ -13,6 +14,8 @@ use crate::input_err;
 pub struct MergeSummary {
     pub report: PathBuf,
     pub phrases: usize,
+    /// One per phrase and generator drawing it.
+    pub images: usize,
     pub shards: usize,
 }
 
@@ -116,7 +119,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
         }
     }
 
-    // Every phrase's finished record, from the shard that owns it.
+    // Every image's finished record, from the shard that owns its phrase.
     let mut records: Vec<(usize, PhraseRecord, &Path)> = Vec::new();
     for p in &first.prompts {
         let (dir, m) = shards
@@ -124,29 +127,31 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
             .find(|(_, m)| m.shard.is_some_and(|s| s.contains(&p.phrase)))
             .ok_or_else(|| input_err!("no shard owns `{}`", p.phrase))?;
         let layout = Layout { root: dir.clone() };
-        let id = phrase_id(&p.phrase);
-        let generator = p.generator.unwrap_or(m.settings.generator);
-        let why = match read_record(&layout.record(&id)) {
-            ReadRecord::Absent => Some("it has no record".to_owned()),
-            ReadRecord::Unreadable(e) => Some(format!("its record is unreadable ({e})")),
-            ReadRecord::Found(r) => {
-                match unfinished(&layout, m, &r, &p.phrase, generator, p.photo.is_some())? {
-                    None => {
-                        records.push((p.line, *r, dir.as_path()));
-                        None
+        for slot in image_slots(&m.settings, &p.phrase, p.generator) {
+            let why = match read_record(&layout.record(&slot.id)) {
+                ReadRecord::Absent => Some("it has no record".to_owned()),
+                ReadRecord::Unreadable(e) => Some(format!("its record is unreadable ({e})")),
+                ReadRecord::Found(r) => {
+                    let image = (slot.generator, slot.seed);
+                    match unfinished(&layout, m, &r, &p.phrase, image, p.photo.is_some())? {
+                        None => {
+                            records.push((p.line, *r, dir.as_path()));
+                            None
+                        }
+                        Some(why) => Some(why),
                     }
-                    Some(why) => Some(why),
                 }
+            };
+            if let Some(why) = why {
+                return Err(input_err!(
+                    "shard {} ({}) has not finished `{}` with {} (line {}: {why}): run that shard again to complete it",
+                    m.shard.map_or(String::new(), |s| s.to_string()),
+                    dir.display(),
+                    p.phrase,
+                    slot.generator,
+                    p.line
+                ));
             }
-        };
-        if let Some(why) = why {
-            return Err(input_err!(
-                "shard {} ({}) has not finished `{}` (line {}: {why}): run that shard again to complete it",
-                m.shard.map_or(String::new(), |s| s.to_string()),
-                dir.display(),
-                p.phrase,
-                p.line
-            ));
         }
     }
 
@@ -204,7 +209,8 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
     let report = super::report::write_all(&to, &manifest, &lines, &recs)?;
     Ok(MergeSummary {
         report,
-        phrases: recs.len(),
+        phrases: first.prompts.len(),
+        images: recs.len(),
         shards: count,
     })
 }

@@ -2,13 +2,16 @@
 //!
 //! Data flows one way: prompts -> generated image ([`crate::generate::Generator`]) -> captions
 //! ([`stages::ImageCaptioner`]) -> scores ([`stages::Judge`]) -> one [`record::PhraseRecord`]
-//! per phrase -> [`report`] (JSON, HTML, Markdown). [`execute`] runs it in four phases: [`plan`]
-//! (prompts, shard, photos), [`load`] (models), [`compute`] (each phrase's record, stage by
-//! stage) and [`report`].
+//! per (phrase, generator) image -> [`report`] (JSON, HTML, Markdown). [`execute`] runs it in
+//! four phases: [`plan`] (prompts, shard, photos), [`load`] (models), [`compute`] (each image's
+//! record, stage by stage) and [`report`].
 //!
-//! A phrase's result depends only on the run settings, the phrase and its photo: its seed is
-//! derived from the run seed and the phrase text, its files are named after the phrase, and its
-//! shard is a hash of the phrase. So a run can be killed and restarted (finished phrases are
+//! Each phrase is drawn by every generator of `--generators` (a line's `[generator]` prefix pins
+//! it to that one), one record per image. An image's result depends only on the run settings,
+//! the phrase, the generator and the photo: its seed is derived from the run seed, the phrase
+//! text and (except for the phrase's first generator, which keeps the one-generator seed) the
+//! generator's name, its files are named after the phrase (and that generator), and its shard is
+//! a hash of the phrase. So a run can be killed and restarted (finished phrases are
 //! kept), split over machines with `--shard K/N` and put back together with `merge`, and each
 //! way gives the report an uninterrupted single run gives (up to the `seconds` timings).
 
@@ -33,11 +36,12 @@ use candle_core::Device;
 pub use crate::fingerprint::sha256_hex;
 use crate::hub::Locator;
 pub use manifest::{open_out_dir, prepare_out_dir, read_manifest, Layout, Manifest, PromptEntry};
+pub use settings::parse_generators;
 pub use settings::{
     effective_settings, parse_captioners, settings_difference, validate_settings,
     BigGanRunSettings, CaptionerSpec, RunSettings,
 };
-pub use shard::{phrase_id, phrase_seed, Shard};
+pub use shard::{image_id, image_seed, phrase_id, phrase_seed, Shard};
 
 /// Version of `run.json` and of the phrase records; bumped on any incompatible change (2: stage
 /// keys, file digests and model fingerprints).
@@ -59,11 +63,13 @@ pub struct RunRequest {
 pub struct RunSummary {
     pub report: PathBuf,
     pub phrases: usize,
-    /// Phrases whose image was generated.
+    /// One per phrase and generator drawing it.
+    pub images: usize,
+    /// Images generated.
     pub computed: usize,
-    /// Phrases whose image was kept and whose captions or scores were recomputed.
+    /// Images kept whose captions or scores were recomputed.
     pub updated: usize,
-    /// Phrases whose record was up to date.
+    /// Images whose record was up to date.
     pub reused: usize,
 }
 
@@ -99,7 +105,8 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
     crate::stderr::status(
         req.quiet,
         format_args!(
-            "{} phrases ({} computed, {} updated, {} reused) in {:.1} s",
+            "{} phrases, {} images ({} computed, {} updated, {} reused) in {:.1} s",
+            plan.phrases.len(),
             done.records.len(),
             done.computed,
             done.updated,
@@ -109,7 +116,8 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
     );
     Ok(RunSummary {
         report,
-        phrases: done.records.len(),
+        phrases: plan.phrases.len(),
+        images: done.records.len(),
         computed: done.computed,
         updated: done.updated,
         reused: done.reused,

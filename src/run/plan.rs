@@ -4,16 +4,47 @@
 use std::path::PathBuf;
 
 use super::settings::{effective_settings, validate_settings, RunSettings};
-use super::shard::phrase_id;
+use super::shard::{image_id, image_seed, phrase_id};
 use super::RunRequest;
+use crate::generate::GeneratorKind;
 use crate::input_err;
 use crate::prompts::{Prompt, PromptFile};
 
-/// A phrase of this run with its file-name stem and its photo (path, bytes, pixels).
+/// A phrase of this run with its file-name stem, its images and its photo (path, bytes, pixels).
 pub struct Planned {
     pub prompt: Prompt,
+    /// The phrase's file-name stem ([`phrase_id`]; its photo copy's name).
     pub id: String,
+    /// One per generator drawing it, in column order.
+    pub images: Vec<ImageSlot>,
     pub photo: Option<(PathBuf, Vec<u8>, image::RgbImage)>,
+}
+
+/// One image of a phrase: the generator drawing it, its record's file-name stem and its seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSlot {
+    pub generator: GeneratorKind,
+    pub id: String,
+    pub seed: u64,
+}
+
+/// The images of a phrase whose line has the prefix `pinned`: one per
+/// [`RunSettings::line_generators`], the first with the one-generator seed and id.
+pub fn image_slots(
+    settings: &RunSettings,
+    phrase: &str,
+    pinned: Option<GeneratorKind>,
+) -> Vec<ImageSlot> {
+    settings
+        .line_generators(pinned)
+        .into_iter()
+        .enumerate()
+        .map(|(i, generator)| ImageSlot {
+            generator,
+            id: image_id(phrase, generator, i == 0),
+            seed: image_seed(settings.seed, phrase, generator, i == 0),
+        })
+        .collect()
 }
 
 /// What a run will do, validated.
@@ -27,9 +58,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The prompts-file line of each phrase, in order.
+    /// The prompts-file line of each image (of each phrase, in column order), in order.
     pub fn lines(&self) -> Vec<usize> {
-        self.phrases.iter().map(|p| p.prompt.line).collect()
+        self.phrases
+            .iter()
+            .flat_map(|p| p.images.iter().map(|_| p.prompt.line))
+            .collect()
     }
 }
 
@@ -57,6 +91,7 @@ pub fn plan(req: &RunRequest) -> anyhow::Result<Plan> {
         phrases.push(Planned {
             prompt: p.clone(),
             id: phrase_id(&p.phrase),
+            images: image_slots(&settings, &p.phrase, p.generator),
             photo,
         });
     }

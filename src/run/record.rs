@@ -1,5 +1,6 @@
-//! One phrase's results (`DIR/phrases/<id>.json`), written atomically when the phrase is
-//! finished and read back when a run resumes or shards are merged.
+//! One image's results (`DIR/phrases/<id>.json`: a phrase drawn by one generator; the id is the
+//! phrase's for its first generator, `<phrase id>-<generator>` for the others), written
+//! atomically when the image is finished and read back when a run resumes or shards are merged.
 //!
 //! A record is kept stage by stage: it holds, for each stage it ran, the key of what that stage
 //! was made from (the generated image: generator, its settings, the guiding CLIP's and BigGAN's
@@ -272,18 +273,18 @@ pub fn photo_file_problem(layout: &Layout, r: &PhraseRecord) -> Option<String> {
         .and_then(|p| file_problem(layout, &p.file, Some(&p.sha256)))
 }
 
-/// Why `r` is not a finished record of a phrase under manifest `m` (each stage's key as `m`
-/// implies, every file intact), if it is not. `merge` accepts only finished records.
+/// Why `r` is not a finished record of a phrase's image drawn by `generator` with `seed` under
+/// manifest `m` (each stage's key as `m` implies, every file intact), if it is not. `merge`
+/// accepts only finished records.
 pub fn unfinished(
     layout: &Layout,
     m: &Manifest,
     r: &PhraseRecord,
     phrase: &str,
-    generator: GeneratorKind,
+    (generator, seed): (GeneratorKind, u64),
     has_photo: bool,
 ) -> anyhow::Result<Option<String>> {
-    let seed = super::shard::phrase_seed(m.settings.seed, phrase);
-    if r.phrase != phrase || r.seed != seed {
+    if r.phrase != phrase || r.seed != seed || r.generator != generator {
         return Ok(Some("its record is of another phrase or seed".into()));
     }
     if r.photo.is_some() != has_photo {

@@ -18,8 +18,9 @@ use crate::metrics::captions::{corpus_bleu_pair, diversity, BleuPair};
 use crate::text::normalize;
 
 /// Version of `report.json`; bumped on any incompatible change (2: model fingerprints, each
-/// phrase's stage keys and file digests).
-pub const REPORT_SCHEMA_VERSION: u32 = 2;
+/// phrase's stage keys and file digests; 3: several generators: `settings.generators`, one
+/// `phrases` entry per image, corpus figures per generator and once for the photos).
+pub const REPORT_SCHEMA_VERSION: u32 = 3;
 
 #[derive(Serialize)]
 pub struct Tool {
@@ -37,9 +38,13 @@ pub struct Report<'a> {
     pub shard: Option<String>,
     pub settings: &'a RunSettings,
     pub models: &'a BTreeMap<String, serde_json::Value>,
-    /// In prompts-file order.
+    /// One per image (a phrase drawn by one generator), in prompts-file order and, within a
+    /// phrase, in generator column order.
     pub phrases: Vec<PhraseEntry<'a>>,
     pub corpus: Corpus,
+    /// The generators in column order ([`generator_columns`]).
+    #[serde(skip)]
+    pub columns: Vec<GeneratorKind>,
 }
 
 #[derive(Serialize)]
@@ -50,34 +55,53 @@ pub struct PhraseEntry<'a> {
     pub record: &'a PhraseRecord,
 }
 
-/// Corpus figures over all phrases of the report.
+/// Corpus figures over all phrases of the report: per generator (its images), and once for
+/// the real photos (which no generator changes).
 #[derive(Serialize)]
 pub struct Corpus {
     pub phrases: usize,
     pub with_photo: usize,
-    /// Mean CLIPScore of the generated images (all phrases, and the phrases with a photo) and of
-    /// the real photos.
-    pub clip_score: ImageMeans,
+    /// Per generator name, over the phrases it drew.
+    pub generators: BTreeMap<String, GeneratorCorpus>,
+    /// The real photos (each phrase's once).
+    pub photo: PhotoCorpus,
+}
+
+/// One generator's corpus figures.
+#[derive(Serialize)]
+pub struct GeneratorCorpus {
+    /// Phrases it drew (all of them, and those with a photo).
+    pub images: usize,
+    pub with_photo: usize,
+    /// Mean CLIPScore of its images (all, and those of phrases with a photo).
+    pub clip_score: GeneratedMeans,
     /// Mean similarity between phrase and whole generated image, as the guide sees it.
     pub mean_final_similarity: Option<f64>,
     /// Per captioner label.
-    pub captioners: BTreeMap<String, CaptionerCorpus>,
+    pub captioners: BTreeMap<String, GeneratedFigures>,
 }
 
 #[derive(Serialize)]
-pub struct ImageMeans {
+pub struct GeneratedMeans {
     pub generated: Option<f64>,
     pub generated_with_photo: Option<f64>,
-    pub photo: Option<f64>,
 }
 
-/// One captioner's corpus figures on generated images (all phrases, and the phrases that have
-/// a photo, for a like-for-like comparison) and on real photos.
+/// One captioner's corpus figures on a generator's images (all phrases, and the phrases that
+/// have a photo, for a like-for-like comparison with the photos).
 #[derive(Serialize)]
-pub struct CaptionerCorpus {
+pub struct GeneratedFigures {
     pub generated: Option<Figures>,
     pub generated_with_photo: Option<Figures>,
-    pub photo: Option<Figures>,
+}
+
+/// Corpus figures of the real photos.
+#[derive(Serialize)]
+pub struct PhotoCorpus {
+    /// Mean CLIPScore of the photos.
+    pub clip_score: Option<f64>,
+    /// Per captioner label: its captions of the photos.
+    pub captioners: BTreeMap<String, Option<Figures>>,
 }
 
 /// Corpus figures of a set of captions against their phrases.
@@ -126,48 +150,92 @@ fn mean(xs: impl Iterator<Item = f32>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-/// Corpus figures of records (in report order) for the given captioner labels.
+/// The generators of a report in column order: the run's list, then those only `[prefix]` lines
+/// use, in order of first appearance.
+pub fn generator_columns(settings: &RunSettings, records: &[PhraseRecord]) -> Vec<GeneratorKind> {
+    let mut out = settings.generators.clone();
+    for r in records {
+        if !out.contains(&r.generator) {
+            out.push(r.generator);
+        }
+    }
+    out
+}
+
+/// Corpus figures of records (in report order) for the run's captioner labels.
 pub fn corpus(records: &[PhraseRecord], settings: &RunSettings) -> Corpus {
-    let with_photo: Vec<&PhraseRecord> = records.iter().filter(|r| r.photo.is_some()).collect();
-    let mut captioners = BTreeMap::new();
-    for c in &settings.captioners {
-        let gen: Vec<(&PhraseRecord, &ScoredCaption)> = records
-            .iter()
-            .filter_map(|r| r.captions.get(&c.label).map(|x| (r, &x.generated)))
-            .collect();
-        let gen_photo: Vec<_> = gen
-            .iter()
-            .copied()
-            .filter(|(r, _)| r.photo.is_some())
-            .collect();
-        let photo: Vec<(&PhraseRecord, &ScoredCaption)> = records
+    // Each phrase once (its first image's record carries its photo's captions and score).
+    let mut phrases: Vec<&PhraseRecord> = Vec::new();
+    for r in records {
+        if !phrases.iter().any(|p| p.phrase == r.phrase) {
+            phrases.push(r);
+        }
+    }
+    let photo_captions = |label: &str| -> Vec<(&PhraseRecord, &ScoredCaption)> {
+        phrases
             .iter()
             .filter_map(|r| {
                 r.captions
-                    .get(&c.label)
+                    .get(label)
                     .and_then(|x| x.photo.as_ref())
-                    .map(|p| (r, p))
+                    .map(|p| (*r, p))
             })
+            .collect()
+    };
+    let photo = PhotoCorpus {
+        clip_score: mean(phrases.iter().filter_map(|r| r.clip_score.photo)),
+        captioners: settings
+            .captioners
+            .iter()
+            .map(|c| (c.label.clone(), figures(&photo_captions(&c.label))))
+            .collect(),
+    };
+    let mut generators = BTreeMap::new();
+    for g in generator_columns(settings, records) {
+        let drawn: Vec<&PhraseRecord> = records.iter().filter(|r| r.generator == g).collect();
+        let with_photo: Vec<&PhraseRecord> = drawn
+            .iter()
+            .copied()
+            .filter(|r| r.photo.is_some())
             .collect();
-        captioners.insert(
-            c.label.clone(),
-            CaptionerCorpus {
-                generated: figures(&gen),
-                generated_with_photo: figures(&gen_photo),
-                photo: figures(&photo),
+        let mut captioners = BTreeMap::new();
+        for c in &settings.captioners {
+            let gen: Vec<(&PhraseRecord, &ScoredCaption)> = drawn
+                .iter()
+                .filter_map(|r| r.captions.get(&c.label).map(|x| (*r, &x.generated)))
+                .collect();
+            let gen_photo: Vec<_> = gen
+                .iter()
+                .copied()
+                .filter(|(r, _)| r.photo.is_some())
+                .collect();
+            captioners.insert(
+                c.label.clone(),
+                GeneratedFigures {
+                    generated: figures(&gen),
+                    generated_with_photo: figures(&gen_photo),
+                },
+            );
+        }
+        generators.insert(
+            g.to_string(),
+            GeneratorCorpus {
+                images: drawn.len(),
+                with_photo: with_photo.len(),
+                clip_score: GeneratedMeans {
+                    generated: mean(drawn.iter().map(|r| r.clip_score.generated)),
+                    generated_with_photo: mean(with_photo.iter().map(|r| r.clip_score.generated)),
+                },
+                mean_final_similarity: mean(drawn.iter().map(|r| r.final_similarity)),
+                captioners,
             },
         );
     }
     Corpus {
-        phrases: records.len(),
-        with_photo: with_photo.len(),
-        clip_score: ImageMeans {
-            generated: mean(records.iter().map(|r| r.clip_score.generated)),
-            generated_with_photo: mean(with_photo.iter().map(|r| r.clip_score.generated)),
-            photo: mean(records.iter().filter_map(|r| r.clip_score.photo)),
-        },
-        mean_final_similarity: mean(records.iter().map(|r| r.final_similarity)),
-        captioners,
+        phrases: phrases.len(),
+        with_photo: phrases.iter().filter(|r| r.photo.is_some()).count(),
+        generators,
+        photo,
     }
 }
 
@@ -193,6 +261,7 @@ pub fn build<'a>(
             .map(|(&line, record)| PhraseEntry { line, record })
             .collect(),
         corpus: corpus(records, &manifest.settings),
+        columns: generator_columns(&manifest.settings, records),
     }
 }
 
@@ -241,7 +310,7 @@ pub fn generators_summary(r: &Report) -> String {
         }
     }
     match counts.as_slice() {
-        [] => r.settings.generator.to_string(),
+        [] => r.settings.primary().to_string(),
         [(g, _)] => g.to_string(),
         many => many
             .iter()
@@ -251,13 +320,59 @@ pub fn generators_summary(r: &Report) -> String {
     }
 }
 
+/// A generator's settings as the report's header names them: `steps 30, size 32, ...` (BigGAN's
+/// with its model), from the run settings as recorded.
+pub fn generator_settings(settings: &RunSettings, g: GeneratorKind) -> String {
+    let value = match g {
+        GeneratorKind::Siren => serde_json::to_value(&settings.siren).ok(),
+        GeneratorKind::BigGan => settings
+            .biggan
+            .as_ref()
+            .and_then(|b| serde_json::to_value(b).ok()),
+    };
+    let Some(serde_json::Value::Object(m)) = value else {
+        return String::new();
+    };
+    m.iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k} {s}"),
+            serde_json::Value::Null => format!("{k} –"),
+            other => format!("{k} {other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn opt(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.4}"))
 }
 
-/// `report.md`: the corpus table, then one row per phrase.
+/// One row of the corpus table.
+fn md_figures(s: &mut String, label: &str, what: &str, f: &Option<Figures>) {
+    let Some(f) = f else { return };
+    let b = f.bleu.unsmoothed;
+    let _ = writeln!(
+        s,
+        "| {} | {what} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} ({:.2}) | {} (x{}) |",
+        md(label),
+        f.images,
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        f.mean_clip_text_similarity,
+        f.distinct_captions,
+        f.diversity,
+        md(&f.most_common_caption),
+        f.most_common_count
+    );
+}
+
+/// `report.md`: the generators' settings, the corpus table (per captioner: each generator's
+/// images, then the real photos), then one row per image.
 pub fn markdown(r: &Report) -> String {
     let c = &r.corpus;
+    let columns = &r.columns;
     let mut s = String::new();
     let _ = writeln!(s, "# roundtrip report\n");
     let _ = writeln!(
@@ -273,9 +388,12 @@ pub fn markdown(r: &Report) -> String {
             .as_ref()
             .map_or(String::new(), |k| format!(", shard {k}"))
     );
+    for g in columns {
+        let _ = writeln!(s, "- {g}: {}", md(&generator_settings(r.settings, *g)));
+    }
     let _ = writeln!(
         s,
-        "Corpus BLEU of each caption against its phrase (unsmoothed; method1 in report.json).\n"
+        "\nCorpus BLEU of each caption against its phrase (unsmoothed; method1 in report.json).\n"
     );
     let _ = writeln!(
         s,
@@ -283,44 +401,44 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for spec in &r.settings.captioners {
-        let Some(cc) = c.captioners.get(&spec.label) else {
+        for g in columns {
+            let Some(gc) = c
+                .generators
+                .get(g.name())
+                .and_then(|x| x.captioners.get(&spec.label))
+            else {
+                continue;
+            };
+            md_figures(&mut s, &spec.label, g.name(), &gc.generated);
+            let what = format!("{g} (phrases with a photo)");
+            md_figures(&mut s, &spec.label, &what, &gc.generated_with_photo);
+        }
+        if let Some(f) = c.photo.captioners.get(&spec.label) {
+            md_figures(&mut s, &spec.label, "real photo", f);
+        }
+    }
+    s.push('\n');
+    for g in columns {
+        let Some(gc) = c.generators.get(g.name()) else {
             continue;
         };
-        for (what, f) in [
-            ("generated", &cc.generated),
-            ("generated (phrases with a photo)", &cc.generated_with_photo),
-            ("real photo", &cc.photo),
-        ] {
-            let Some(f) = f else { continue };
-            let b = f.bleu.unsmoothed;
-            let _ = writeln!(
-                s,
-                "| {} | {what} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} ({:.2}) | {} (x{}) |",
-                md(&spec.label),
-                f.images,
-                b[0],
-                b[1],
-                b[2],
-                b[3],
-                f.mean_clip_text_similarity,
-                f.distinct_captions,
-                f.diversity,
-                md(&f.most_common_caption),
-                f.most_common_count
-            );
-        }
+        let _ = writeln!(
+            s,
+            "Mean CLIPScore of {g}'s images: {} (phrases with a photo: {}); mean guide similarity of its final images: {}.\n",
+            opt(gc.clip_score.generated),
+            opt(gc.clip_score.generated_with_photo),
+            opt(gc.mean_final_similarity)
+        );
     }
     let _ = writeln!(
         s,
-        "\nMean CLIPScore: generated {} (phrases with a photo: {}), real photos {}. Mean guide similarity of the final images: {}.\n",
-        opt(c.clip_score.generated),
-        opt(c.clip_score.generated_with_photo),
-        opt(c.clip_score.photo),
-        opt(c.mean_final_similarity)
+        "Mean CLIPScore of the real photos: {}.\n",
+        opt(c.photo.clip_score)
     );
     let _ = writeln!(s, "## Phrases\n");
-    let mut head = String::from("| line | phrase | CLIPScore generated | CLIPScore photo |");
-    let mut rule = String::from("|---|---|---|---|");
+    let mut head =
+        String::from("| line | phrase | generator | CLIPScore generated | CLIPScore photo |");
+    let mut rule = String::from("|---|---|---|---|---|");
     for spec in &r.settings.captioners {
         let l = md(&spec.label);
         let _ = write!(head, " {l} on generated | {l} on photo |");
@@ -331,9 +449,10 @@ pub fn markdown(r: &Report) -> String {
         let p = e.record;
         let _ = write!(
             s,
-            "| {} | {} | {:.4} | {} |",
+            "| {} | {} | {} | {:.4} | {} |",
             e.line,
             md(&p.phrase),
+            p.generator,
             p.clip_score.generated,
             opt(p.clip_score.photo.map(f64::from))
         );

@@ -53,12 +53,53 @@ pub fn parse_captioners(spec: &str) -> Result<Vec<CaptionerSpec>, InputError> {
     Ok(out)
 }
 
+/// Parses `--generators siren,biggan`: one or more generator names, each once. The first listed
+/// draws with the one-generator seed and file names ([`RunSettings::line_generators`]).
+pub fn parse_generators(spec: &str) -> Result<Vec<GeneratorKind>, InputError> {
+    let mut out: Vec<GeneratorKind> = Vec::new();
+    for part in spec.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(InputError::new(format!(
+                "--generators `{spec}`: an empty name; expected a comma-separated list of {}",
+                GeneratorKind::names()
+            )));
+        }
+        let kind: GeneratorKind = part
+            .parse()
+            .map_err(|e: String| InputError::new(format!("--generators `{spec}`: {e}")))?;
+        if out.contains(&kind) {
+            return Err(InputError::new(format!(
+                "--generators `{spec}`: `{kind}` is listed twice"
+            )));
+        }
+        out.push(kind);
+    }
+    Ok(out)
+}
+
+/// `generators` as `run.json` writes it (a list), or as runs before `--generators` wrote it
+/// (`generator`: one name), so that their folders resume.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<GeneratorKind>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(GeneratorKind),
+        Many(Vec<GeneratorKind>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(g) => vec![g],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// Everything that decides a phrase's result. A run folder records the settings of its last
 /// run; running again with other settings recomputes the stages that depend on them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
-    /// The generator of lines without a `[generator]` prefix.
-    pub generator: GeneratorKind,
+    /// The generators drawing each line without a `[generator]` prefix, in column order; the
+    /// first keeps the one-generator seed and file names.
+    #[serde(alias = "generator", deserialize_with = "one_or_many")]
+    pub generators: Vec<GeneratorKind>,
     pub siren: SirenSettings,
     /// BigGAN's model and settings; recorded only when a phrase of the prompts file uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +115,26 @@ pub struct RunSettings {
     pub captioners: Vec<CaptionerSpec>,
 }
 
+impl RunSettings {
+    /// The generators drawing a line: its `[generator]` prefix alone when it has one, else every
+    /// run generator. The first is the line's primary generator: its image has the phrase's
+    /// one-generator seed and id ([`super::shard::image_seed`], [`super::shard::image_id`]).
+    pub fn line_generators(&self, pinned: Option<GeneratorKind>) -> Vec<GeneratorKind> {
+        match pinned {
+            Some(g) => vec![g],
+            None => self.generators.clone(),
+        }
+    }
+
+    /// The first run generator (its settings take the shared flags `--steps`, `--size`, ...).
+    pub fn primary(&self) -> GeneratorKind {
+        self.generators
+            .first()
+            .copied()
+            .unwrap_or(GeneratorKind::Siren)
+    }
+}
+
 /// BigGAN's part of the run settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BigGanRunSettings {
@@ -86,7 +147,7 @@ pub struct BigGanRunSettings {
 /// The settings a run records: BigGAN's are dropped when no phrase of the prompts file (all
 /// shards) draws with it, so that they cannot make a SIREN-only run differ.
 pub fn effective_settings(s: &RunSettings, prompts: &PromptFile) -> RunSettings {
-    let uses_biggan = s.generator == GeneratorKind::BigGan
+    let uses_biggan = s.generators.contains(&GeneratorKind::BigGan)
         || prompts
             .prompts
             .iter()
@@ -100,6 +161,22 @@ pub fn effective_settings(s: &RunSettings, prompts: &PromptFile) -> RunSettings 
 
 /// Settings that cannot run, named by their option.
 pub fn validate_settings(s: &RunSettings) -> Result<(), InputError> {
+    if s.generators.is_empty() {
+        return Err(InputError::new(format!(
+            "--generators is empty: expected one or more of {}",
+            GeneratorKind::names()
+        )));
+    }
+    if let Some(g) = s
+        .generators
+        .iter()
+        .enumerate()
+        .find_map(|(i, g)| s.generators[..i].contains(g).then_some(g))
+    {
+        return Err(InputError::new(format!(
+            "--generators: `{g}` is listed twice"
+        )));
+    }
     s.siren.validate()?;
     if let Some(b) = &s.biggan {
         b.settings.validate(None)?;
@@ -132,9 +209,28 @@ mod tests {
     }
 
     #[test]
+    fn generator_lists() {
+        use GeneratorKind::*;
+        assert_eq!(parse_generators("siren").unwrap(), [Siren]);
+        assert_eq!(parse_generators("biggan, siren").unwrap(), [BigGan, Siren]);
+        for (bad, named) in [
+            ("siren,foo", "`foo`"),
+            ("", "empty name"),
+            ("siren,", "empty name"),
+            ("siren,siren", "`siren` is listed twice"),
+        ] {
+            let e = parse_generators(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(named) && e.contains("--generators"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn differences_name_the_setting() {
         let a = RunSettings {
-            generator: GeneratorKind::Siren,
+            generators: vec![GeneratorKind::Siren],
             siren: SirenSettings::default(),
             biggan: None,
             seed: 0,
@@ -151,6 +247,11 @@ mod tests {
             Some("siren.steps: 200 -> 7")
         );
         let json = serde_json::to_string(&a).unwrap();
+        // A run.json written before `--generators` (one `generator`) reads as a one-item list.
+        let old = json.replace("\"generators\":[\"siren\"]", "\"generator\":\"siren\"");
+        assert_ne!(old, json);
+        let back: RunSettings = serde_json::from_str(&old).unwrap();
+        assert_eq!(settings_difference(&a, &back), None);
         let back: RunSettings = serde_json::from_str(&json).unwrap();
         assert_eq!(settings_difference(&a, &back), None);
     }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fsutil::slug;
+use crate::generate::GeneratorKind;
 
 /// `--shard K/N`: the K-th (1-based) of N stable shares of the phrases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +62,35 @@ pub fn phrase_seed(run_seed: u64, phrase: &str) -> u64 {
     digest_u64(&["roundtrip-phrase-seed", &run_seed.to_string(), phrase]) >> 11
 }
 
+/// The seed of a phrase's image drawn by `generator`: the phrase's one-generator seed
+/// ([`phrase_seed`]) for its primary generator (the first of `--generators`, or its `[prefix]`),
+/// so that one-generator runs keep their seeds and adding a generator to the list keeps the
+/// images already drawn; for each other generator a hash of the run seed, the phrase and the
+/// generator's name, so that no two images of a phrase share a seed.
+pub fn image_seed(run_seed: u64, phrase: &str, generator: GeneratorKind, primary: bool) -> u64 {
+    if primary {
+        phrase_seed(run_seed, phrase)
+    } else {
+        digest_u64(&[
+            "roundtrip-generator-seed",
+            &run_seed.to_string(),
+            phrase,
+            generator.name(),
+        ]) >> 11
+    }
+}
+
+/// The file-name stem of a phrase's image drawn by `generator`: [`phrase_id`] for its primary
+/// generator, `<phrase_id>-<generator>` for the others (never another phrase's id: those end in
+/// 8 hex digits, generator names are not hex).
+pub fn image_id(phrase: &str, generator: GeneratorKind, primary: bool) -> String {
+    if primary {
+        phrase_id(phrase)
+    } else {
+        format!("{}-{generator}", phrase_id(phrase))
+    }
+}
+
 /// The file-name stem of a phrase's outputs: its slug plus 8 hex digits of its hash, so that
 /// phrases with the same slug ("A cat", "a cat!") never share files.
 pub fn phrase_id(phrase: &str) -> String {
@@ -113,5 +143,24 @@ mod tests {
         assert_ne!(phrase_id("A cat"), phrase_id("a cat!"));
         assert!(phrase_id("A cat").starts_with("a-cat-"));
         assert_eq!(phrase_id("<script>").len(), "script-".len() + 8);
+    }
+
+    #[test]
+    fn each_generator_of_a_phrase_has_its_own_seed_and_files() {
+        use GeneratorKind::*;
+        // The primary generator keeps the one-generator seed and id, whichever it is.
+        for g in [Siren, BigGan] {
+            assert_eq!(image_seed(3, "a cat", g, true), phrase_seed(3, "a cat"));
+            assert_eq!(image_id("a cat", g, true), phrase_id("a cat"));
+        }
+        let other = image_seed(3, "a cat", BigGan, false);
+        assert_ne!(other, phrase_seed(3, "a cat"));
+        assert_ne!(other, image_seed(3, "a cat", Siren, false));
+        assert_ne!(other, image_seed(4, "a cat", BigGan, false));
+        assert!(other < 1 << 53);
+        assert_eq!(
+            image_id("a cat", BigGan, false),
+            format!("{}-biggan", phrase_id("a cat"))
+        );
     }
 }

@@ -175,6 +175,7 @@ fn prompts_check_lists_phrases_and_rejects_bad_lines() {
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(
         out.contains("10 phrases")
+            && out.contains("1 pinned to one generator")
             && out.contains("two guys playing chess")
             && out.contains("[biggan] a macaw flying over a forest"),
         "{out}"

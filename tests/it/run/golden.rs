@@ -33,7 +33,7 @@ fn golden_report_matches() {
     let dir = golden_run();
     let report = read_json(&dir.join("report.json"));
     let r: Report = serde_json::from_value(report.clone()).unwrap();
-    assert_eq!(r.schema_version, 2);
+    assert_eq!(r.schema_version, 3);
     let phrases: Vec<&str> = r.phrases.iter().map(|p| p.phrase.as_str()).collect();
     assert_eq!(
         phrases,
@@ -55,6 +55,8 @@ fn golden_report_matches() {
         assert_eq!(p.photo.is_some(), p.clip_score.photo.is_some());
         assert!((0.0..=2.5).contains(&p.clip_score.generated));
         assert_eq!(p.seed, { roundtrip::run::phrase_seed(11, &p.phrase) });
+        assert_eq!(p.generator, "siren");
+        assert_eq!(p.id, roundtrip::run::phrase_id(&p.phrase));
         for (label, c) in &p.captions {
             assert_eq!(c.photo.is_some(), p.photo.is_some(), "{label}");
             for cap in std::iter::once(&c.generated).chain(&c.photo) {
@@ -70,18 +72,19 @@ fn golden_report_matches() {
         }
     }
     assert_eq!((r.corpus.phrases, r.corpus.with_photo), (3, 2));
+    assert_eq!(r.corpus.generators.keys().collect::<Vec<_>>(), ["siren"]);
+    let siren = &r.corpus.generators["siren"];
+    assert_eq!((siren.images, siren.with_photo), (3, 2));
     for label in ["vgg16", "xception"] {
-        let c = &r.corpus.captioners[label];
+        let c = &siren.captioners[label];
+        let photo = r.corpus.photo.captioners[label].as_ref().unwrap();
+        let with_photo = c.generated_with_photo.as_ref().unwrap();
         assert_eq!(
-            (
-                c.generated.images,
-                c.generated_with_photo.images,
-                c.photo.images
-            ),
+            (c.generated.images, with_photo.images, photo.images),
             (3, 2, 2)
         );
         assert!(c.generated.distinct_captions >= 1 && c.generated.most_common_count >= 1);
-        assert!(c.photo.bleu.method1[0] >= 0.0 && c.generated.bleu.unsmoothed[0] <= 1.0);
+        assert!(photo.bleu.method1[0] >= 0.0 && c.generated.bleu.unsmoothed[0] <= 1.0);
     }
 
     let got = golden_form(report);
@@ -129,5 +132,16 @@ fn the_gallery_is_self_contained_and_escaped() {
     assert!(!html.contains("http://") && !html.contains("https://"));
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| vgg16 | real photo | 2 |"), "{md}");
-    assert!(md.contains("| xception | generated | 4 |"), "{md}");
+    assert!(md.contains("| xception | siren | 4 |"), "{md}");
+    // One column per generator beside the real photo, its header naming its settings.
+    let heads: Vec<String> = doc
+        .select(&sel("table.phrases > thead th"))
+        .map(|h| h.text().collect())
+        .collect();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    assert!(
+        heads[1].starts_with("siren") && heads[1].contains("steps 30"),
+        "{heads:?}"
+    );
+    assert_eq!(heads[2], "real photo");
 }

@@ -9,7 +9,8 @@
 //! see results/README.md).
 //!
 //! `golden.rs`: the golden report and the gallery; `reuse.rs`: resume, shards, stage-by-stage
-//! reuse, locking and bad input. The helpers and the shared tiny-model fixture are here.
+//! reuse, locking and bad input; `generators.rs`: several generators in one run
+//! (`--generators`). The helpers and the shared tiny-model fixture are here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -228,6 +229,8 @@ struct Report {
 struct Phrase {
     line: usize,
     phrase: String,
+    generator: String,
+    id: String,
     seed: u64,
     image: String,
     frames: Vec<String>,
@@ -271,14 +274,27 @@ struct Bleu {
 struct Corpus {
     phrases: usize,
     with_photo: usize,
-    captioners: std::collections::BTreeMap<String, CaptionerCorpus>,
+    /// Per generator name.
+    generators: std::collections::BTreeMap<String, GeneratorCorpus>,
+    photo: PhotoCorpus,
 }
 
 #[derive(serde::Deserialize)]
-struct CaptionerCorpus {
+struct GeneratorCorpus {
+    images: usize,
+    with_photo: usize,
+    captioners: std::collections::BTreeMap<String, GeneratedFigures>,
+}
+
+#[derive(serde::Deserialize)]
+struct GeneratedFigures {
     generated: Figures,
-    generated_with_photo: Figures,
-    photo: Figures,
+    generated_with_photo: Option<Figures>,
+}
+
+#[derive(serde::Deserialize)]
+struct PhotoCorpus {
+    captioners: std::collections::BTreeMap<String, Option<Figures>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -289,5 +305,6 @@ struct Figures {
     most_common_count: usize,
 }
 
+mod generators;
 mod golden;
 mod reuse;
