@@ -62,9 +62,8 @@ pub fn bar(len: u64, prefix: &str, quiet: bool) -> ProgressBar {
     let pb = if !quiet && is_terminal() {
         bars().add(ProgressBar::new(len))
     } else {
-        ProgressBar::hidden()
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden())
     };
-    pb.set_length(len);
     if let Ok(style) =
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
     {
