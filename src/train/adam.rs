@@ -114,6 +114,10 @@ impl Adam {
             let Some(g) = grads.get(p.as_tensor()) else {
                 continue;
             };
+            // A leaf's gradient keeps the op graph it was computed through (candle detaches
+            // only inner nodes' gradients); moments built on it would chain every step's
+            // forward graph to the next and never free them.
+            let g = &g.detach();
             self.m[i] = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             self.v[i] = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             // `x / c` is candle's `x * (1 / c)`: the same op as AdamW's `x * scale`.
@@ -274,5 +278,31 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(v(&p), v(&q));
+    }
+
+    /// The moments must not keep the step's graph: a leaf's gradient carries the ops it was
+    /// computed through (here `x * w`), and moments built on it chained every step's forward
+    /// graph to the next (a training's memory grew without bound: the shapes GAN died at 24 GiB).
+    #[test]
+    fn moments_hold_no_graph() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 3), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 3), &dev).unwrap()).unwrap();
+        let mut adam = Adam::new(vec![("w".into(), w.clone())], 0.1).unwrap();
+        let loss = (x.as_tensor() * w.as_tensor())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        assert!(
+            grads.get(w.as_tensor()).unwrap().track_op(),
+            "the premise: a leaf's gradient is tracked"
+        );
+        adam.step(&grads).unwrap();
+        for (k, t) in adam.state().unwrap() {
+            assert!(!t.track_op(), "{k} keeps an op graph");
+        }
     }
 }
