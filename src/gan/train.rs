@@ -15,6 +15,7 @@
 //! MODEL_DIR: `config.json` (pytorch-pretrained-BigGAN's keys plus `class_names`),
 //! `model.safetensors` (the published tensor names), `training.json`, `train_log.jsonl`,
 //! `checkpoint.safetensors` (G, D, EMA, both Adams' moments, every u / v and running statistic).
+//! `--resume` needs the same settings but `--epochs`, which may extend or end a training.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -224,10 +225,17 @@ pub fn train_gan(req: &TrainGanRequest) -> anyhow::Result<GanTrainSummary> {
     let resumed = if model_dir.resume {
         let old: Value = serde_json::from_slice(&crate::error::read_input_file(&training_path)?)
             .map_err(|e| input_err!("{} is not valid JSON: {e}", training_path.display()))?;
-        let null = Value::Null;
-        let before = json!({"settings": old.get("settings").unwrap_or(&null),
-                            "train_images": old.pointer("/dataset/train_images").unwrap_or(&null)});
-        let now = json!({"settings": s, "train_images": train.len()});
+        // `--epochs` may change: a resume can extend a training, or stop it where it is (an
+        // `--epochs` at or below the epochs done writes the model from the last checkpoint).
+        let view = |settings: Option<&Value>, train_images: Option<&Value>| {
+            let mut settings = settings.cloned().unwrap_or(Value::Null);
+            if let Some(m) = settings.as_object_mut() {
+                m.remove("epochs");
+            }
+            json!({"settings": settings, "train_images": train_images.cloned().unwrap_or(Value::Null)})
+        };
+        let before = view(old.get("settings"), old.pointer("/dataset/train_images"));
+        let now = view(Some(&serde_json::to_value(s)?), Some(&json!(train.len())));
         if let Some(diff) = crate::diff::first_difference(&before, &now) {
             return Err(input_err!(
                 "{}: --resume needs the same dataset and settings as the interrupted run \
