@@ -11,6 +11,7 @@ use crate::generate::{biggan_config, clip_config};
 use crate::generate::{BigGanSettings, GeneratorKind, SirenSettings};
 use crate::hub::Locator;
 use crate::input_err;
+use crate::run::preset::{BigGanDefaults, Preset};
 
 /// `--generator`: the library's generators as clap values, each with its help line.
 impl clap::ValueEnum for GeneratorKind {
@@ -88,10 +89,12 @@ pub struct SirenArgs {
     /// Cutouts per pass (deep-daze: 4; big-sleep: 128, for a GPU) [default: 8, or the run preset's].
     #[arg(long)]
     cutouts: Option<usize>,
-    /// Smallest cutout side, as a fraction of the image side (deep-daze: 0.1) [default: 0.1, or the run preset's].
+    /// Smallest cutout side, as a fraction of the image side (deep-daze: 0.1); with biggan, sides
+    /// are then drawn uniformly instead of big-sleep's N(0.8, 0.3) [default: 0.1, or the run preset's].
     #[arg(long)]
     lower: Option<f64>,
-    /// Largest cutout side, as a fraction of the image side (deep-daze: 1.0) [default: 1.0, or the run preset's].
+    /// Largest cutout side, as a fraction of the image side (deep-daze: 1.0); with biggan, as
+    /// --lower [default: 1.0, or the run preset's].
     #[arg(long)]
     upper: Option<f64>,
     /// Adam learning rate (deep-daze: 1e-5; big-sleep: 0.07) [default: 1e-4, or the run preset's; biggan: 0.07].
@@ -136,17 +139,24 @@ pub struct BigGanArgs {
     /// A phrase whose similarity is pushed down (repeatable; big-sleep's `text_min`).
     #[arg(long)]
     avoid: Vec<String>,
+    /// Weight of big-sleep's class regulariser (pushes all but each latent's strongest class to
+    /// zero) [default: 1, or the run preset's].
+    #[arg(long)]
+    class_weight: Option<f64>,
 }
 
 impl BigGanArgs {
-    /// big-sleep's settings, taking steps, cutouts and lr from the shared flags when given.
-    pub fn settings(&self, shared: &SirenArgs) -> anyhow::Result<(BigGanSettings, String)> {
+    /// big-sleep's settings (`defaults`: the preset's model and settings), taking steps,
+    /// cutouts, lr and the cutout sides (--lower, --upper) from the shared flags when given.
+    pub fn settings(
+        &self,
+        shared: &SirenArgs,
+        defaults: &BigGanDefaults,
+    ) -> anyhow::Result<(BigGanSettings, String)> {
         let siren_only = [
             ("--layers", shared.layers.is_some()),
             ("--hidden", shared.hidden.is_some()),
             ("--w0", shared.w0.is_some()),
-            ("--lower", shared.lower.is_some()),
-            ("--upper", shared.upper.is_some()),
             ("--grad-accum", shared.grad_accum.is_some()),
             ("--averaging-weight", shared.averaging_weight.is_some()),
             ("--tv-weight", shared.tv_weight.is_some()),
@@ -157,31 +167,48 @@ impl BigGanArgs {
                 "{flag} is a SIREN setting: it does not apply to --generator biggan"
             ));
         }
-        if let (Some(m), Some(size)) = (&self.biggan, shared.size) {
+        let preset_model = self.biggan.as_deref().or(defaults.model);
+        if let (Some(m), Some(size)) = (preset_model, shared.size) {
             return Err(input_err!(
                 "--size {size} with --biggan {m}: --size picks a BigGAN-deep preset; the model given decides its own size"
             ));
         }
-        let model = self.model_or_default(shared.size.unwrap_or(128))?;
-        let d = BigGanSettings::default();
+        let model = match preset_model {
+            Some(m) => m.to_owned(),
+            None => self.model_or_default(shared.size.unwrap_or(128))?,
+        };
+        let d = &defaults.settings;
+        let cutout_sides = match (shared.lower, shared.upper) {
+            (None, None) => d.cutout_sides,
+            (lo, hi) => {
+                let (dlo, dhi) = d.cutout_sides.unwrap_or((0.5, 0.95));
+                Some((lo.unwrap_or(dlo), hi.unwrap_or(dhi)))
+            }
+        };
         let settings = BigGanSettings {
             steps: shared.steps.unwrap_or(d.steps),
             cutouts: shared.cutouts.unwrap_or(d.cutouts),
             lr: shared.lr.unwrap_or(d.lr),
-            max_classes: self.max_classes,
+            max_classes: self.max_classes.or(d.max_classes),
             class_temperature: self.class_temperature.unwrap_or(d.class_temperature),
             ema_decay: self.ema_decay.unwrap_or(d.ema_decay),
             resize: if self.bilinear {
                 Resize::Bilinear
             } else {
-                Resize::Nearest
+                d.resize
             },
-            avoid: self.avoid.clone(),
+            avoid: if self.avoid.is_empty() {
+                d.avoid.clone()
+            } else {
+                self.avoid.clone()
+            },
+            cutout_sides,
+            class_weight: self.class_weight.unwrap_or(d.class_weight),
         };
         Ok((settings, model))
     }
 
-    /// The --biggan reference, or the preset of the given size.
+    /// The --biggan reference, or the published BigGAN-deep of the given size.
     pub fn model_or_default(&self, size: usize) -> anyhow::Result<String> {
         match &self.biggan {
             Some(m) => Ok(m.clone()),
@@ -201,6 +228,7 @@ impl BigGanArgs {
             ("--avoid", !self.avoid.is_empty()),
             ("--class-temperature", self.class_temperature.is_some()),
             ("--ema-decay", self.ema_decay.is_some()),
+            ("--class-weight", self.class_weight.is_some()),
         ]
         .into_iter()
         .find(|(_, g)| *g)
@@ -295,7 +323,9 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             GeneratorSettings::Siren(a.siren.settings(SirenSettings::default()))
         }
         GeneratorKind::BigGan => {
-            let (settings, model) = a.biggan.settings(&a.siren)?;
+            let (settings, model) = a
+                .biggan
+                .settings(&a.siren, &Preset::Real.defaults().biggan)?;
             GeneratorSettings::BigGan {
                 settings,
                 model,

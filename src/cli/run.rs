@@ -92,14 +92,14 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     // The shared flags set the first generator's settings; the other keeps its defaults.
     let (siren, biggan) = match generators.first().copied().unwrap_or(a.generator) {
         GeneratorKind::Siren => {
-            let (settings, model) = a.biggan.settings(&SirenArgs::none())?;
+            let (settings, model) = a.biggan.settings(&SirenArgs::none(), &d.biggan)?;
             (
                 a.siren.settings(d.siren),
                 BigGanRunSettings { model, settings },
             )
         }
         GeneratorKind::BigGan => {
-            let (settings, model) = a.biggan.settings(&a.siren)?;
+            let (settings, model) = a.biggan.settings(&a.siren, &d.biggan)?;
             (d.siren, BigGanRunSettings { model, settings })
         }
     };

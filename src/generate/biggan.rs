@@ -14,7 +14,7 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 pub use super::cutouts::Resize;
-use super::cutouts::{big_sleep_cutouts, cutout_batch};
+use super::cutouts::{big_sleep_cutouts, cutout_batch, deep_daze_cutouts};
 use super::{
     encode_and_backward, l2_normalize, Generator, GeneratorKind, Guidance, ImageEncoder, StepRecord,
 };
@@ -43,6 +43,24 @@ pub struct BigGanSettings {
     pub resize: Resize,
     /// Penalty phrases: their similarity is pushed down (big-sleep: `text_min`).
     pub avoid: Vec<String>,
+    /// Cutout sides as fractions of the image, drawn uniformly in [lower, upper) as deep-daze
+    /// draws them, instead of big-sleep's N(0.8, 0.3) clamped to [0.5, 0.95]: for a CLIP trained
+    /// on near-whole crops, where a position in the image carries meaning (the shapes world).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutout_sides: Option<(f64, f64)>,
+    /// Weight of big-sleep's class regulariser, which pushes every class weight but a latent's
+    /// largest to zero (big-sleep: 1); a lower weight lets a latent keep two classes, as a
+    /// two-shape phrase needs.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub class_weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 impl Default for BigGanSettings {
@@ -56,6 +74,8 @@ impl Default for BigGanSettings {
             ema_decay: 0.5,
             resize: Resize::Nearest,
             avoid: Vec::new(),
+            cutout_sides: None,
+            class_weight: 1.0,
         }
     }
 }
@@ -87,6 +107,19 @@ impl BigGanSettings {
                     num_classes.map_or("the number of classes".into(), |n| n.to_string())
                 ));
             }
+        }
+        if let Some((lo, hi)) = self.cutout_sides {
+            if !(lo > 0.0 && lo < hi && hi <= 1.0) {
+                return fail(format!(
+                    "--cutout-sides {lo},{hi}: expected LOWER,UPPER with 0 < LOWER < UPPER <= 1"
+                ));
+            }
+        }
+        if !(self.class_weight.is_finite() && self.class_weight >= 0.0) {
+            return fail(format!(
+                "--class-weight {} must be a number >= 0",
+                self.class_weight
+            ));
         }
         if let Some(p) = self.avoid.iter().find(|p| p.trim().is_empty()) {
             return fail(format!("--avoid {p:?} is empty: expected a phrase"));
@@ -524,7 +557,10 @@ impl Guidance for BigGanGuidance<'_> {
         let classes = self.classes(logits)?;
         let image = self.draw(z, &classes)?;
         let width = image.dim(2)?;
-        let cuts = big_sleep_cutouts(&mut self.rng, s.cutouts, width);
+        let cuts = match s.cutout_sides {
+            Some((lo, hi)) => deep_daze_cutouts(&mut self.rng, s.cutouts, width, lo, hi),
+            None => big_sleep_cutouts(&mut self.rng, s.cutouts, width),
+        };
         let batch = cutout_batch(&image, &cuts, self.encoder.input_size(), s.resize)?;
         let (text, avoid) = (&self.text, &self.avoid);
         let (loss, cos, grads) = encode_and_backward(self.encoder, &batch, |raw| {
@@ -534,7 +570,12 @@ impl Guidance for BigGanGuidance<'_> {
             for a in avoid {
                 sim_loss = (sim_loss + (emb.matmul(&a.t()?)?.mean_all()? * 100.0)?)?;
             }
-            let loss = ((latent_loss(z)? + class_loss(&classes)?)? + sim_loss)?;
+            let class_term = if s.class_weight == 1.0 {
+                class_loss(&classes)?
+            } else {
+                (class_loss(&classes)? * s.class_weight)?
+            };
+            let loss = ((latent_loss(z)? + class_term)? + sim_loss)?;
             Ok((loss, cos))
         })?;
         let value = loss.to_scalar::<f32>()?;
@@ -757,5 +798,44 @@ mod tests {
             let avg = e.average().unwrap().z;
             close("ema_avg", &avg, &get("ema_avg").get(i).unwrap());
         }
+    }
+
+    /// The shapes world's two settings: refused out of range naming the flag, and absent from
+    /// the serialized settings (results' keys) at big-sleep's values, so older results keep
+    /// their keys.
+    #[test]
+    fn cutout_sides_and_class_weight_validate_and_serialize_only_when_set() {
+        let d = BigGanSettings::default();
+        let v = serde_json::to_value(&d).unwrap();
+        assert!(
+            v.get("cutout_sides").is_none() && v.get("class_weight").is_none(),
+            "{v}"
+        );
+        let back: BigGanSettings = serde_json::from_value(v).unwrap();
+        assert_eq!(back, d);
+        for (sides, weight, flag) in [
+            (Some((0.9, 0.5)), 1.0, "--cutout-sides 0.9,0.5"),
+            (Some((0.0, 1.0)), 1.0, "--cutout-sides 0,1"),
+            (Some((0.5, 1.2)), 1.0, "--cutout-sides 0.5,1.2"),
+            (None, -0.5, "--class-weight -0.5"),
+            (None, f64::NAN, "--class-weight NaN"),
+        ] {
+            let s = BigGanSettings {
+                cutout_sides: sides,
+                class_weight: weight,
+                ..d.clone()
+            };
+            let e = s.validate(Some(40)).unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        }
+        let s = BigGanSettings {
+            cutout_sides: Some((0.9, 1.0)),
+            class_weight: 0.1,
+            ..d
+        };
+        s.validate(Some(40)).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["cutout_sides"], serde_json::json!([0.9, 1.0]));
+        assert_eq!(v["class_weight"], serde_json::json!(0.1));
     }
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 pub use crate::models::clip::l2_normalize;
 use crate::models::clip::{ClipConfig, ClipVisionConfig};
-pub use biggan::{BigGanGenerator, BigGanSettings};
+pub use biggan::{BigGanGenerator, BigGanSettings, Resize};
 pub use generator::{drive, Generated, Generator, GeneratorKind, Guidance};
 pub use siren::{SirenGenerator, SirenSettings};
 

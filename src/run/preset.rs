@@ -4,7 +4,7 @@
 //! with `roundtrip train`); `shapes` is the offline shapes world whose tiny models ship under
 //! `models/shapes/`. Explicit options always win over the preset.
 
-use crate::generate::SirenSettings;
+use crate::generate::{BigGanSettings, Resize, SirenSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
@@ -18,6 +18,14 @@ pub struct PresetDefaults {
     pub clip: &'static str,
     pub captioners: &'static str,
     pub siren: SirenSettings,
+    pub biggan: BigGanDefaults,
+}
+
+/// A preset's BigGAN: its model (`None`: the published biggan-deep-<size>) and settings.
+#[derive(Debug, Clone)]
+pub struct BigGanDefaults {
+    pub model: Option<&'static str>,
+    pub settings: BigGanSettings,
 }
 
 impl Preset {
@@ -34,11 +42,19 @@ impl Preset {
                 clip: "clip-vit-b32",
                 captioners: "vgg16=models/captioners/vgg16,xception=models/captioners/xception",
                 siren: SirenSettings::default(),
+                biggan: BigGanDefaults {
+                    model: None,
+                    settings: BigGanSettings::default(),
+                },
             },
             Preset::Shapes => PresetDefaults {
                 clip: "models/shapes/clip",
                 captioners: "vgg16=models/shapes/vgg16,xception=models/shapes/xception",
                 siren: shapes_siren(),
+                biggan: BigGanDefaults {
+                    model: Some("models/shapes/biggan"),
+                    settings: shapes_biggan(),
+                },
             },
         }
     }
@@ -64,5 +80,24 @@ pub fn shapes_siren() -> SirenSettings {
         averaging_weight: 0.3,
         tv_weight: 0.0,
         cutout_noise: 0.0,
+    }
+}
+
+/// big-sleep settings for the shapes BigGAN (`models/shapes/biggan`, trained by `train-gan`):
+/// near-whole cutouts resized bilinearly, as the shapes CLIP was trained on them, the two
+/// strongest classes per latent (a scene has one or two shapes), a light class regulariser.
+/// Chosen on prompts/shapes.txt (README, shapes world).
+pub fn shapes_biggan() -> BigGanSettings {
+    BigGanSettings {
+        steps: 100,
+        cutouts: 8,
+        lr: 0.07,
+        max_classes: Some(2),
+        class_temperature: 2.0,
+        ema_decay: 0.5,
+        resize: Resize::Bilinear,
+        avoid: Vec::new(),
+        cutout_sides: Some((0.9, 1.0)),
+        class_weight: 0.1,
     }
 }
