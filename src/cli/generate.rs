@@ -114,6 +114,11 @@ pub struct SirenArgs {
     /// none) [default: 0, or the run preset's].
     #[arg(long)]
     cutout_noise: Option<f64>,
+    /// Largest angle in degrees of a random rotation of each cutout about its centre (affine
+    /// jitter against patterns that fool CLIP only pixel-exactly; deep-daze: none) [default: 0,
+    /// or the run preset's].
+    #[arg(long)]
+    cutout_rotation: Option<f64>,
 }
 
 /// BigGAN generator settings (`--generator biggan`), shared by `generate` and `run`.
@@ -161,6 +166,7 @@ impl BigGanArgs {
             ("--averaging-weight", shared.averaging_weight.is_some()),
             ("--tv-weight", shared.tv_weight.is_some()),
             ("--cutout-noise", shared.cutout_noise.is_some()),
+            ("--cutout-rotation", shared.cutout_rotation.is_some()),
         ];
         if let Some((flag, _)) = siren_only.iter().find(|(_, given)| *given) {
             return Err(input_err!(
@@ -253,6 +259,7 @@ impl SirenArgs {
             averaging_weight: None,
             tv_weight: None,
             cutout_noise: None,
+            cutout_rotation: None,
         }
     }
 
@@ -272,6 +279,7 @@ impl SirenArgs {
             averaging_weight: self.averaging_weight.unwrap_or(base.averaging_weight),
             tv_weight: self.tv_weight.unwrap_or(base.tv_weight),
             cutout_noise: self.cutout_noise.unwrap_or(base.cutout_noise),
+            cutout_rotation: self.cutout_rotation.unwrap_or(base.cutout_rotation),
         }
     }
 }
@@ -386,6 +394,7 @@ mod tests {
             ("averaging-weight", d.averaging_weight),
             ("tv-weight", d.tv_weight),
             ("cutout-noise", d.cutout_noise),
+            ("cutout-rotation", d.cutout_rotation),
         ] {
             let at = help
                 .find(&format!("--{flag} <"))

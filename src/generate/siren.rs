@@ -4,11 +4,11 @@
 use std::time::Instant;
 
 use candle_core::{backprop::GradStore, Device, Result, Tensor, Var};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::cutouts::{cutout_batch, deep_daze_cutouts, Resize};
+use super::cutouts::{cutout_batch, deep_daze_cutouts, rotate_batch, Resize};
 use super::{
     deep_daze_loss, encode_and_backward, l2_normalize, Generator, GeneratorKind, Guidance,
     ImageEncoder, StepRecord,
@@ -51,6 +51,10 @@ pub struct SirenSettings {
     /// cannot rely on pixel-exact adversarial detail (deep-daze: none; 0: off).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cutout_noise: f64,
+    /// Largest angle, in degrees, of a random rotation of each cutout about its centre (the
+    /// affine jitter of the CLIP-guidance literature; deep-daze: none; 0: off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cutout_rotation: f64,
 }
 
 /// Settings added after the first records were written are left out of records while off, so
@@ -75,6 +79,7 @@ impl Default for SirenSettings {
             averaging_weight: 0.3,
             tv_weight: 0.0,
             cutout_noise: 0.0,
+            cutout_rotation: 0.0,
         }
     }
 }
@@ -123,6 +128,12 @@ impl SirenSettings {
             return fail(format!(
                 "--cutout-noise {} must lie in [0, 1] (a standard deviation in pixel units)",
                 self.cutout_noise
+            ));
+        }
+        if !(0.0..=45.0).contains(&self.cutout_rotation) {
+            return fail(format!(
+                "--cutout-rotation {} must lie in [0, 45] (degrees)",
+                self.cutout_rotation
             ));
         }
         if !(0.0..=1.0).contains(&self.averaging_weight) {
@@ -282,6 +293,8 @@ pub struct SirenGuidance<'a> {
     rng: ChaCha8Rng,
     /// The cutout noise's own stream, so that turning noise on leaves the cutouts where they were.
     noise_rng: ChaCha8Rng,
+    /// The rotations' own stream, likewise.
+    rotation_rng: ChaCha8Rng,
     coords: Tensor,
     step: usize,
 }
@@ -303,6 +316,8 @@ impl<'a> SirenGuidance<'a> {
         rng.set_stream(1);
         let mut noise_rng = ChaCha8Rng::seed_from_u64(seed);
         noise_rng.set_stream(2);
+        let mut rotation_rng = ChaCha8Rng::seed_from_u64(seed);
+        rotation_rng.set_stream(3);
         Ok(Self {
             settings: settings.clone(),
             encoder,
@@ -311,6 +326,7 @@ impl<'a> SirenGuidance<'a> {
             opt,
             rng,
             noise_rng,
+            rotation_rng,
             coords: coord_grid(settings.size, settings.size, device)?,
             step: 0,
         })
@@ -336,6 +352,13 @@ impl Guidance for SirenGuidance<'_> {
             let cuts = deep_daze_cutouts(&mut self.rng, s.cutouts, s.size, s.lower, s.upper);
             let size = self.encoder.input_size();
             let mut batch = cutout_batch(image.as_tensor(), &cuts, size, Resize::Bilinear)?;
+            if s.cutout_rotation > 0.0 {
+                let r = s.cutout_rotation;
+                let angles: Vec<f64> = (0..cuts.len())
+                    .map(|_| self.rotation_rng.random_range(-r..=r))
+                    .collect();
+                batch = rotate_batch(&batch, &angles)?;
+            }
             if s.cutout_noise > 0.0 {
                 batch = (&batch + gaussian_like(&batch, s.cutout_noise, &mut self.noise_rng)?)?;
             }

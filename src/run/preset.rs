@@ -80,6 +80,7 @@ pub fn shapes_siren() -> SirenSettings {
         averaging_weight: 0.3,
         tv_weight: 0.0,
         cutout_noise: 0.0,
+        cutout_rotation: 0.0,
     }
 }
 
