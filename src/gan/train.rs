@@ -15,7 +15,8 @@
 //! MODEL_DIR: `config.json` (pytorch-pretrained-BigGAN's keys plus `class_names`),
 //! `model.safetensors` (the published tensor names), `training.json`, `train_log.jsonl`,
 //! `checkpoint.safetensors` (G, D, EMA, both Adams' moments, every u / v and running statistic).
-//! `--resume` needs the same settings but `--epochs`, which may extend or end a training.
+//! `--resume` needs the same settings but `--epochs` (which may extend or end a training) and the
+//! standing statistics' `--n-stats` / `--standing-samples`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -226,11 +227,14 @@ pub fn train_gan(req: &TrainGanRequest) -> anyhow::Result<GanTrainSummary> {
         let old: Value = serde_json::from_slice(&crate::error::read_input_file(&training_path)?)
             .map_err(|e| input_err!("{} is not valid JSON: {e}", training_path.display()))?;
         // `--epochs` may change: a resume can extend a training, or stop it where it is (an
-        // `--epochs` at or below the epochs done writes the model from the last checkpoint).
+        // `--epochs` at or below the epochs done writes the model from the last checkpoint). So
+        // may the standing statistics' settings, which only the written model depends on.
         let view = |settings: Option<&Value>, train_images: Option<&Value>| {
             let mut settings = settings.cloned().unwrap_or(Value::Null);
             if let Some(m) = settings.as_object_mut() {
-                m.remove("epochs");
+                for free in ["epochs", "n_stats", "standing_samples"] {
+                    m.remove(free);
+                }
             }
             json!({"settings": settings, "train_images": train_images.cloned().unwrap_or(Value::Null)})
         };
