@@ -128,7 +128,8 @@ pub struct BigGanArgs {
     #[arg(long)]
     biggan: Option<String>,
     /// Keep only the K strongest classes per latent (a differentiable top-k) instead of a
-    /// sigmoid over all classes.
+    /// sigmoid over all classes; 0: the sigmoid (big-sleep's default) [default: 0, or the run
+    /// preset's].
     #[arg(long)]
     max_classes: Option<usize>,
     /// Temperature of the --max-classes top-k (big-sleep: 2) [default: 2].
@@ -195,7 +196,11 @@ impl BigGanArgs {
             steps: shared.steps.unwrap_or(d.steps),
             cutouts: shared.cutouts.unwrap_or(d.cutouts),
             lr: shared.lr.unwrap_or(d.lr),
-            max_classes: self.max_classes.or(d.max_classes),
+            max_classes: match self.max_classes {
+                Some(0) => None,
+                Some(k) => Some(k),
+                None => d.max_classes,
+            },
             class_temperature: self.class_temperature.unwrap_or(d.class_temperature),
             ema_decay: self.ema_decay.unwrap_or(d.ema_decay),
             resize: if self.bilinear {
