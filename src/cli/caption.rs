@@ -11,13 +11,17 @@ use crate::resources::{check_beam, check_beam_width};
 pub struct Args {
     #[command(flatten)]
     device: super::DeviceArg,
+    /// Captioner folder (written by `roundtrip train`).
     #[arg(long)]
     captioner: PathBuf,
     /// Beam width (1: greedy).
     #[arg(long, default_value_t = 1)]
     beam: usize,
+    /// Images to caption (PNG or JPEG).
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// Print one JSON object (captioner, beam, and each image with its caption) instead of one
+    /// `IMAGE<TAB>CAPTION` line per image.
     #[arg(long)]
     json: bool,
 }

@@ -11,8 +11,10 @@ use crate::dataset::Split;
 pub struct Args {
     #[command(flatten)]
     device: super::DeviceArg,
+    /// Captioner folder (written by `roundtrip train`).
     #[arg(long)]
     captioner: PathBuf,
+    /// Dataset folder in a Flickr8k layout (original, Kaggle or Karpathy).
     #[arg(long)]
     dataset: PathBuf,
     /// train, dev or test.
@@ -21,13 +23,17 @@ pub struct Args {
     /// Beam width (1: greedy, as the original).
     #[arg(long, default_value_t = 1)]
     beam: usize,
+    /// Print one JSON object (scores, diversity, settings) instead of the text summary.
     #[arg(long)]
     json: bool,
     /// Also print each image's caption (text output).
     #[arg(long)]
     captions: bool,
+    /// Encoder feature cache folder [default: $ROUNDTRIP_CACHE, else $XDG_CACHE_HOME/roundtrip,
+    /// else ~/.cache/roundtrip].
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// No progress bars or log lines on stderr.
     #[arg(long)]
     quiet: bool,
 }

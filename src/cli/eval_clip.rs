@@ -19,7 +19,7 @@ pub struct Args {
     /// train, dev or test.
     #[arg(long, default_value = "test")]
     split: Split,
-    /// Use only the first N images of the split.
+    /// Use only the first N images of the split [default: all].
     #[arg(long)]
     limit: Option<usize>,
     /// Print one JSON object.

@@ -24,8 +24,8 @@ pub struct Args {
     /// Which encoder.
     #[arg(long, value_enum, default_value = "clip")]
     encoder: Encoder,
-    /// Weights: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout
-    /// (default: the encoder's preset).
+    /// Weights: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout [default:
+    /// the encoder's preset: clip-vit-b32, vgg16 or xception].
     #[arg(long)]
     weights: Option<String>,
     /// A text to embed (repeatable).

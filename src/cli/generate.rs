@@ -50,10 +50,10 @@ pub struct Args {
     biggan: BigGanArgs,
     /// BigGAN: start from saved latents (a `.latents.safetensors` file of an earlier run, or any
     /// safetensors file with `z` [L, 128] and `class_logits` [L, 1000]); with --steps 0 the image
-    /// is exactly the generator's for them.
+    /// is exactly the generator's for them [default: random latents].
     #[arg(long)]
     init_latents: Option<PathBuf>,
-    /// Seed of every random draw; without it one is drawn and recorded.
+    /// Seed of every random draw [default: one drawn at random, and recorded].
     #[arg(long)]
     seed: Option<u64>,
     /// Write a progress frame every N steps (0: none; deep-daze: 100).
@@ -67,87 +67,102 @@ pub struct Args {
     quiet: bool,
 }
 
-/// SIREN generator settings, shared by `generate` and `run`; each left out takes the default of
-/// the command (for `run`, of its preset).
+/// SIREN generator settings, shared by `generate` and `run` (some also set BigGAN's); each left
+/// out takes the default of the command (for `run`, of its preset: `roundtrip presets`).
 #[derive(Debug, clap::Args)]
 pub struct SirenArgs {
-    /// Optimiser steps (deep-daze: 21,000; big-sleep: 21,000) [default: 200, or the run preset's; biggan: 100].
-    #[arg(long)]
+    /// Optimiser steps (deep-daze: 21,000; big-sleep: 21,000) [default: 200, biggan: 100; `run`
+    /// takes its preset's].
+    #[arg(long, help_heading = GENERATION)]
     steps: Option<usize>,
-    /// Image side in pixels (deep-daze: 512); with biggan it picks the model biggan-deep-128|256|512 [default: 128, or the run preset's].
-    #[arg(long)]
+    /// Image side in pixels (deep-daze: 512); with biggan it picks the model
+    /// biggan-deep-128|256|512 [default: 128; `run` takes its preset's].
+    #[arg(long, help_heading = GENERATION)]
     size: Option<usize>,
-    /// SIREN sine layers (deep-daze: 16) [default: 8, or the run preset's].
-    #[arg(long)]
-    layers: Option<usize>,
-    /// SIREN width (deep-daze: 256) [default: 256, or the run preset's].
-    #[arg(long)]
-    hidden: Option<usize>,
-    /// SIREN frequency w0 (deep-daze: 30) [default: 30, or the run preset's].
-    #[arg(long)]
-    w0: Option<f64>,
-    /// Cutouts per pass (deep-daze: 4; big-sleep: 128, for a GPU) [default: 8, or the run preset's].
-    #[arg(long)]
+    /// Cutouts per pass (deep-daze: 4; big-sleep: 128, for a GPU) [default: 8; `run` takes its
+    /// preset's].
+    #[arg(long, help_heading = GENERATION)]
     cutouts: Option<usize>,
     /// Smallest cutout side, as a fraction of the image side (deep-daze: 0.1); with biggan, sides
-    /// are then drawn uniformly instead of big-sleep's N(0.8, 0.3) [default: 0.1, or the run preset's].
-    #[arg(long)]
+    /// are then drawn uniformly between --lower and --upper (0.5 and 0.95 for the one left out)
+    /// instead of big-sleep's N(0.8, 0.3) [default: 0.1, biggan: none; `run` takes its preset's].
+    #[arg(long, help_heading = GENERATION)]
     lower: Option<f64>,
     /// Largest cutout side, as a fraction of the image side (deep-daze: 1.0); with biggan, as
-    /// --lower [default: 1.0, or the run preset's].
-    #[arg(long)]
+    /// --lower [default: 1.0, biggan: none; `run` takes its preset's].
+    #[arg(long, help_heading = GENERATION)]
     upper: Option<f64>,
-    /// Adam learning rate (deep-daze: 1e-5; big-sleep: 0.07) [default: 1e-4, or the run preset's; biggan: 0.07].
-    #[arg(long)]
+    /// Adam learning rate (deep-daze: 1e-5; big-sleep: 0.07) [default: 1e-4, biggan: 0.07; `run`
+    /// takes its preset's].
+    #[arg(long, help_heading = GENERATION)]
     lr: Option<f64>,
-    /// Passes accumulated per step (deep-daze: 4) [default: 1, or the run preset's].
-    #[arg(long)]
+    /// SIREN sine layers (deep-daze: 16) [default: 8; `run` takes its preset's].
+    #[arg(long, help_heading = SIREN_ONLY)]
+    layers: Option<usize>,
+    /// SIREN width (deep-daze: 256) [default: 256; `run` takes its preset's].
+    #[arg(long, help_heading = SIREN_ONLY)]
+    hidden: Option<usize>,
+    /// SIREN frequency w0 (deep-daze: 30) [default: 30; `run` takes its preset's].
+    #[arg(long, help_heading = SIREN_ONLY)]
+    w0: Option<f64>,
+    /// Passes accumulated per step (deep-daze: 4) [default: 1; `run` takes its preset's].
+    #[arg(long, help_heading = SIREN_ONLY)]
     grad_accum: Option<usize>,
-    /// Weight of the averaged-embedding loss term (deep-daze: 0.3) [default: 0.3, or the run preset's].
-    #[arg(long)]
+    /// Weight of the averaged-embedding loss term (deep-daze: 0.3) [default: 0.3; `run` takes its
+    /// preset's].
+    #[arg(long, help_heading = SIREN_ONLY)]
     averaging_weight: Option<f64>,
     /// Weight of a total-variation penalty on the image, against high-frequency patterns that
-    /// fool CLIP (deep-daze: none) [default: 0, or the run preset's].
-    #[arg(long)]
+    /// fool CLIP (deep-daze: none) [default: 0; `run` takes its preset's].
+    #[arg(long, help_heading = SIREN_ONLY)]
     tv_weight: Option<f64>,
     /// Standard deviation of Gaussian noise added to each cutout before CLIP sees it (deep-daze:
-    /// none) [default: 0, or the run preset's].
-    #[arg(long)]
+    /// none) [default: 0; `run` takes its preset's].
+    #[arg(long, help_heading = SIREN_ONLY)]
     cutout_noise: Option<f64>,
     /// Largest angle in degrees of a random rotation of each cutout about its centre (affine
-    /// jitter against patterns that fool CLIP only pixel-exactly; deep-daze: none) [default: 0,
-    /// or the run preset's].
-    #[arg(long)]
+    /// jitter against patterns that fool CLIP only pixel-exactly; deep-daze: none) [default: 0;
+    /// `run` takes its preset's].
+    #[arg(long, help_heading = SIREN_ONLY)]
     cutout_rotation: Option<f64>,
 }
+
+/// Help headings of the generator settings.
+const GENERATION: &str = "Generation";
+const SIREN_ONLY: &str = "Generation: SIREN only";
+const BIGGAN_ONLY: &str = "Generation: BigGAN only";
 
 /// BigGAN generator settings (`--generator biggan`), shared by `generate` and `run`.
 #[derive(Debug, clap::Args)]
 pub struct BigGanArgs {
-    /// BigGAN model: preset, hub id or folder [default: biggan-deep-<size>].
-    #[arg(long)]
+    /// BigGAN model: preset, hub id or folder [default: biggan-deep-<size>, by --size; `run`
+    /// takes its preset's].
+    #[arg(long, help_heading = BIGGAN_ONLY)]
     biggan: Option<String>,
     /// Keep only the K strongest classes per latent (a differentiable top-k) instead of a
-    /// sigmoid over all classes; 0: the sigmoid (big-sleep's default) [default: 0, or the run
-    /// preset's].
-    #[arg(long)]
+    /// sigmoid over all classes; 0: the sigmoid (big-sleep's default) [default: 0; `run` takes
+    /// its preset's].
+    #[arg(long, help_heading = BIGGAN_ONLY)]
     max_classes: Option<usize>,
-    /// Temperature of the --max-classes top-k (big-sleep: 2) [default: 2].
-    #[arg(long)]
+    /// Temperature of the --max-classes top-k (big-sleep: 2) [default: 2; `run` takes its
+    /// preset's].
+    #[arg(long, help_heading = BIGGAN_ONLY)]
     class_temperature: Option<f64>,
     /// Decay of the latents' moving average that draws the saved image (big-sleep's CLI: 0.5)
-    /// [default: 0.5].
-    #[arg(long)]
+    /// [default: 0.5; `run` takes its preset's].
+    #[arg(long, help_heading = BIGGAN_ONLY)]
     ema_decay: Option<f64>,
-    /// Resize cutouts bilinearly (big-sleep's default: nearest).
-    #[arg(long)]
+    /// Resize cutouts bilinearly (big-sleep: nearest) [default: nearest; `run` takes its
+    /// preset's].
+    #[arg(long, help_heading = BIGGAN_ONLY)]
     bilinear: bool,
-    /// A phrase whose similarity is pushed down (repeatable; big-sleep's `text_min`).
-    #[arg(long)]
+    /// A phrase whose similarity is pushed down (repeatable; big-sleep's `text_min`) [default:
+    /// none; `run` takes its preset's].
+    #[arg(long, help_heading = BIGGAN_ONLY)]
     avoid: Vec<String>,
     /// Weight of big-sleep's class regulariser (pushes all but each latent's strongest class to
-    /// zero) [default: 1, or the run preset's].
-    #[arg(long)]
+    /// zero) [default: 1; `run` takes its preset's].
+    #[arg(long, help_heading = BIGGAN_ONLY)]
     class_weight: Option<f64>,
 }
 
@@ -407,7 +422,7 @@ mod tests {
             let tail = &help[at..];
             let start = tail.find("[default: ").expect("a default") + "[default: ".len();
             let shown: f64 = tail[start..]
-                .split(',')
+                .split([',', ';', ']'])
                 .next()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or_else(|| panic!("--{flag}: unreadable default"));

@@ -14,6 +14,7 @@ mod features;
 mod generate;
 mod merge;
 mod models;
+mod presets;
 mod prompts;
 mod run;
 mod shapes;
@@ -25,12 +26,35 @@ mod train_gan;
 #[command(
     name = "roundtrip",
     version,
-    about = "Text -> image -> text round-trip experiments"
+    about = "Text -> image -> text round-trip experiments",
+    after_help = FOOTER
 )]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// `roundtrip --help`'s footer: what the README says about exit codes and the environment.
+const FOOTER: &str = "\
+Exit codes:
+  0  success (also when stdout is closed early, e.g. `roundtrip ... | head`)
+  1  any other failure
+  2  a usage or input error, named in the message: a bad option, file, line or value, a model
+     that cannot be found or fetched, settings beyond the machine's memory, or a run folder that
+     another process is writing
+Results go to stdout; logs, progress bars and the error (its whole chain, on one line) to stderr.
+
+Environment:
+  HF_HUB_CACHE            hub cache folder [default: $HF_HOME/hub, else ~/.cache/huggingface/hub]
+  HF_HOME                 the hub's home folder (the cache is its hub/)
+  HF_ENDPOINT             hub address [default: https://huggingface.co]
+  HF_TOKEN                hub access token
+  HF_HUB_OFFLINE=1        read models from the hub cache only, never the network
+  ROUNDTRIP_CACHE         cache folder of encoder features (train, eval) and file digests
+                          [default: $XDG_CACHE_HOME/roundtrip, else ~/.cache/roundtrip]
+  ROUNDTRIP_MEMORY_LIMIT  bytes of memory that settings are checked against [default: the
+                          machine's RAM or its cgroup limit, whichever is smaller]
+  RAYON_NUM_THREADS       CPU threads of the models' kernels [default: one per core]";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -67,6 +91,8 @@ enum Command {
     /// List model presets and resolve model references (hub or folder).
     #[command(subcommand)]
     Models(models::Command),
+    /// The values each `run --preset` fills in: models, SIREN and BigGAN settings.
+    Presets(presets::Args),
 }
 
 /// `--device`, shared by every command that runs a model.
@@ -102,7 +128,180 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Prompts(c) => prompts::execute(c, out),
         Command::Shapes(c) => shapes::execute(c, out),
         Command::Models(c) => models::execute(c, out),
+        Command::Presets(a) => presets::execute(a, out),
     }?;
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Arg, ArgAction, CommandFactory};
+
+    use super::*;
+
+    /// Calls `f` with every command of the CLI (built, so with clap's own arguments) and its
+    /// path, `roundtrip` first; clap's `help` subcommands are left out.
+    fn each_command(f: &mut dyn FnMut(&str, &clap::Command)) {
+        fn walk(path: &str, cmd: &clap::Command, f: &mut dyn FnMut(&str, &clap::Command)) {
+            f(path, cmd);
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(&format!("{path} {}", sub.get_name()), sub, f);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        walk("roundtrip", &cli, f);
+    }
+
+    /// `--help` and `--version`, which clap adds and describes.
+    fn is_clap_own(a: &Arg) -> bool {
+        matches!(
+            a.get_action(),
+            ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
+        )
+    }
+
+    /// The whole help text of an argument (its doc comment's every paragraph).
+    fn help_of(a: &Arg) -> String {
+        a.get_long_help()
+            .or(a.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    fn name_of(a: &Arg) -> String {
+        match a.get_long() {
+            Some(l) => format!("--{l}"),
+            None => format!("<{}>", a.get_id()),
+        }
+    }
+
+    #[test]
+    fn every_command_and_option_is_described() {
+        let mut undescribed = Vec::new();
+        each_command(&mut |path, cmd| {
+            if cmd
+                .get_about()
+                .is_none_or(|a| a.to_string().trim().is_empty())
+            {
+                undescribed.push(path.to_owned());
+            }
+            for a in cmd.get_arguments().filter(|a| !is_clap_own(a)) {
+                if help_of(a).trim().is_empty() {
+                    undescribed.push(format!("{path} {}", name_of(a)));
+                }
+            }
+        });
+        assert!(
+            undescribed.is_empty(),
+            "commands and options without a description: {undescribed:?}"
+        );
+    }
+
+    /// An option that takes a value and may be left out shows what it is then: clap's
+    /// `[default: X]` or, where the default is not one value, a `[default: ...]` in its text.
+    #[test]
+    fn every_optional_value_states_its_default() {
+        let mut silent = Vec::new();
+        each_command(&mut |path, cmd| {
+            for a in cmd.get_arguments().filter(|a| {
+                !is_clap_own(a)
+                    && !a.is_positional()
+                    && !a.is_required_set()
+                    && matches!(a.get_action(), ArgAction::Set)
+                    && a.get_default_values().is_empty()
+            }) {
+                if !help_of(a).contains("[default: ") {
+                    silent.push(format!("{path} {}", name_of(a)));
+                }
+            }
+        });
+        assert!(
+            silent.is_empty(),
+            "options whose help does not say what they default to: {silent:?}"
+        );
+    }
+
+    #[test]
+    fn top_level_help_lists_exit_codes_and_environment() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in [
+            "  0  success",
+            "  1  any other failure",
+            "  2  a usage or input error",
+        ] {
+            assert!(help.contains(code), "{code}");
+        }
+        for var in [
+            "HF_HUB_CACHE",
+            "HF_HOME",
+            "HF_ENDPOINT",
+            "HF_TOKEN",
+            "HF_HUB_OFFLINE",
+            "ROUNDTRIP_CACHE",
+            "ROUNDTRIP_MEMORY_LIMIT",
+            "RAYON_NUM_THREADS",
+        ] {
+            assert!(help.contains(&format!("\n  {var}")), "{var}");
+        }
+        // The variables the code itself reads are all listed.
+        for (file, source) in [
+            ("hub.rs", include_str!("../hub.rs")),
+            ("resources.rs", include_str!("../resources.rs")),
+            (
+                "captioner/feature_cache.rs",
+                include_str!("../captioner/feature_cache.rs"),
+            ),
+        ] {
+            for read in source
+                .split("env_nonempty(\"")
+                .chain(source.split("env::var"))
+                .skip(1)
+            {
+                let var: String = read
+                    .trim_start_matches(['(', '_', 'o', 's', '"'])
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                if var.len() > 1 && var != "HOME" {
+                    assert!(help.contains(&var), "{file} reads {var}, not in the help");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn run_help_groups_every_option_under_a_heading_with_examples() {
+        let mut cli = Cli::command();
+        cli.build();
+        let run = cli.find_subcommand_mut("run").expect("run subcommand");
+        let headings = [
+            "Inputs",
+            "Generation",
+            "Generation: SIREN only",
+            "Generation: BigGAN only",
+            "Captioning",
+            "Output",
+            "Scale-out",
+        ];
+        for a in run.get_arguments().filter(|a| !is_clap_own(a)) {
+            let h = a.get_help_heading();
+            assert!(
+                h.is_some_and(|h| headings.contains(&h)),
+                "run {}: heading {h:?}",
+                name_of(a)
+            );
+        }
+        let help = run.render_long_help().to_string();
+        let mut at = 0;
+        for h in headings {
+            let found = help[at..]
+                .find(&format!("\n{h}:\n"))
+                .unwrap_or_else(|| panic!("heading {h} missing or out of order"));
+            at += found + 1;
+        }
+        assert_eq!(help.matches("\n  roundtrip run ").count(), 2, "{help}");
+        assert!(help.contains("`roundtrip presets`"));
+    }
 }

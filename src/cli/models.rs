@@ -10,14 +10,16 @@ use crate::hub::{presets, Locator, ModelRef};
 pub enum Command {
     /// List the named model presets (models/presets.json).
     List {
+        /// Print the presets' whole records (files, revisions, sources) as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Resolve a model reference (preset, hub id `org/name[@rev]`, or folder) and its files,
     /// downloading them unless HF_HUB_OFFLINE=1; prints the files' paths and the resolved revision.
     Resolve {
+        /// The model: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout.
         reference: String,
-        /// Files to resolve (default: the preset's files, else config.json).
+        /// A file to resolve (repeatable) [default: the preset's files, else config.json].
         #[arg(long = "file")]
         files: Vec<String>,
     },

@@ -11,6 +11,8 @@ pub enum Command {
     /// `[siren]` / `[biggan]` prefix pins it to that generator; `run --generators siren,biggan`
     /// draws every other line with each listed generator.
     Check {
+        /// The prompts file: one phrase per line, optionally TAB and the path of a real photo
+        /// (relative to the file); blank lines and `#` comments are skipped.
         file: PathBuf,
         /// Print one JSON object instead of text.
         #[arg(long)]

@@ -19,23 +19,43 @@ enum PresetArg {
     Shapes,
 }
 
+/// `run --help`'s examples.
+const EXAMPLES: &str = "\
+Examples:
+  # The offline shapes world, each phrase drawn by both generators side by side:
+  roundtrip run prompts/shapes.txt --preset shapes --generators siren,biggan --out runs/shapes
+
+  # The original experiment split over three machines; on the second:
+  roundtrip run prompts/seed.txt --shard 2/3 --out runs/seed-2
+  # then, with the three folders in one place:
+  roundtrip merge runs/seed-1 runs/seed-2 runs/seed-3 --out runs/seed
+
+A preset's values: `roundtrip presets`.";
+
 #[derive(Debug, clap::Args)]
-#[command(args_override_self = true)]
+#[command(args_override_self = true, after_help = EXAMPLES)]
 pub struct Args {
-    #[command(flatten)]
-    device: super::DeviceArg,
     /// Prompts file: one phrase per line, optionally TAB and the path of a real photo of it.
+    #[arg(help_heading = "Inputs", display_order = 0)]
     prompts: PathBuf,
-    /// Run folder: report.json, report.html, report.md, run.json, images/, photos/, phrases/.
-    #[arg(long)]
-    out: PathBuf,
-    /// Models and generator settings used where no option says otherwise.
-    #[arg(long, value_enum, default_value = "real")]
+    /// Models and generator settings used where no option says otherwise (each preset's values:
+    /// `roundtrip presets`).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "real",
+        help_heading = "Inputs",
+        display_order = 1
+    )]
     preset: PresetArg,
+    /// CLIP model guiding generation and scoring: preset, hub id `org/name[@rev]` or folder
+    /// [default: the preset's; real: clip-vit-b32, shapes: models/shapes/clip].
+    #[arg(long, help_heading = "Inputs", display_order = 2)]
+    clip: Option<String>,
     /// The generator of lines without a `[siren]` / `[biggan]` prefix (the one-generator form of
     /// --generators); --steps, --size, --cutouts and --lr set its settings (lines of the other
     /// generator keep that one's defaults).
-    #[arg(long, value_enum, default_value = "siren")]
+    #[arg(long, value_enum, default_value = "siren", help_heading = "Generation")]
     generator: GeneratorKind,
     /// Draw every line without a `[siren]` / `[biggan]` prefix with each of these generators
     /// (comma-separated, e.g. siren,biggan) and compare them side by side; a prefixed line is
@@ -43,40 +63,47 @@ pub struct Args {
     /// and keeps the one-generator seeds and file names (so adding a generator at the end keeps
     /// the images already drawn); each other image gets a seed of its own. [default: the
     /// --generator]
-    #[arg(long, conflicts_with = "generator", value_name = "LIST")]
+    #[arg(
+        long,
+        conflicts_with = "generator",
+        value_name = "LIST",
+        help_heading = "Generation"
+    )]
     generators: Option<String>,
-    /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`)
-    /// [default: real: vgg16=models/captioners/vgg16,xception=models/captioners/xception;
-    /// shapes: vgg16=models/shapes/vgg16,xception=models/shapes/xception].
-    #[arg(long)]
-    captioners: Option<String>,
-    /// CLIP model guiding generation and scoring: preset, hub id `org/name[@rev]` or folder
-    /// [default: real: clip-vit-b32; shapes: models/shapes/clip].
-    #[arg(long)]
-    clip: Option<String>,
     /// Run seed; each phrase's seed is derived from it and the phrase's text.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, help_heading = "Generation")]
     seed: u64,
     #[command(flatten)]
     siren: SirenArgs,
     #[command(flatten)]
     biggan: BigGanArgs,
-    /// Write a progress frame every N steps (0: none).
-    #[arg(long, default_value_t = 50)]
-    save_every: usize,
+    /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`)
+    /// [default: the preset's; real: vgg16=models/captioners/vgg16,xception=models/captioners/xception,
+    /// shapes: vgg16=models/shapes/vgg16,xception=models/shapes/xception].
+    #[arg(long, help_heading = "Captioning")]
+    captioners: Option<String>,
     /// Beam width of the captioners (1: greedy).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "Captioning")]
     beam: usize,
-    /// Run only the K-th of N stable shares of the phrases (merge the folders with `roundtrip merge`).
-    #[arg(long)]
-    shard: Option<Shard>,
+    /// Run folder: report.json, report.html, report.md, run.json, images/, photos/, phrases/.
+    #[arg(long, help_heading = "Output")]
+    out: PathBuf,
+    /// Write a progress frame every N steps (0: none).
+    #[arg(long, default_value_t = 50, help_heading = "Output")]
+    save_every: usize,
     /// Throw away the results already in --out and compute everything again (also: write into a
     /// non-empty folder that holds no run).
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     force: bool,
     /// No progress bars or log lines on stderr.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     quiet: bool,
+    /// Run only the K-th of N stable shares of the phrases (merge the folders with `roundtrip
+    /// merge`) [default: all phrases].
+    #[arg(long, help_heading = "Scale-out")]
+    shard: Option<Shard>,
+    #[command(flatten, next_help_heading = "Scale-out")]
+    device: super::DeviceArg,
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@ pub struct Args {
     /// Output model folder (config.json, tokenizer.json, model.safetensors, ...).
     #[arg(long)]
     out: PathBuf,
+    /// Passes over the training images.
     #[arg(long, default_value_t = d().epochs)]
     epochs: usize,
     /// Image-caption pairs per step (the contrastive batch).
@@ -27,11 +28,14 @@ pub struct Args {
     /// Peak learning rate (AdamW; linear warmup, cosine decay).
     #[arg(long, default_value_t = d().lr)]
     lr: f64,
+    /// AdamW's decoupled weight decay, on matrices and embeddings (not on biases, LayerNorm
+    /// weights, the class embedding or the logit scale).
     #[arg(long, default_value_t = d().weight_decay)]
     weight_decay: f64,
     /// Share of the steps spent warming the learning rate up.
     #[arg(long, default_value_t = d().warmup)]
     warmup: f64,
+    /// Seed of the initial weights and of each epoch's order, crops, noise and blur.
     #[arg(long, default_value_t = d().seed)]
     seed: u64,
     /// Input side of the image tower in pixels.
@@ -70,6 +74,7 @@ pub struct Args {
     /// stopped before its first checkpoint starts over, with or without this flag).
     #[arg(long)]
     resume: bool,
+    /// No progress bars or log lines on stderr.
     #[arg(long)]
     quiet: bool,
 }

@@ -22,6 +22,7 @@ pub struct Args {
     /// Passes over the training images (one D step per batch).
     #[arg(long, default_value_t = d().epochs)]
     epochs: usize,
+    /// Images per step: real and as many generated for a D step, generated for a G step.
     #[arg(long, default_value_t = d().batch_size)]
     batch_size: usize,
     /// Generator learning rate (Adam, beta1 0, beta2 0.999).
@@ -33,6 +34,8 @@ pub struct Args {
     /// Discriminator steps per generator step.
     #[arg(long, default_value_t = d().d_steps)]
     d_steps: usize,
+    /// Seed of the initial weights, the batches, the noise, DiffAugment and the standing
+    /// statistics.
     #[arg(long, default_value_t = d().seed)]
     seed: u64,
     /// Decay of the generator's exponential moving average (the saved generator).
@@ -41,6 +44,7 @@ pub struct Args {
     /// Side of the generated images (power of two, 16 to 256).
     #[arg(long, default_value_t = d().image_size)]
     image_size: usize,
+    /// Size of the noise vector z.
     #[arg(long, default_value_t = d().z_dim)]
     z_dim: usize,
     /// Generator channel_width (4 x 4 maps have 16 x this many channels).
@@ -64,6 +68,7 @@ pub struct Args {
     /// Continue an interrupted training from its last finished epoch.
     #[arg(long)]
     resume: bool,
+    /// No progress bars or log lines on stderr.
     #[arg(long)]
     quiet: bool,
 }

@@ -29,10 +29,25 @@ pub struct BigGanDefaults {
 }
 
 impl Preset {
+    /// Every preset, in the order `roundtrip presets` lists them.
+    pub const ALL: [Preset; 2] = [Preset::Real, Preset::Shapes];
+
     pub fn name(self) -> &'static str {
         match self {
             Preset::Real => "real",
             Preset::Shapes => "shapes",
+        }
+    }
+
+    /// One line on what the preset is for.
+    pub fn about(self) -> &'static str {
+        match self {
+            Preset::Real => {
+                "the original experiment: CLIP ViT-B/32 from the hub, captioners trained on Flickr8k with `roundtrip train`"
+            }
+            Preset::Shapes => {
+                "the offline shapes world: the tiny models shipped under models/shapes/"
+            }
         }
     }
 
@@ -101,4 +116,210 @@ pub fn shapes_biggan() -> BigGanSettings {
         cutout_sides: Some((0.9, 1.0)),
         class_weight: 0.1,
     }
+}
+
+/// One row of the presets listing: the `run` option a value stands for, under a section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresetOption {
+    /// `Models`, `SIREN (--generator siren)` or `BigGAN (--generator biggan)`.
+    pub section: &'static str,
+    /// The option, e.g. `--steps`.
+    pub option: &'static str,
+    pub value: String,
+}
+
+const MODELS: &str = "Models";
+const SIREN: &str = "SIREN (--generator siren)";
+const BIGGAN: &str = "BigGAN (--generator biggan)";
+
+impl PresetDefaults {
+    /// The values as the `run` options they fill, in `run --help`'s order, section by section.
+    pub fn options(&self) -> Vec<PresetOption> {
+        let s = &self.siren;
+        let b = &self.biggan.settings;
+        let row = |section, option, value: String| PresetOption {
+            section,
+            option,
+            value,
+        };
+        vec![
+            row(MODELS, "--clip", self.clip.to_owned()),
+            row(MODELS, "--captioners", self.captioners.to_owned()),
+            row(SIREN, "--steps", s.steps.to_string()),
+            row(SIREN, "--size", s.size.to_string()),
+            row(SIREN, "--layers", s.layers.to_string()),
+            row(SIREN, "--hidden", s.hidden.to_string()),
+            row(SIREN, "--w0", s.w0.to_string()),
+            row(SIREN, "--cutouts", s.cutouts.to_string()),
+            row(SIREN, "--lower", s.lower.to_string()),
+            row(SIREN, "--upper", s.upper.to_string()),
+            row(SIREN, "--lr", s.lr.to_string()),
+            row(SIREN, "--grad-accum", s.grad_accum.to_string()),
+            row(SIREN, "--averaging-weight", s.averaging_weight.to_string()),
+            row(SIREN, "--tv-weight", s.tv_weight.to_string()),
+            row(SIREN, "--cutout-noise", s.cutout_noise.to_string()),
+            row(SIREN, "--cutout-rotation", s.cutout_rotation.to_string()),
+            row(
+                BIGGAN,
+                "--biggan",
+                self.biggan
+                    .model
+                    .map_or("biggan-deep-<size> (--size 128)".to_owned(), str::to_owned),
+            ),
+            row(BIGGAN, "--steps", b.steps.to_string()),
+            row(BIGGAN, "--cutouts", b.cutouts.to_string()),
+            row(BIGGAN, "--lr", b.lr.to_string()),
+            row(
+                BIGGAN,
+                "--lower, --upper",
+                b.cutout_sides.map_or(
+                    "none: big-sleep's N(0.8, 0.3) sides".to_owned(),
+                    |(lo, hi)| format!("{lo}, {hi}"),
+                ),
+            ),
+            row(
+                BIGGAN,
+                "--max-classes",
+                b.max_classes
+                    .map_or("0: a sigmoid over all".to_owned(), |k| k.to_string()),
+            ),
+            row(
+                BIGGAN,
+                "--class-temperature",
+                b.class_temperature.to_string(),
+            ),
+            row(BIGGAN, "--ema-decay", b.ema_decay.to_string()),
+            row(
+                BIGGAN,
+                "--bilinear",
+                match b.resize {
+                    Resize::Bilinear => "on".to_owned(),
+                    Resize::Nearest => "off: nearest".to_owned(),
+                },
+            ),
+            row(
+                BIGGAN,
+                "--avoid",
+                if b.avoid.is_empty() {
+                    "none".to_owned()
+                } else {
+                    b.avoid.join(", ")
+                },
+            ),
+            row(BIGGAN, "--class-weight", b.class_weight.to_string()),
+        ]
+    }
+}
+
+impl Preset {
+    /// The preset as one JSON object: name, about, clip, captioners, siren (settings), biggan
+    /// (model, `null` for the published biggan-deep-<size>, and settings), every setting present
+    /// (also those that run.json leaves out at their first values).
+    pub fn to_json(self) -> serde_json::Value {
+        use serde_json::json;
+        let d = self.defaults();
+        let (s, b) = (&d.siren, &d.biggan.settings);
+        let with = |settings: serde_json::Value, fields: Vec<(&str, serde_json::Value)>| {
+            let mut settings = settings;
+            if let Some(object) = settings.as_object_mut() {
+                for (k, v) in fields {
+                    object.insert(k.to_owned(), v);
+                }
+            }
+            settings
+        };
+        let siren = with(
+            json!(s),
+            vec![
+                ("tv_weight", json!(s.tv_weight)),
+                ("cutout_noise", json!(s.cutout_noise)),
+                ("cutout_rotation", json!(s.cutout_rotation)),
+            ],
+        );
+        let biggan = with(
+            json!(b),
+            vec![
+                ("cutout_sides", json!(b.cutout_sides)),
+                ("class_weight", json!(b.class_weight)),
+            ],
+        );
+        json!({
+            "name": self.name(),
+            "about": self.about(),
+            "clip": d.clip,
+            "captioners": d.captioners,
+            "siren": siren,
+            "biggan": { "model": d.biggan.model, "settings": biggan },
+        })
+    }
+}
+
+/// The presets side by side: one column per preset, one row per option (a `--captioners` list
+/// one folder a line), under the sections of [`PresetDefaults::options`].
+pub fn listing(presets: &[Preset]) -> String {
+    let columns: Vec<Vec<PresetOption>> = presets.iter().map(|p| p.defaults().options()).collect();
+    let Some(first) = columns.first() else {
+        return String::new();
+    };
+    let lines = |o: &PresetOption| -> Vec<String> {
+        if o.option != "--captioners" {
+            return vec![o.value.clone()];
+        }
+        let parts: Vec<&str> = o.value.split(',').collect();
+        let last = parts.len() - 1;
+        let comma = |i| if i < last { "," } else { "" };
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{p}{}", comma(i)))
+            .collect()
+    };
+    let cells: Vec<Vec<Vec<String>>> = columns
+        .iter()
+        .map(|col| col.iter().map(lines).collect())
+        .collect();
+    let label_width = first.iter().map(|o| o.option.len() + 2).max().unwrap_or(0);
+    let widths: Vec<usize> = presets
+        .iter()
+        .zip(&cells)
+        .map(|(p, col)| {
+            col.iter()
+                .flatten()
+                .map(String::len)
+                .chain([p.name().len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let row = |label: &str, values: &[&str]| {
+        let mut l = format!("{label:<label_width$}");
+        for (v, w) in values.iter().zip(&widths) {
+            l.push_str(&format!("  {v:<w$}"));
+        }
+        format!("{}\n", l.trim_end())
+    };
+    let names: Vec<&str> = presets.iter().map(|p| p.name()).collect();
+    let mut out = row("option", &names);
+    let mut section = "";
+    for (i, o) in first.iter().enumerate() {
+        if o.section != section {
+            section = o.section;
+            out.push_str(section);
+            out.push('\n');
+        }
+        let height = cells.iter().map(|c| c[i].len()).max().unwrap_or(1);
+        for k in 0..height {
+            let values: Vec<&str> = cells
+                .iter()
+                .map(|c| c[i].get(k).map_or("", String::as_str))
+                .collect();
+            let label = if k == 0 {
+                format!("  {}", o.option)
+            } else {
+                String::new()
+            };
+            out.push_str(&row(&label, &values));
+        }
+    }
+    out
 }
