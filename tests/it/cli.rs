@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::common::stderr;
+use roundtrip::run::preset::Preset;
 use serde::Deserialize;
 
 /// The binary with no hub settings from the environment (the tests set their own).
@@ -165,6 +166,54 @@ fn usage_errors_exit_2() {
         Some(2)
     );
     assert_eq!(run(&["no-such-command"]).status.code(), Some(2));
+}
+
+/// The help stands alone: `presets` prints each preset's values (table and JSON), `run --help`
+/// points at it, `--help` ends with the exit codes and environment variables.
+#[test]
+fn presets_and_help_are_printed_with_exit_0() {
+    let o = run(&["presets"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8(o.stdout).unwrap();
+    let steps = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("--steps"))
+        .unwrap_or_else(|| panic!("no --steps row: {table}"));
+    let (real, shapes) = (Preset::Real.defaults(), Preset::Shapes.defaults());
+    assert_eq!(
+        steps.split_whitespace().collect::<Vec<_>>(),
+        [
+            "--steps",
+            &real.siren.steps.to_string(),
+            &shapes.siren.steps.to_string()
+        ]
+    );
+    assert!(
+        table.contains(shapes.biggan.model.expect("the shapes BigGAN")),
+        "{table}"
+    );
+
+    let o = run(&["presets", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[1]["name"], "shapes");
+    assert_eq!(v[1]["siren"]["w0"], shapes.siren.w0);
+
+    let o = run(&["run", "--help"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let help = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        help.contains("`roundtrip presets`") && help.contains("Scale-out:"),
+        "{help}"
+    );
+
+    let o = run(&["--help"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let help = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        help.contains("Exit codes:") && help.contains("HF_HUB_OFFLINE"),
+        "{help}"
+    );
 }
 
 #[test]
