@@ -86,6 +86,63 @@ pub fn cutout_batch(
     Tensor::stack(&pieces, 0)
 }
 
+/// Rotates each cutout of `batch` [N, C, S, S] about its centre by `degrees[n]` (bilinear,
+/// edges replicated), differentiably: the output is four weighted gathers of the input, so the
+/// gradient flows back to the pixels sampled. Small random angles are the affine jitter of the
+/// CLIP-guidance literature: a pattern that fools CLIP only pixel-exactly does not survive them.
+pub fn rotate_batch(batch: &Tensor, degrees: &[f64]) -> Result<Tensor> {
+    let (n, c, h, w) = batch.dims4()?;
+    if degrees.len() != n {
+        candle_core::bail!("rotate_batch: {} angles for {n} cutouts", degrees.len());
+    }
+    let len = n * c * h * w;
+    let mut idx: [Vec<u32>; 4] = std::array::from_fn(|_| Vec::with_capacity(len));
+    let mut wts: [Vec<f32>; 4] = std::array::from_fn(|_| Vec::with_capacity(len));
+    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
+    for (b, deg) in degrees.iter().enumerate() {
+        let (sin, cos) = deg.to_radians().sin_cos();
+        for ch in 0..c {
+            let base = (b * c + ch) * h * w;
+            for i in 0..h {
+                for j in 0..w {
+                    // The source of output pixel (i, j): the inverse rotation, clamped to the edge.
+                    let (dy, dx) = (i as f64 - cy, j as f64 - cx);
+                    let ys = (cy + cos * dy - sin * dx).clamp(0.0, h as f64 - 1.0);
+                    let xs = (cx + sin * dy + cos * dx).clamp(0.0, w as f64 - 1.0);
+                    let (y0, x0) = (ys.floor() as usize, xs.floor() as usize);
+                    let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+                    let (fy, fx) = (ys - y0 as f64, xs - x0 as f64);
+                    for (k, (y, x, wt)) in [
+                        (y0, x0, (1.0 - fy) * (1.0 - fx)),
+                        (y0, x1, (1.0 - fy) * fx),
+                        (y1, x0, fy * (1.0 - fx)),
+                        (y1, x1, fy * fx),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        idx[k].push((base + y * w + x) as u32);
+                        wts[k].push(wt as f32);
+                    }
+                }
+            }
+        }
+    }
+    let flat = batch.flatten_all()?;
+    let dev = batch.device();
+    let mut out: Option<Tensor> = None;
+    for (i, wt) in idx.into_iter().zip(wts) {
+        let i = Tensor::from_vec(i, len, dev)?;
+        let wt = Tensor::from_vec(wt, len, dev)?.to_dtype(batch.dtype())?;
+        let term = (flat.index_select(&i, 0)? * wt)?;
+        out = Some(match out {
+            None => term,
+            Some(o) => (o + term)?,
+        });
+    }
+    out.unwrap_or(flat).reshape((n, c, h, w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,61 +238,4 @@ mod tests {
             assert!(c.y + c.side <= 128 && c.x + c.side <= 128);
         }
     }
-}
-
-/// Rotates each cutout of `batch` [N, C, S, S] about its centre by `degrees[n]` (bilinear,
-/// edges replicated), differentiably: the output is four weighted gathers of the input, so the
-/// gradient flows back to the pixels sampled. Small random angles are the affine jitter of the
-/// CLIP-guidance literature: a pattern that fools CLIP only pixel-exactly does not survive them.
-pub fn rotate_batch(batch: &Tensor, degrees: &[f64]) -> Result<Tensor> {
-    let (n, c, h, w) = batch.dims4()?;
-    if degrees.len() != n {
-        candle_core::bail!("rotate_batch: {} angles for {n} cutouts", degrees.len());
-    }
-    let len = n * c * h * w;
-    let mut idx: [Vec<u32>; 4] = std::array::from_fn(|_| Vec::with_capacity(len));
-    let mut wts: [Vec<f32>; 4] = std::array::from_fn(|_| Vec::with_capacity(len));
-    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
-    for (b, deg) in degrees.iter().enumerate() {
-        let (sin, cos) = deg.to_radians().sin_cos();
-        for ch in 0..c {
-            let base = (b * c + ch) * h * w;
-            for i in 0..h {
-                for j in 0..w {
-                    // The source of output pixel (i, j): the inverse rotation, clamped to the edge.
-                    let (dy, dx) = (i as f64 - cy, j as f64 - cx);
-                    let ys = (cy + cos * dy - sin * dx).clamp(0.0, h as f64 - 1.0);
-                    let xs = (cx + sin * dy + cos * dx).clamp(0.0, w as f64 - 1.0);
-                    let (y0, x0) = (ys.floor() as usize, xs.floor() as usize);
-                    let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
-                    let (fy, fx) = (ys - y0 as f64, xs - x0 as f64);
-                    for (k, (y, x, wt)) in [
-                        (y0, x0, (1.0 - fy) * (1.0 - fx)),
-                        (y0, x1, (1.0 - fy) * fx),
-                        (y1, x0, fy * (1.0 - fx)),
-                        (y1, x1, fy * fx),
-                    ]
-                    .into_iter()
-                    .enumerate()
-                    {
-                        idx[k].push((base + y * w + x) as u32);
-                        wts[k].push(wt as f32);
-                    }
-                }
-            }
-        }
-    }
-    let flat = batch.flatten_all()?;
-    let dev = batch.device();
-    let mut out: Option<Tensor> = None;
-    for (i, wt) in idx.into_iter().zip(wts) {
-        let i = Tensor::from_vec(i, len, dev)?;
-        let wt = Tensor::from_vec(wt, len, dev)?.to_dtype(batch.dtype())?;
-        let term = (flat.index_select(&i, 0)? * wt)?;
-        out = Some(match out {
-            None => term,
-            Some(o) => (o + term)?,
-        });
-    }
-    out.unwrap_or(flat).reshape((n, c, h, w))
 }
