@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
-use indicatif::ProgressBar;
+use crate::stderr::Bar;
 use sha2::{Digest, Sha256};
 
 use super::encoder::LoadedEncoder;
@@ -112,7 +112,7 @@ impl FeatureCache {
         images: &[PathBuf],
         batch: usize,
         device: &Device,
-        progress: &ProgressBar,
+        progress: &Bar,
     ) -> anyhow::Result<(Tensor, CacheStats)> {
         let dim = encoder.encoder.feature_dim();
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; images.len()];

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
-use indicatif::ProgressBar;
+use crate::stderr::Bar;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -110,8 +110,11 @@ impl Core {
 /// [`Captioning`]).
 pub(super) trait Job {
     /// One epoch over the training split, drawing shuffling, augmentation and dropout from `rng`:
-    /// the mean loss per caption and the number of optimiser steps.
-    fn epoch(&mut self, rng: &mut ChaCha8Rng) -> anyhow::Result<(f32, usize)>;
+    /// the mean loss per caption and the number of optimiser steps; `bar` advances once per
+    /// batch.
+    fn epoch(&mut self, rng: &mut ChaCha8Rng, bar: &Bar) -> anyhow::Result<(f32, usize)>;
+    /// Batches per epoch (the bar's steps; an epoch may skip a batch without captions).
+    fn batches(&self) -> usize;
     fn dev_loss(&self) -> anyhow::Result<f32>;
     /// Writes the current model as the best one into `out`.
     fn save_best(&self, out: &Path, epoch: usize) -> anyhow::Result<()>;
@@ -132,7 +135,11 @@ pub(super) struct FrozenJob {
 }
 
 impl Job for FrozenJob {
-    fn epoch(&mut self, rng: &mut ChaCha8Rng) -> anyhow::Result<(f32, usize)> {
+    fn batches(&self) -> usize {
+        self.train_data.len().div_ceil(self.batch_size.max(1))
+    }
+
+    fn epoch(&mut self, rng: &mut ChaCha8Rng, bar: &Bar) -> anyhow::Result<(f32, usize)> {
         let mut order: Vec<usize> = (0..self.train_data.len()).collect();
         order.shuffle(rng);
         let (mut total, mut n, mut steps) = (0f32, 0usize, 0usize);
@@ -147,6 +154,7 @@ impl Job for FrozenJob {
             total += loss.to_scalar::<f32>()? * chunk.len() as f32;
             n += chunk.len();
             steps += 1;
+            bar.inc(1);
         }
         Ok((total / n.max(1) as f32, steps))
     }
@@ -247,7 +255,11 @@ impl EndToEndJob {
 }
 
 impl Job for EndToEndJob {
-    fn epoch(&mut self, rng: &mut ChaCha8Rng) -> anyhow::Result<(f32, usize)> {
+    fn batches(&self) -> usize {
+        balanced_chunks(self.train_images.len(), self.batch_size).len()
+    }
+
+    fn epoch(&mut self, rng: &mut ChaCha8Rng, bar: &Bar) -> anyhow::Result<(f32, usize)> {
         let mut order: Vec<usize> = (0..self.train_images.len()).collect();
         order.shuffle(rng);
         let (mut total, mut n, mut steps) = (0f32, 0usize, 0usize);
@@ -281,6 +293,7 @@ impl Job for EndToEndJob {
             total += loss.to_scalar::<f32>()? * items.len() as f32;
             n += items.len();
             steps += 1;
+            bar.inc(1);
         }
         Ok((total / n.max(1) as f32, steps))
     }
@@ -345,9 +358,9 @@ impl Trainer for Captioning {
         &mut self,
         _epoch: usize,
         rng: &mut ChaCha8Rng,
-        _bar: &ProgressBar,
+        bar: &Bar,
     ) -> anyhow::Result<(f32, usize)> {
-        self.job.epoch(rng)
+        self.job.epoch(rng, bar)
     }
 
     fn evaluate(&mut self) -> anyhow::Result<(f64, ())> {

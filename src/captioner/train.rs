@@ -462,8 +462,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         epochs: s.epochs,
         patience: Some(s.patience),
         counter: BestCounter::EpochsSinceBest,
-        ticks_per_epoch: 1,
-        bar_prefix: "epochs",
+        ticks_per_epoch: job.batches(),
+        bar_prefix: "steps",
         quiet: req.quiet,
         device: &req.device,
     };

@@ -112,6 +112,8 @@ impl DeviceArg {
 
 /// Executes a parsed command line, writing results to `out`.
 pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    // A bad heartbeat setting is reported before anything runs (not minutes into a training).
+    crate::stderr::heartbeat_interval()?;
     match cli.command {
         Command::Bleu(a) => bleu::execute(a, out),
         Command::Run(a) => run::execute(a, out),

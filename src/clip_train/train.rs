@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use indicatif::ProgressBar;
+use crate::stderr::Bar;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -450,7 +450,7 @@ impl Trainer for ClipTrainer<'_> {
         &mut self,
         epoch: usize,
         rng: &mut ChaCha8Rng,
-        bar: &ProgressBar,
+        bar: &Bar,
     ) -> anyhow::Result<ClipEpoch> {
         let s = self.s;
         let mut order: Vec<usize> = (0..self.train_ids.len()).collect();

@@ -245,7 +245,7 @@ fn generate(
     classes: &[Vec<f32>],
     truncation: f64,
     device: &Device,
-    bar: &indicatif::ProgressBar,
+    bar: &crate::stderr::Bar,
 ) -> anyhow::Result<Vec<image::RgbImage>> {
     let zd = g.config().z_dim;
     let mut out = Vec::with_capacity(classes.len());
@@ -268,7 +268,7 @@ fn embeddings(
     clip: &Clip,
     images: &[image::RgbImage],
     device: &Device,
-    bar: &indicatif::ProgressBar,
+    bar: &crate::stderr::Bar,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let size = clip.model.config().vision.image_size;
     let mut out = Vec::with_capacity(images.len());
@@ -287,7 +287,7 @@ fn embeddings(
 fn caption_all(
     c: &LstmCaptioner,
     images: &[image::RgbImage],
-    bar: &indicatif::ProgressBar,
+    bar: &crate::stderr::Bar,
 ) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(BATCH) {

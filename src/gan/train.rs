@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::ProgressBar;
+use crate::stderr::Bar;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -482,7 +482,7 @@ impl Trainer for GanTrainer<'_> {
         &mut self,
         _epoch: usize,
         rng: &mut ChaCha8Rng,
-        bar: &ProgressBar,
+        bar: &Bar,
     ) -> anyhow::Result<Trained> {
         let bs = self.s.batch_size;
         let mut order: Vec<usize> = (0..self.train.len()).collect();

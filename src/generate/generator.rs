@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Tensor;
-use indicatif::ProgressBar;
+use crate::stderr::Bar;
 use serde::{Deserialize, Serialize};
 
 use super::biggan::LatentsOut;
@@ -109,7 +109,7 @@ pub fn drive(
     seed: u64,
     frames_dir: &Path,
     save_every: usize,
-    progress: &ProgressBar,
+    progress: &Bar,
 ) -> anyhow::Result<Generated> {
     let t0 = Instant::now();
     let n = generator.steps();

@@ -206,9 +206,9 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
     write_json(&to.manifest(), &manifest)?;
     let lines: Vec<usize> = records.iter().map(|(l, _, _)| *l).collect();
     let recs: Vec<PhraseRecord> = records.into_iter().map(|(_, r, _)| r).collect();
-    let report = super::report::write_all(&to, &manifest, &lines, &recs)?;
+    let written = super::report::write_all(&to, &manifest, &lines, &recs)?;
     Ok(MergeSummary {
-        report,
+        report: written.json,
         phrases: first.prompts.len(),
         images: recs.len(),
         shards: count,

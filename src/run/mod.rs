@@ -100,22 +100,29 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
     // 3. Each phrase: reuse what is up to date, compute the rest.
     let done = compute::compute_all(&plan, &layout, &manifest, &models, &req.device, req.quiet)?;
 
-    // 4. The report.
-    let report = report::write_all(&layout, &manifest, &plan.lines(), &done.records)?;
+    // 4. The report, and its summary on stderr.
+    let written = report::write_all(&layout, &manifest, &plan.lines(), &done.records)?;
+    let images = if done.records.len() == plan.phrases.len() {
+        String::new()
+    } else {
+        format!(", {} images", done.records.len())
+    };
     crate::stderr::status(
         req.quiet,
         format_args!(
-            "{} phrases, {} images ({} computed, {} updated, {} reused) in {:.1} s",
+            "{} phrases{images} ({} computed, {} updated, {} reused) in {:.1} s\n{}gallery: {}\ntable:   {}",
             plan.phrases.len(),
-            done.records.len(),
             done.computed,
             done.updated,
             done.reused,
-            t_start.elapsed().as_secs_f64()
+            t_start.elapsed().as_secs_f64(),
+            written.summary,
+            written.html.display(),
+            written.markdown.display(),
         ),
     );
     Ok(RunSummary {
-        report,
+        report: written.json,
         phrases: plan.phrases.len(),
         images: done.records.len(),
         computed: done.computed,

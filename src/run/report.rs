@@ -265,20 +265,138 @@ pub fn build<'a>(
     }
 }
 
-/// Writes `report.json`, `report.html` and `report.md`; returns the JSON's path.
+/// The files [`write_all`] wrote, and the report's [`summary`].
+pub struct Written {
+    pub json: PathBuf,
+    pub html: PathBuf,
+    pub markdown: PathBuf,
+    pub summary: String,
+}
+
+/// Writes `report.json`, `report.html` and `report.md`.
 pub fn write_all(
     layout: &Layout,
     manifest: &Manifest,
     lines: &[usize],
     records: &[PhraseRecord],
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<Written> {
     let report = build(manifest, lines, records);
     let json = layout.root.join("report.json");
     write_json(&json, &report)?;
-    let html = super::html::render(&report, layout)?;
-    write_atomic(&layout.root.join("report.html"), html.as_bytes())?;
-    write_atomic(&layout.root.join("report.md"), markdown(&report).as_bytes())?;
-    Ok(json)
+    let html = layout.root.join("report.html");
+    write_atomic(&html, super::html::render(&report, layout)?.as_bytes())?;
+    let markdown = layout.root.join("report.md");
+    write_atomic(&markdown, self::markdown(&report).as_bytes())?;
+    Ok(Written {
+        json,
+        html,
+        markdown,
+        summary: summary(&report),
+    })
+}
+
+/// Lines of cells as a plain-text table: columns padded to their widest cell, the first two
+/// left-aligned (names), the rest right-aligned (numbers), two spaces apart.
+fn text_table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut s = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if c < 2 {
+                let _ = write!(line, "{cell:<w$}");
+            } else {
+                let _ = write!(line, "{cell:>w$}");
+            }
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+/// The corpus figures in short, for the end of a run on stderr: per captioner and images
+/// (each generator's, those of phrases with a photo, the real photos) the corpus BLEU-1 and
+/// BLEU-4 (unsmoothed; report.md has all four), the mean CLIP similarity of caption and phrase
+/// (`CLIP`) and the distinct captions (`unique`); then the mean CLIPScores and guide
+/// similarities. Narrow enough for a 60-column terminal.
+pub fn summary(r: &Report) -> String {
+    let c = &r.corpus;
+    let mut rows = vec![[
+        "captioner",
+        "images",
+        "n",
+        "BLEU-1",
+        "BLEU-4",
+        "CLIP",
+        "unique",
+    ]
+    .map(str::to_owned)
+    .to_vec()];
+    let mut row = |label: &str, what: String, f: &Option<Figures>| {
+        if let Some(f) = f {
+            let b = f.bleu.unsmoothed;
+            rows.push(vec![
+                label.to_owned(),
+                what,
+                f.images.to_string(),
+                format!("{:.4}", b[0]),
+                format!("{:.4}", b[3]),
+                format!("{:.4}", f.mean_clip_text_similarity),
+                format!("{}/{}", f.distinct_captions, f.images),
+            ]);
+        }
+    };
+    for spec in &r.settings.captioners {
+        for g in &r.columns {
+            if let Some(gc) = c
+                .generators
+                .get(g.name())
+                .and_then(|x| x.captioners.get(&spec.label))
+            {
+                row(&spec.label, g.to_string(), &gc.generated);
+                row(
+                    &spec.label,
+                    format!("{g} w/ photo"),
+                    &gc.generated_with_photo,
+                );
+            }
+        }
+        if let Some(f) = c.photo.captioners.get(&spec.label) {
+            row(&spec.label, "real photo".to_owned(), f);
+        }
+    }
+    let mut s = if rows.len() > 1 {
+        text_table(&rows)
+    } else {
+        String::new()
+    };
+    let mut scores: Vec<String> = Vec::new();
+    let mut sims: Vec<String> = Vec::new();
+    for g in &r.columns {
+        if let Some(gc) = c.generators.get(g.name()) {
+            scores.push(format!("{g} {}", opt(gc.clip_score.generated)));
+            sims.push(format!("{g} {}", opt(gc.mean_final_similarity)));
+        }
+    }
+    if let Some(photo) = c.photo.clip_score {
+        scores.push(format!("real photos {photo:.4}"));
+    }
+    let _ = writeln!(s, "mean CLIPScore: {}", scores.join(", "));
+    let _ = writeln!(s, "mean guide similarity: {}", sims.join(", "));
+    s
 }
 
 /// Escapes text for a Markdown table cell (and for the HTML that Markdown passes through).

@@ -2,7 +2,8 @@
 //! the dev split, keep the best model and hand over its state; [`Driver`] does the rest the same
 //! way for all: resume from the checkpoint, one seeded random stream per epoch, best-epoch
 //! tracking and early stopping, the `train_log.jsonl` line, the checkpoint, the progress bar
-//! and the per-epoch heartbeat on stderr.
+//! and the per-epoch line on stderr without a terminal (between two, the bar's own heartbeat
+//! lines as it counts steps, see [`crate::stderr::Bar`]).
 //!
 //! Each epoch ends by writing the log line first and the checkpoint last: a kill between the two
 //! leaves one log line too many, which a resume drops (it keeps the lines of the epochs the
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::ProgressBar;
+use crate::stderr::Bar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -40,7 +41,7 @@ pub trait Trainer {
         &mut self,
         epoch: usize,
         rng: &mut ChaCha8Rng,
-        bar: &ProgressBar,
+        bar: &Bar,
     ) -> anyhow::Result<Self::Trained>;
 
     /// The dev loss (lower is better: it picks the best epoch) and what else the log reports.
@@ -195,7 +196,7 @@ impl<'a> Driver<'a> {
             plan.bar_prefix,
             plan.quiet,
         );
-        bar.set_position((self.start - 1).saturating_mul(ticks) as u64);
+        bar.start_at((self.start - 1).saturating_mul(ticks) as u64);
         let mut epochs_run = self.start - 1;
         for epoch in self.start..=plan.epochs {
             if plan.patience.is_some_and(|p| self.since_best >= p) {
@@ -292,7 +293,7 @@ mod tests {
             &mut self,
             _: usize,
             rng: &mut ChaCha8Rng,
-            _: &ProgressBar,
+            _: &Bar,
         ) -> anyhow::Result<f64> {
             let step: f64 = rng.random_range(0.2..0.4);
             self.w += step;
