@@ -138,12 +138,12 @@ enum Eta {
 }
 
 impl Eta {
-    fn text(self, elapsed: Duration, recent: Duration, pos: u64, len: u64) -> String {
-        let left = match self {
+    /// The time left; none before the first step.
+    fn left(self, elapsed: Duration, recent: Duration, pos: u64, len: u64) -> Option<Duration> {
+        match self {
             Eta::Recent => (pos > 0).then_some(recent),
             Eta::Mean => mean_eta(elapsed, pos, len),
-        };
-        left.map_or_else(|| "?".to_owned(), duration)
+        }
     }
 }
 
@@ -177,8 +177,8 @@ impl Bar {
         if let Ok(style) = ProgressStyle::with_template(&template) {
             let style = style
                 .with_key("eta", move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let text = eta.text(s.elapsed(), s.eta(), s.pos(), s.len().unwrap_or(0));
-                    let _ = w.write_str(&text);
+                    let left = eta.left(s.elapsed(), s.eta(), s.pos(), s.len().unwrap_or(0));
+                    let _ = w.write_str(&left.map_or_else(|| "?".to_owned(), duration));
                 })
                 .progress_chars("=> ");
             pb.set_style(style);
@@ -224,10 +224,13 @@ impl Bar {
         self.beat();
     }
 
-    /// Moves to step `pos` (not the parent); a heartbeat line when one is due.
+    /// Moves to step `pos` (not the parent); a heartbeat line when one is due and the bar moved.
     pub fn set_position(&self, pos: u64) {
+        let moved = pos != self.pb.position();
         self.pb.set_position(pos);
-        self.beat();
+        if moved {
+            self.beat();
+        }
     }
 
     /// Moves to step `pos` without a heartbeat line: where a resumed task starts.
@@ -258,7 +261,8 @@ impl Bar {
         self.pb.finish_and_clear();
     }
 
-    /// The bar's state in words: `PREFIX POS/LEN MSG, ETA 1m05s`, then ` | ` and the parent's.
+    /// The bar's state in words: `PREFIX POS/LEN MSG, ETA 1m05s` (no ETA before the first step
+    /// or after the last), then ` | ` and the parent's.
     pub fn describe(&self) -> String {
         let (pos, len) = (self.position(), self.length());
         let msg = self.pb.message();
@@ -268,9 +272,10 @@ impl Bar {
             s.push_str(&msg);
             s.push(',');
         }
-        if pos < len {
+        let left = self.eta.left(self.pb.elapsed(), self.pb.eta(), pos, len);
+        if let Some(left) = left.filter(|_| pos < len) {
             s.push_str(" ETA ");
-            s.push_str(&self.eta.text(self.pb.elapsed(), self.pb.eta(), pos, len));
+            s.push_str(&duration(left));
         }
         let mut s = s.trim_end_matches(',').to_owned();
         if let Some(p) = &self.parent {

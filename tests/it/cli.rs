@@ -156,6 +156,135 @@ fn bleu_bad_input_exits_2_naming_file_and_line() {
     }
 }
 
+/// `roundtrip ARGS` with `stdin` piped in.
+fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = roundtrip()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn bleu_reads_a_dash_from_standard_input() {
+    let (h, r1, r2) = (
+        data("bleu/hyps.txt"),
+        data("bleu/refs1.txt"),
+        data("bleu/refs2.txt"),
+    );
+    let files = run(&["bleu", &h, &r1, &r2, "--json"]);
+    assert!(files.status.success(), "{}", stderr(&files));
+    let hyps = std::fs::read(&h).unwrap();
+    let o = run_with_stdin(&["bleu", "-", &r1, &r2, "--json"], &hyps);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, files.stdout);
+    let o = run_with_stdin(
+        &["bleu", &h, &r1, "-", "--json"],
+        &std::fs::read(&r2).unwrap(),
+    );
+    assert_eq!(o.stdout, files.stdout, "{}", stderr(&o));
+
+    // Twice `-`, and bad input on standard input: exit 2, naming it.
+    let o = run_with_stdin(&["bleu", "-", "-"], &hyps);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("`-` (standard input) is given 2 times"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_with_stdin(&["bleu", "-", &r1], b"a dog\n\xff\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("<stdin>:2: invalid UTF-8"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A `bleu --sentences --json` line.
+#[derive(Deserialize)]
+struct SentenceJson {
+    line: usize,
+    bleu1: f64,
+    bleu2: f64,
+    bleu3: f64,
+    bleu4: f64,
+    hyp_len: u64,
+    ref_len: u64,
+}
+
+#[test]
+fn bleu_sentences_prints_nltks_sentence_bleu_of_each_line() {
+    use roundtrip::metrics::bleu::{sentence_bleu, Smoothing};
+    use roundtrip::text::whitespace;
+
+    let paths = [
+        data("bleu/hyps.txt"),
+        data("bleu/refs1.txt"),
+        data("bleu/refs2.txt"),
+        data("bleu/refs3.txt"),
+    ];
+    let lines = |p: &str| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let hyps = lines(&paths[0]);
+    let refs: Vec<Vec<String>> = paths[1..].iter().map(|p| lines(p)).collect();
+    let mut args = vec!["bleu"];
+    args.extend(paths.iter().map(String::as_str));
+    args.extend(["--tokenize", "whitespace", "--smooth", "method1", "--sentences"]);
+
+    let mut json = args.clone();
+    json.push("--json");
+    let o = run(&json);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let got: Vec<SentenceJson> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), hyps.len(), "one line per sentence: {text}");
+    for (i, g) in got.iter().enumerate() {
+        let hyp = whitespace(&hyps[i]);
+        let rs: Vec<Vec<String>> = refs.iter().map(|r| whitespace(&r[i])).collect();
+        let want = sentence_bleu(&hyp, &rs, Smoothing::Method1);
+        assert_eq!(g.line, i + 1);
+        assert_eq!([g.bleu1, g.bleu2, g.bleu3, g.bleu4], want, "line {}", i + 1);
+        assert_eq!(g.hyp_len, hyp.len() as u64);
+        assert!(rs.iter().any(|r| r.len() as u64 == g.ref_len));
+    }
+
+    // The table: a header, then the same scores to 4 decimals, tab-separated.
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        rows[0],
+        ["line", "bleu1", "bleu2", "bleu3", "bleu4", "hyp_len", "ref_len"]
+    );
+    assert_eq!(rows.len(), hyps.len() + 1, "{text}");
+    for (row, g) in rows[1..].iter().zip(&got) {
+        let want = [
+            g.line.to_string(),
+            format!("{:.4}", g.bleu1),
+            format!("{:.4}", g.bleu2),
+            format!("{:.4}", g.bleu3),
+            format!("{:.4}", g.bleu4),
+            g.hyp_len.to_string(),
+            g.ref_len.to_string(),
+        ];
+        assert_eq!(*row, want);
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     assert_eq!(run(&["bleu", "only-hyps.txt"]).status.code(), Some(2));

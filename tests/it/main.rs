@@ -16,6 +16,7 @@ mod eval_gan;
 mod features;
 mod gan;
 mod generate;
+mod progress;
 mod pth_reader;
 mod run;
 mod shapes;

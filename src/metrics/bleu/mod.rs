@@ -79,6 +79,16 @@ impl BleuStats {
         self.ref_len += other.ref_len;
     }
 
+    /// The statistics of the sentences added since `earlier` (an earlier state of the same sums).
+    pub fn minus(&self, earlier: &BleuStats) -> BleuStats {
+        BleuStats {
+            matched: std::array::from_fn(|n| self.matched[n].saturating_sub(earlier.matched[n])),
+            total: std::array::from_fn(|n| self.total[n].saturating_sub(earlier.total[n])),
+            hyp_len: self.hyp_len.saturating_sub(earlier.hyp_len),
+            ref_len: self.ref_len.saturating_sub(earlier.ref_len),
+        }
+    }
+
     /// nltk's brevity penalty: 1 if the hypotheses are longer, 0 if empty, else exp(1 - r/h).
     pub fn brevity_penalty(&self) -> f64 {
         if self.hyp_len > self.ref_len {
