@@ -64,9 +64,8 @@ pub fn heartbeat_interval() -> Result<Duration, InputError> {
 /// anything runs, falls back to the default).
 fn interval() -> Duration {
     static INTERVAL: OnceLock<Duration> = OnceLock::new();
-    *INTERVAL.get_or_init(|| {
-        heartbeat_interval().unwrap_or(Duration::from_secs(DEFAULT_HEARTBEAT_SECS))
-    })
+    *INTERVAL
+        .get_or_init(|| heartbeat_interval().unwrap_or(Duration::from_secs(DEFAULT_HEARTBEAT_SECS)))
 }
 
 /// Whether stderr is a terminal (bars are drawn) or a file or pipe (plain lines only).
@@ -173,13 +172,17 @@ impl Bar {
         } else {
             ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden())
         };
-        let template = format!("{{prefix}} [{{wide_bar}}] {{pos}}/{{len}}{unit} {{msg}} ETA {{eta}}");
+        let template =
+            format!("{{prefix}} [{{wide_bar}}] {{pos}}/{{len}}{unit} {{msg}} ETA {{eta}}");
         if let Ok(style) = ProgressStyle::with_template(&template) {
             let style = style
-                .with_key("eta", move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let left = eta.left(s.elapsed(), s.eta(), s.pos(), s.len().unwrap_or(0));
-                    let _ = w.write_str(&left.map_or_else(|| "?".to_owned(), duration));
-                })
+                .with_key(
+                    "eta",
+                    move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let left = eta.left(s.elapsed(), s.eta(), s.pos(), s.len().unwrap_or(0));
+                        let _ = w.write_str(&left.map_or_else(|| "?".to_owned(), duration));
+                    },
+                )
                 .progress_chars("=> ");
             pb.set_style(style);
         }
@@ -342,7 +345,15 @@ mod tests {
     fn durations_read_at_a_glance() {
         let d = |s| duration(Duration::from_secs_f64(s));
         assert_eq!(
-            [d(0.2), d(42.0), d(59.6), d(65.0), d(3599.0), d(3600.0), d(11_250.0)],
+            [
+                d(0.2),
+                d(42.0),
+                d(59.6),
+                d(65.0),
+                d(3599.0),
+                d(3600.0),
+                d(11_250.0)
+            ],
             ["0s", "42s", "1m00s", "1m05s", "59m59s", "1h00m", "3h08m"]
         );
     }

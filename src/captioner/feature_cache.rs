@@ -8,9 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::stderr::Bar;
 use anyhow::Context;
 use candle_core::{Device, Tensor};
-use crate::stderr::Bar;
 use sha2::{Digest, Sha256};
 
 use super::encoder::LoadedEncoder;

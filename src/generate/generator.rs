@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::stderr::Bar;
 use anyhow::Context;
 use candle_core::Tensor;
-use crate::stderr::Bar;
 use serde::{Deserialize, Serialize};
 
 use super::biggan::LatentsOut;

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::stderr::Bar;
 use anyhow::Context;
 use candle_core::Device;
-use crate::stderr::Bar;
 
 use super::load::Models;
 use super::manifest::{Layout, Manifest};

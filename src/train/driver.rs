@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
 use crate::stderr::Bar;
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -289,12 +289,7 @@ mod tests {
         type Dev = ();
         type Log = serde_json::Value;
 
-        fn train_epoch(
-            &mut self,
-            _: usize,
-            rng: &mut ChaCha8Rng,
-            _: &Bar,
-        ) -> anyhow::Result<f64> {
+        fn train_epoch(&mut self, _: usize, rng: &mut ChaCha8Rng, _: &Bar) -> anyhow::Result<f64> {
             let step: f64 = rng.random_range(0.2..0.4);
             self.w += step;
             Ok(step)

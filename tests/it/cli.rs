@@ -239,7 +239,13 @@ fn bleu_sentences_prints_nltks_sentence_bleu_of_each_line() {
     let refs: Vec<Vec<String>> = paths[1..].iter().map(|p| lines(p)).collect();
     let mut args = vec!["bleu"];
     args.extend(paths.iter().map(String::as_str));
-    args.extend(["--tokenize", "whitespace", "--smooth", "method1", "--sentences"]);
+    args.extend([
+        "--tokenize",
+        "whitespace",
+        "--smooth",
+        "method1",
+        "--sentences",
+    ]);
 
     let mut json = args.clone();
     json.push("--json");

@@ -32,8 +32,24 @@ fn generate_logs_every_step_with_its_similarity() {
     let o = roundtrip(
         "0",
         &[
-            "generate", "a red circle", "--out", out, "--clip", CLIP, "--steps", "5", "--size",
-            "32", "--layers", "3", "--hidden", "32", "--cutouts", "2", "--save-every", "0",
+            "generate",
+            "a red circle",
+            "--out",
+            out,
+            "--clip",
+            CLIP,
+            "--steps",
+            "5",
+            "--size",
+            "32",
+            "--layers",
+            "3",
+            "--hidden",
+            "32",
+            "--cutouts",
+            "2",
+            "--save-every",
+            "0",
         ],
     );
     ok(&o);
@@ -101,7 +117,10 @@ fn a_bad_heartbeat_setting_is_an_input_error_naming_it() {
     for bad in ["soon", "-5"] {
         fails_with(
             &roundtrip(bad, &["bleu", h, h]),
-            &[&format!("ROUNDTRIP_HEARTBEAT_SECS=`{bad}`: expected"), "number >= 0"],
+            &[
+                &format!("ROUNDTRIP_HEARTBEAT_SECS=`{bad}`: expected"),
+                "number >= 0",
+            ],
         );
     }
 }
@@ -179,8 +198,7 @@ fn run_logs_each_step_with_the_runs_progress_and_ends_with_a_summary() {
     for i in 1..=3 {
         let beats = lines_starting(&err, &format!("[{i}/3] "));
         assert_eq!(beats.len(), 5, "{err}");
-        for step in 1..=3 {
-            let l = beats[step];
+        for (step, l) in (1..=3).zip(&beats[1..4]) {
             let run_steps = 3 * (i - 1) + step;
             assert!(
                 l.starts_with(&format!("[{i}/3] {step}/3 steps, sim "))
@@ -217,14 +235,27 @@ fn run_logs_each_step_with_the_runs_progress_and_ends_with_a_summary() {
     let header: Vec<&str> = tail[1].split_whitespace().collect();
     assert_eq!(
         header,
-        ["captioner", "images", "n", "BLEU-1", "BLEU-4", "CLIP", "unique"]
+        [
+            "captioner",
+            "images",
+            "n",
+            "BLEU-1",
+            "BLEU-4",
+            "CLIP",
+            "unique"
+        ]
     );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let corpus = &report["corpus"];
     let rows: Vec<Vec<&str>> = tail[2..8]
         .iter()
-        .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect())
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
         .collect();
     let mut i = 0;
     for label in ["vgg16", "xception"] {
@@ -250,7 +281,11 @@ fn run_logs_each_step_with_the_runs_progress_and_ends_with_a_summary() {
     }
     assert!(tail[8].starts_with("mean CLIPScore: siren "), "{}", tail[8]);
     assert!(tail[8].contains(", real photos "), "{}", tail[8]);
-    assert!(tail[9].starts_with("mean guide similarity: siren "), "{}", tail[9]);
+    assert!(
+        tail[9].starts_with("mean guide similarity: siren "),
+        "{}",
+        tail[9]
+    );
     assert_eq!(
         tail[10..],
         [

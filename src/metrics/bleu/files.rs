@@ -323,7 +323,10 @@ mod tests {
             load(hyps, refs, stdin).err().unwrap().to_string()
         };
         let twice = msg(&dash, std::slice::from_ref(&dash), b"x\n");
-        assert!(twice.contains("`-` (standard input) is given 2 times"), "{twice}");
+        assert!(
+            twice.contains("`-` (standard input) is given 2 times"),
+            "{twice}"
+        );
         assert!(msg(&dash, std::slice::from_ref(&r), b"ok\n\xff\n")
             .contains("<stdin>:2: invalid UTF-8"));
         assert!(msg(&dash, std::slice::from_ref(&r), b"").contains("<stdin>: no hypotheses"));
@@ -366,6 +369,9 @@ mod tests {
             "1\t0.8333\t0.7071\t0.5000\t0.0000\t6\t6",
             "{first:?}"
         );
-        assert_eq!(SentenceScores::new(3, &per[2], Smoothing::Method1).tsv(), "3\t0.0000\t0.0000\t0.0000\t0.0000\t0\t2");
+        assert_eq!(
+            SentenceScores::new(3, &per[2], Smoothing::Method1).tsv(),
+            "3\t0.0000\t0.0000\t0.0000\t0.0000\t0\t2"
+        );
     }
 }
