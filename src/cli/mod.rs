@@ -45,16 +45,18 @@ Exit codes:
 Results go to stdout; logs, progress bars and the error (its whole chain, on one line) to stderr.
 
 Environment:
-  HF_HUB_CACHE            hub cache folder [default: $HF_HOME/hub, else ~/.cache/huggingface/hub]
-  HF_HOME                 the hub's home folder (the cache is its hub/)
-  HF_ENDPOINT             hub address [default: https://huggingface.co]
-  HF_TOKEN                hub access token
-  HF_HUB_OFFLINE=1        read models from the hub cache only, never the network
-  ROUNDTRIP_CACHE         cache folder of encoder features (train, eval) and file digests
-                          [default: $XDG_CACHE_HOME/roundtrip, else ~/.cache/roundtrip]
-  ROUNDTRIP_MEMORY_LIMIT  bytes of memory that settings are checked against [default: the
-                          machine's RAM or its cgroup limit, whichever is smaller]
-  RAYON_NUM_THREADS       CPU threads of the models' kernels [default: one per core]";
+  HF_HUB_CACHE              hub cache folder [default: $HF_HOME/hub, else ~/.cache/huggingface/hub]
+  HF_HOME                   the hub's home folder (the cache is its hub/)
+  HF_ENDPOINT               hub address [default: https://huggingface.co]
+  HF_TOKEN                  hub access token
+  HF_HUB_OFFLINE=1          read models from the hub cache only, never the network
+  ROUNDTRIP_CACHE           cache folder of encoder features (train, eval) and file digests
+                            [default: $XDG_CACHE_HOME/roundtrip, else ~/.cache/roundtrip]
+  ROUNDTRIP_HEARTBEAT_SECS  seconds between two progress lines when stderr is not a terminal
+                            (a log: Slurm, CI, a pipe) [default: 30; 0: a line at every step]
+  ROUNDTRIP_MEMORY_LIMIT    bytes of memory that settings are checked against [default: the
+                            machine's RAM or its cgroup limit, whichever is smaller]
+  RAYON_NUM_THREADS         CPU threads of the models' kernels [default: one per core]";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -242,6 +244,7 @@ mod tests {
             "HF_TOKEN",
             "HF_HUB_OFFLINE",
             "ROUNDTRIP_CACHE",
+            "ROUNDTRIP_HEARTBEAT_SECS",
             "ROUNDTRIP_MEMORY_LIMIT",
             "RAYON_NUM_THREADS",
         ] {
