@@ -133,7 +133,7 @@ pub fn compute_all(
             all_steps += generators.get(slot.generator)?.steps() as u64;
         }
     }
-    // `run` padded to the width of the images' `[i/N]`, so that the bars start in one column.
+    // `run` and the images' `[i/N]` padded to one width, so that the bars start in one column.
     let width = format!("[{total}/{total}]").len();
     let run_bar = crate::stderr::Bar::overall(all_steps, &format!("{:<width$}", "run"), quiet);
     run_bar.set_message(format!("0/{total} images"));
@@ -167,7 +167,8 @@ pub fn compute_all(
             );
             let t0 = Instant::now();
             let steps = generator.steps() as u64;
-            let bar = run_bar.child(steps, &format!("[{i}/{total}]"));
+            let prefix = format!("[{i}/{total}]");
+            let bar = run_bar.child(steps, &format!("{prefix:<width$}"));
             let (rec, outcome) = bring_up_to_date(&stage_models, &job, &bar)?;
             bar.finish_and_clear();
             match outcome {
