@@ -516,9 +516,19 @@ impl Trainer for GanTrainer<'_> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.s.seed);
         rng.set_stream(u64::MAX);
         let z = self.noise(n, &mut rng)?;
-        let fake = self.g.forward(&z, &y, Mode::Frozen, &mut None)?;
-        let sr: Vec<f32> = self.d.forward(&real, &y, Mode::Frozen)?.to_vec1()?;
-        let sf: Vec<f32> = self.d.forward(&fake, &y, Mode::Frozen)?.to_vec1()?;
+        // In training-sized chunks: a forward through the parameters keeps every intermediate
+        // for a backward until its output is dropped, and 256 images at once held gigabytes
+        // (which the allocator then kept for the rest of the training).
+        let (mut sr, mut sf) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let bs = self.s.batch_size;
+        for start in (0..n).step_by(bs) {
+            let len = bs.min(n - start);
+            let (z, y) = (z.narrow(0, start, len)?, y.narrow(0, start, len)?);
+            let real = real.narrow(1, start, len)?;
+            let fake = self.g.forward(&z, &y, Mode::Frozen, &mut None)?.detach();
+            sr.extend(self.d.forward(&real, &y, Mode::Frozen)?.to_vec1::<f32>()?);
+            sf.extend(self.d.forward(&fake, &y, Mode::Frozen)?.to_vec1::<f32>()?);
+        }
         let mut wins = 0f64;
         for r in &sr {
             for f in &sf {
