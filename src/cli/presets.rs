@@ -33,6 +33,20 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(out)?;
     write!(out, "{}", listing(&Preset::ALL))?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "`models/shapes/NAME (embedded)`: the repository's folder as it was when this binary was \
+         built, from any working directory (copied into {}/{}/ on first use); pass a folder \
+         (e.g. --clip models/shapes/clip) to use that instead. Embedded: {}.",
+        crate::captioner::feature_cache::default_cache_dir().display(),
+        crate::embedded::CACHE_SUBDIR,
+        if crate::embedded::models().is_empty() {
+            "none".to_owned()
+        } else {
+            crate::embedded::summary()
+        }
+    )?;
     Ok(())
 }
 
@@ -90,6 +104,10 @@ mod tests {
         let mut text = Vec::new();
         execute(Args { json: false }, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("Embedded: models/shapes/clip ("),
+            "the embedded models are listed: {text}"
+        );
         for p in Preset::ALL {
             let d = p.defaults();
             assert!(text.contains(p.about()), "{}", p.name());
