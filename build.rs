@@ -25,7 +25,9 @@ const REQUIRED: [&str; 2] = ["config.json", "model.safetensors"];
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={ROOT}");
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let root = manifest_dir.join(ROOT);
     let mut code = String::new();
     let mut count = 0;
@@ -50,7 +52,10 @@ fn main() {
         for rel in &files {
             let abs = dir.join(rel);
             let Some(abs) = abs.to_str() else {
-                panic!("{}: a file name that is not UTF-8 cannot be embedded", abs.display());
+                panic!(
+                    "{}: a file name that is not UTF-8 cannot be embedded",
+                    abs.display()
+                );
             };
             let _ = writeln!(
                 code,
@@ -103,7 +108,10 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
     };
     for e in entries.flatten() {
         let Some(name) = e.file_name().to_str().map(str::to_owned) else {
-            panic!("{}: a file name that is not UTF-8 cannot be embedded", e.path().display());
+            panic!(
+                "{}: a file name that is not UTF-8 cannot be embedded",
+                e.path().display()
+            );
         };
         if name.starts_with('.') || LEFTOVERS.contains(&name.as_str()) {
             continue;

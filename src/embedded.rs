@@ -252,11 +252,7 @@ pub fn materialise_in(model: &EmbeddedModel, cache: &Path) -> anyhow::Result<Mat
         Err(_) => None,
         Ok(meta) => {
             // Moved aside first, so that the copy's name never names a half-removed folder.
-            let aside = parent.join(format!(
-                ".{}.damaged.tmp{}",
-                model.name,
-                std::process::id()
-            ));
+            let aside = parent.join(format!(".{}.damaged.tmp{}", model.name, std::process::id()));
             std::fs::rename(&dir, &aside).map_err(|e| {
                 cannot(format!(
                     "cannot move the damaged copy {} aside: {e}",
@@ -297,7 +293,9 @@ pub fn check(dir: &Path, model: &EmbeddedModel) -> Result<(), String> {
         .iter()
         .find(|p| !model.files.iter().any(|f| f.path == p.as_str()))
     {
-        return Err(format!("it holds `{extra}`, which is not one of the model's files"));
+        return Err(format!(
+            "it holds `{extra}`, which is not one of the model's files"
+        ));
     }
     for f in model.files {
         let path = dir.join(f.path);
@@ -381,7 +379,9 @@ mod tests {
             // The embedded bytes are the repository folder's.
             let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join(m.source());
             check(&repo, m).unwrap_or_else(|p| panic!("{}: {p}", repo.display()));
-            let found = lookup(&m.reference()).expect("an embedded reference").unwrap();
+            let found = lookup(&m.reference())
+                .expect("an embedded reference")
+                .unwrap();
             assert_eq!(found.name(), name);
         }
     }
@@ -389,7 +389,10 @@ mod tests {
     #[test]
     fn references_name_embedded_models_or_say_what_is_embedded() {
         let toy: &'static [EmbeddedModel] = &TOY;
-        assert!(lookup_in(toy, "models/shapes/toy").is_none(), "a plain path");
+        assert!(
+            lookup_in(toy, "models/shapes/toy").is_none(),
+            "a plain path"
+        );
         assert!(lookup_in(toy, "clip-vit-b32").is_none());
         assert_eq!(
             lookup_in(toy, "models/shapes/toy (embedded)")
@@ -399,9 +402,18 @@ mod tests {
             "toy"
         );
         for (bad, says) in [
-            ("models/shapes/biggan (embedded)", "without a finished models/shapes/biggan"),
-            ("models/other/toy (embedded)", "only the folders of models/shapes/"),
-            ("models/shapes/a/b (embedded)", "only the folders of models/shapes/"),
+            (
+                "models/shapes/biggan (embedded)",
+                "without a finished models/shapes/biggan",
+            ),
+            (
+                "models/other/toy (embedded)",
+                "only the folders of models/shapes/",
+            ),
+            (
+                "models/shapes/a/b (embedded)",
+                "only the folders of models/shapes/",
+            ),
         ] {
             let e = lookup_in(toy, bad).unwrap().unwrap_err().to_string();
             assert!(

@@ -114,9 +114,8 @@ pub fn write_dir_atomic<'a>(
         for d in dirs.iter().rev() {
             sync_dir(d);
         }
-        std::fs::rename(&tmp, path).with_context(|| {
-            format!("cannot move {} to {}", tmp.display(), path.display())
-        })
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
     })();
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -249,7 +248,11 @@ mod tests {
         let files: [(&str, &[u8]); 2] = [("config.json", b"{}"), ("encoder/w.bin", b"123")];
         write_dir_atomic(&target, files).unwrap();
         assert_eq!(std::fs::read(target.join("encoder/w.bin")).unwrap(), b"123");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temporary folder left");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary folder left"
+        );
         // A second write onto the complete folder fails and leaves it as it was.
         let other: [(&str, &[u8]); 1] = [("config.json", b"[]")];
         assert!(write_dir_atomic(&target, other).is_err());

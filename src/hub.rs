@@ -102,7 +102,10 @@ pub enum ModelSource {
     Folder(PathBuf),
     /// A model folder embedded in the binary, used through its copy in the cache.
     Embedded(&'static crate::embedded::EmbeddedModel),
-    Hub { repo: String, revision: String },
+    Hub {
+        repo: String,
+        revision: String,
+    },
 }
 
 /// A parsed model reference, before any file is looked up.
@@ -310,21 +313,22 @@ impl Locator {
     /// Opens a model reference; files are looked up (and downloaded) one by one with [`Model::file`].
     /// An embedded model is copied into the cache first ([`crate::embedded::materialise`]).
     pub fn open<'a>(&'a self, model: &ModelRef) -> Result<Model<'a>, LocateError> {
-        let folder = match &model.source {
-            ModelSource::Folder(dir) => {
-                if !dir.is_dir() {
-                    return Err(LocateError::NoFolder(dir.clone()));
+        let folder =
+            match &model.source {
+                ModelSource::Folder(dir) => {
+                    if !dir.is_dir() {
+                        return Err(LocateError::NoFolder(dir.clone()));
+                    }
+                    Some(dir.clone())
                 }
-                Some(dir.clone())
-            }
-            ModelSource::Embedded(m) => Some(crate::embedded::materialise(m).map_err(|e| {
-                LocateError::EmbeddedCopy {
-                    spec: model.spec.clone(),
-                    reason: format!("{e:#}"),
-                }
-            })?),
-            ModelSource::Hub { .. } => None,
-        };
+                ModelSource::Embedded(m) => Some(crate::embedded::materialise(m).map_err(|e| {
+                    LocateError::EmbeddedCopy {
+                        spec: model.spec.clone(),
+                        reason: format!("{e:#}"),
+                    }
+                })?),
+                ModelSource::Hub { .. } => None,
+            };
         Ok(Model {
             locator: self,
             reference: model.clone(),

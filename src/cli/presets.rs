@@ -36,9 +36,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "`models/shapes/NAME (embedded)`: the repository's folder as it was when this binary was \
-         built, from any working directory (copied into {}/{}/ on first use); pass a folder \
-         (e.g. --clip models/shapes/clip) to use that instead. Embedded: {}.",
+        "Models embedded in this binary (copied into {}/{}/ on first use):\n  {}",
         crate::captioner::feature_cache::default_cache_dir().display(),
         crate::embedded::CACHE_SUBDIR,
         if crate::embedded::models().is_empty() {
@@ -46,6 +44,11 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         } else {
             crate::embedded::summary()
         }
+    )?;
+    writeln!(
+        out,
+        "`models/shapes/NAME (embedded)` is that folder as it was when the binary was built, from any\n\
+         working directory; pass a folder (e.g. --clip models/shapes/clip) to use it instead."
     )?;
     Ok(())
 }
@@ -105,7 +108,8 @@ mod tests {
         execute(Args { json: false }, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(
-            text.contains("Embedded: models/shapes/clip ("),
+            text.contains("Models embedded in this binary")
+                && text.contains("  models/shapes/clip ("),
             "the embedded models are listed: {text}"
         );
         for p in Preset::ALL {

@@ -86,11 +86,23 @@ fn concurrent_processes_share_one_copy_and_a_damaged_copy_is_rewritten() {
         roundtrip_in(
             d.path(),
             &cache,
-            &["models", "resolve", "models/shapes/clip (embedded)", "--file", "model.safetensors"],
+            &[
+                "models",
+                "resolve",
+                "models/shapes/clip (embedded)",
+                "--file",
+                "model.safetensors",
+            ],
         )
     };
     let children: Vec<_> = (0..4)
-        .map(|_| resolve().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            resolve()
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     let paths: Vec<String> = children
         .into_iter()
