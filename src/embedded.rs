@@ -247,7 +247,9 @@ pub fn materialise_in(model: &EmbeddedModel, cache: &Path) -> anyhow::Result<Mat
         Ok(()) => return Ok(done(false, None)),
         Err(p) => p,
     };
+    // Left by a killed writer: only a lock holder may remove them.
     crate::fsutil::sweep_temp_dirs(&parent);
+    crate::fsutil::sweep_temp_files(&parent);
     let repaired = match std::fs::symlink_metadata(&dir) {
         Err(_) => None,
         Ok(meta) => {
@@ -330,7 +332,7 @@ fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Resul
     Ok(())
 }
 
-/// What `roundtrip presets` and `--help` say of the embedded models: each one's folder and size.
+/// What `roundtrip presets` says of the embedded models: each one's folder and size.
 pub fn summary() -> String {
     MODELS
         .iter()
