@@ -36,7 +36,7 @@ fn main() {
             continue;
         };
         if !valid_name(&name) {
-            println!("cargo:warning={ROOT}/{} is not embedded: a model folder's name must be lowercase letters, digits, `-` or `_`", dir.display());
+            println!("cargo:warning={ROOT}/{name} is not embedded: a model folder's name must be lowercase letters, digits, `-` or `_`");
             continue;
         }
         if let Some(missing) = REQUIRED.iter().find(|f| !dir.join(f).is_file()) {
