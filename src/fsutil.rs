@@ -76,6 +76,76 @@ pub fn is_temp_name(name: &str) -> bool {
         })
 }
 
+/// Writes a whole folder at `path`, `files` being `/`-separated relative paths and their bytes,
+/// through a temporary folder beside it (`.NAME.tmpPID`) renamed into place, so that a reader
+/// sees no folder or the complete one, never part of it. Every file and folder is fsynced before
+/// the rename. `path` must not exist (a rename onto a folder with files fails); on any error the
+/// temporary folder is removed ([`sweep_temp_dirs`] removes those a killed process left).
+pub fn write_dir_atomic<'a>(
+    path: &Path,
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> anyhow::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = parent.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written = (|| -> anyhow::Result<()> {
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut dirs = std::collections::BTreeSet::from([tmp.clone()]);
+        for (rel, bytes) in files {
+            let file = tmp.join(rel);
+            let dir = file.parent().unwrap_or(&tmp).to_path_buf();
+            if dirs.insert(dir.clone()) {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            (|| -> std::io::Result<()> {
+                let mut f = std::fs::File::create(&file)?;
+                std::io::Write::write_all(&mut f, bytes)?;
+                f.sync_all()
+            })()
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        // Deepest first, so that each folder's entry in its parent is synced after its contents.
+        for d in dirs.iter().rev() {
+            sync_dir(d);
+        }
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
+    sync_dir(parent);
+    Ok(())
+}
+
+/// Removes the temporary folders [`write_dir_atomic`] leaves when its process is killed (and any
+/// folder named as one), in `dir` (not below). Like [`sweep_temp_files`], call it only while
+/// holding the folder's lock. Returns how many were removed.
+pub fn sweep_temp_dirs(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_temp_name(name)
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Writes named tensors as a safetensors file, atomically (see [`write_atomic`]).
 pub fn write_safetensors(
     path: &Path,
@@ -169,5 +239,29 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".c.tmpx", "d.json", "keep.tmp1", "taken"]);
+    }
+
+    #[test]
+    fn folders_are_written_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("model");
+        let files: [(&str, &[u8]); 2] = [("config.json", b"{}"), ("encoder/w.bin", b"123")];
+        write_dir_atomic(&target, files).unwrap();
+        assert_eq!(std::fs::read(target.join("encoder/w.bin")).unwrap(), b"123");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary folder left"
+        );
+        // A second write onto the complete folder fails and leaves it as it was.
+        let other: [(&str, &[u8]); 1] = [("config.json", b"[]")];
+        assert!(write_dir_atomic(&target, other).is_err());
+        assert_eq!(std::fs::read(target.join("config.json")).unwrap(), b"{}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+
+        std::fs::create_dir_all(d.path().join(".model.tmp42/encoder")).unwrap();
+        std::fs::create_dir(d.path().join(".keep.tmpx")).unwrap();
+        assert_eq!(sweep_temp_dirs(d.path()), 1);
+        assert!(d.path().join(".keep.tmpx").is_dir() && target.is_dir());
     }
 }

@@ -1,5 +1,6 @@
-//! Model locator: a model reference is a preset name, a local folder in the hub's layout, or a
-//! Hugging Face hub id with an optional revision (`org/name@rev`).
+//! Model locator: a model reference is a preset name, a local folder in the hub's layout, a model
+//! embedded in the binary (`models/shapes/<name> (embedded)`, [`crate::embedded`]), or a Hugging
+//! Face hub id with an optional revision (`org/name@rev`).
 //!
 //! Hub files come from the local cache in Python's layout (`models--org--name/refs/REV`,
 //! `snapshots/COMMIT/FILE`) and, unless `HF_HUB_OFFLINE` is set, are downloaded with hf-hub.
@@ -47,6 +48,14 @@ pub enum LocateError {
         file: String,
         reason: String,
     },
+    #[error("model `{spec}` is not embedded in this binary (it embeds {embedded}): {why}")]
+    NotEmbedded {
+        spec: String,
+        embedded: String,
+        why: String,
+    },
+    #[error("model `{spec}`: {reason}")]
+    EmbeddedCopy { spec: String, reason: String },
     #[error("preset `{name}` has no hub repository: {why}{urls}")]
     NoHubSource {
         name: String,
@@ -91,7 +100,12 @@ pub fn preset(name: &str) -> Option<&'static Preset> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
     Folder(PathBuf),
-    Hub { repo: String, revision: String },
+    /// A model folder embedded in the binary, used through its copy in the cache.
+    Embedded(&'static crate::embedded::EmbeddedModel),
+    Hub {
+        repo: String,
+        revision: String,
+    },
 }
 
 /// A parsed model reference, before any file is looked up.
@@ -128,6 +142,13 @@ impl ModelRef {
                 .collect::<Vec<_>>()
                 .join(", "),
         };
+        if let Some(found) = crate::embedded::lookup(spec) {
+            return Ok(Self {
+                spec: spec.to_owned(),
+                preset: None,
+                source: ModelSource::Embedded(found?),
+            });
+        }
         let path = Path::new(spec);
         if path.is_dir() {
             return Ok(Self {
@@ -242,7 +263,7 @@ pub struct ModelRecord {
     /// The reference as given.
     pub reference: String,
     pub preset: Option<String>,
-    /// `folder` or `hub`.
+    /// `folder`, `embedded` (then `path` is its copy in the cache) or `hub`.
     pub source: &'static str,
     /// The folder, for folder models.
     pub path: Option<String>,
@@ -290,15 +311,28 @@ impl Locator {
     }
 
     /// Opens a model reference; files are looked up (and downloaded) one by one with [`Model::file`].
+    /// An embedded model is copied into the cache first ([`crate::embedded::materialise`]).
     pub fn open<'a>(&'a self, model: &ModelRef) -> Result<Model<'a>, LocateError> {
-        if let ModelSource::Folder(dir) = &model.source {
-            if !dir.is_dir() {
-                return Err(LocateError::NoFolder(dir.clone()));
-            }
-        }
+        let folder =
+            match &model.source {
+                ModelSource::Folder(dir) => {
+                    if !dir.is_dir() {
+                        return Err(LocateError::NoFolder(dir.clone()));
+                    }
+                    Some(dir.clone())
+                }
+                ModelSource::Embedded(m) => Some(crate::embedded::materialise(m).map_err(|e| {
+                    LocateError::EmbeddedCopy {
+                        spec: model.spec.clone(),
+                        reason: format!("{e:#}"),
+                    }
+                })?),
+                ModelSource::Hub { .. } => None,
+            };
         Ok(Model {
             locator: self,
             reference: model.clone(),
+            folder,
             commit: Mutex::new(None),
             files: Mutex::new(BTreeMap::new()),
         })
@@ -348,6 +382,8 @@ fn cached_commit(cache: &Path, repo: &str, revision: &str) -> Option<String> {
 pub struct Model<'a> {
     locator: &'a Locator,
     reference: ModelRef,
+    /// The folder holding the files (a folder model's, or an embedded model's cache copy).
+    folder: Option<PathBuf>,
     commit: Mutex<Option<String>>,
     /// Every file resolved through [`Model::file`], by name: what the model was loaded from.
     files: Mutex<BTreeMap<String, PathBuf>>,
@@ -391,26 +427,34 @@ impl Model<'_> {
     }
 
     fn resolve(&self, name: &str) -> Result<PathBuf, LocateError> {
+        if let Some(dir) = &self.folder {
+            let p = dir.join(name);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(LocateError::MissingInFolder {
+                    folder: dir.clone(),
+                    file: name.to_owned(),
+                })
+            };
+        }
         match &self.reference.source {
-            ModelSource::Folder(dir) => {
-                let p = dir.join(name);
-                if p.is_file() {
-                    Ok(p)
-                } else {
-                    Err(LocateError::MissingInFolder {
-                        folder: dir.clone(),
-                        file: name.to_owned(),
-                    })
-                }
-            }
             ModelSource::Hub { repo, revision } => self.hub_file(repo, revision, name),
+            ModelSource::Folder(dir) => Err(LocateError::NoFolder(dir.clone())),
+            ModelSource::Embedded(_) => Err(LocateError::EmbeddedCopy {
+                spec: self.reference.spec.clone(),
+                reason: "not copied into the cache".to_owned(),
+            }),
         }
     }
 
     /// Whether the model has this file (for optional files); never downloads.
     pub fn has_local_file(&self, name: &str) -> bool {
+        if let Some(dir) = &self.folder {
+            return dir.join(name).is_file();
+        }
         match &self.reference.source {
-            ModelSource::Folder(dir) => dir.join(name).is_file(),
+            ModelSource::Folder(_) | ModelSource::Embedded(_) => false,
             ModelSource::Hub { repo, revision } => {
                 let cache = &self.locator.settings.cache_dir;
                 cached_commit(cache, repo, revision).is_some_and(|c| {
@@ -489,6 +533,16 @@ impl Model<'_> {
                 preset: r.preset.clone(),
                 source: "folder",
                 path: Some(dir.display().to_string()),
+                repo: None,
+                revision: None,
+                commit: None,
+                fingerprint,
+            },
+            ModelSource::Embedded(_) => ModelRecord {
+                reference: r.spec.clone(),
+                preset: r.preset.clone(),
+                source: "embedded",
+                path: self.folder.as_ref().map(|d| d.display().to_string()),
                 repo: None,
                 revision: None,
                 commit: None,

@@ -10,6 +10,7 @@ pub mod clip_train;
 pub mod dataset;
 pub mod device;
 pub mod diff;
+pub mod embedded;
 pub mod error;
 pub mod features;
 pub mod fingerprint;

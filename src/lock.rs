@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::InputError;
 
@@ -23,11 +24,20 @@ impl DirLock {
     /// Locks `dir` (which must exist) for `command`, or fails with an [`InputError`] naming the
     /// folder and, where it can be read, the PID of the process holding it.
     pub fn acquire(dir: &Path, command: &str) -> anyhow::Result<Self> {
+        Self::acquire_within(dir, command, Duration::ZERO)
+    }
+
+    /// [`DirLock::acquire`], waiting up to `patience` for another holder to release the lock
+    /// (for short writes, such as copying an embedded model into the cache, that concurrent
+    /// processes take turns at rather than refuse).
+    pub fn acquire_within(dir: &Path, command: &str, patience: Duration) -> anyhow::Result<Self> {
         let path = dir.join(LOCK_FILE);
+        let deadline = Instant::now() + patience;
         // The holder removes the file when it finishes; a file opened just before that removal
         // can be locked although it is no longer the folder's lock file, so the lock only
         // counts when the path still names the locked file.
-        for _ in 0..100 {
+        let mut replaced = 0;
+        while replaced < 100 {
             let mut file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -39,6 +49,10 @@ impl DirLock {
                 })?;
             match file.try_lock() {
                 Ok(()) => {}
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
                 Err(TryLockError::WouldBlock) => {
                     let mut holder = String::new();
                     let _ = file.read_to_string(&mut holder);
@@ -48,8 +62,13 @@ impl DirLock {
                     } else {
                         format!("another process ({holder})")
                     };
+                    let waited = if patience.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" (still after {:.0} s)", patience.as_secs_f64())
+                    };
                     return Err(InputError::new(format!(
-                        "{} is in use by {who}: one command at a time may write a folder; wait for it to finish or use another folder",
+                        "{} is in use by {who}{waited}: one command at a time may write a folder; wait for it to finish or use another folder",
                         dir.display()
                     ))
                     .into());
@@ -59,6 +78,7 @@ impl DirLock {
                 }
             }
             if !same_file(&file, &path) {
+                replaced += 1;
                 continue;
             }
             let me = format!("pid {}, roundtrip {command}\n", std::process::id());
@@ -116,5 +136,20 @@ mod tests {
         assert!(!d.path().join(LOCK_FILE).exists());
         let again = DirLock::acquire(d.path(), "run").unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn a_waiting_lock_gets_the_folder_once_the_holder_lets_go() {
+        let d = tempfile::tempdir().unwrap();
+        let held = DirLock::acquire(d.path(), "run").unwrap();
+        let e = DirLock::acquire_within(d.path(), "run", Duration::from_millis(50)).unwrap_err();
+        assert!(e.to_string().contains("still after"), "{e}");
+        let dir = d.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            DirLock::acquire_within(&dir, "run", Duration::from_secs(30)).map(drop)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+        waiter.join().unwrap().unwrap();
     }
 }

@@ -120,6 +120,7 @@ pub struct CaptionerConfig {
 
 /// A loaded captioner, ready to caption images.
 pub struct Captioner {
+    /// The folder it was loaded from (an embedded captioner's copy in the cache).
     pub dir: PathBuf,
     /// Content fingerprint of config.json, vocab.json, model.safetensors and the encoder's
     /// files: captions are keyed by it, so a captioner retrained or replaced in place is never
@@ -132,7 +133,9 @@ pub struct Captioner {
 }
 
 /// Reads and checks `config.json` of a captioner folder.
+/// `dir` may name an embedded captioner (`models/shapes/vgg16 (embedded)`, [`crate::embedded`]).
 pub fn read_config(dir: &Path) -> anyhow::Result<CaptionerConfig> {
+    let dir = &*crate::embedded::folder(dir)?;
     let path = dir.join("config.json");
     if !dir.is_dir() {
         return Err(input_err!(
@@ -159,7 +162,10 @@ pub fn read_config(dir: &Path) -> anyhow::Result<CaptionerConfig> {
 }
 
 impl Captioner {
+    /// Loads the captioner in `dir` (a folder, or an embedded captioner's reference
+    /// `models/shapes/vgg16 (embedded)`, then from its copy in the cache).
     pub fn load(dir: &Path, locator: &Locator, device: &Device) -> anyhow::Result<Self> {
+        let dir = &*crate::embedded::folder(dir)?;
         let config = read_config(dir)?;
         let vocab = Vocab::load(&dir.join("vocab.json"))?;
         if vocab.len() != config.decoder.vocab_size {

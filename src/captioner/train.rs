@@ -312,7 +312,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
         )?;
         let reference = match crate::hub::ModelRef::parse(&weights)?.source {
             ModelSource::Folder(p) => std::fs::canonicalize(&p).unwrap_or(p).display().to_string(),
-            ModelSource::Hub { .. } => weights,
+            ModelSource::Hub { .. } | ModelSource::Embedded(_) => weights,
         };
         let spec = EncoderSpec {
             kind: req.encoder,

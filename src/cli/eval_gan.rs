@@ -18,11 +18,11 @@ pub struct Args {
     #[arg(long)]
     biggan: PathBuf,
     /// CLIP whose image embeddings the Frechet distance is taken in [default: the shapes
-    /// preset's, models/shapes/clip].
+    /// preset's, models/shapes/clip (embedded)].
     #[arg(long)]
     clip: Option<String>,
     /// Captioners as LABEL=FOLDER[,LABEL=FOLDER...] [default: the shapes preset's,
-    /// vgg16=models/shapes/vgg16,xception=models/shapes/xception].
+    /// vgg16=models/shapes/vgg16 (embedded),xception=models/shapes/xception (embedded)].
     #[arg(long)]
     captioners: Option<String>,
     /// Samples (and rendered photos) for class fidelity; the class cycles over the 40.

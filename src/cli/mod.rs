@@ -50,7 +50,8 @@ Environment:
   HF_ENDPOINT               hub address [default: https://huggingface.co]
   HF_TOKEN                  hub access token
   HF_HUB_OFFLINE=1          read models from the hub cache only, never the network
-  ROUNDTRIP_CACHE           cache folder of encoder features (train, eval) and file digests
+  ROUNDTRIP_CACHE           cache folder of encoder features (train, eval), file digests and the
+                            copies of the embedded shapes models (embedded/)
                             [default: $XDG_CACHE_HOME/roundtrip, else ~/.cache/roundtrip]
   ROUNDTRIP_HEARTBEAT_SECS  seconds between two progress lines when stderr is not a terminal
                             (a log: Slurm, CI, a pipe) [default: 30; 0: a line at every step]

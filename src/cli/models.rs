@@ -14,10 +14,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Resolve a model reference (preset, hub id `org/name[@rev]`, or folder) and its files,
+    /// Resolve a model reference (preset, hub id `org/name[@rev]`, folder, or
+    /// `models/shapes/NAME (embedded)`) and its files,
     /// downloading them unless HF_HUB_OFFLINE=1; prints the files' paths and the resolved revision.
     Resolve {
-        /// The model: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout.
+        /// The model: preset name, hub id `org/name[@rev]`, a folder in the hub's layout, or
+        /// `models/shapes/NAME (embedded)` (the binary's copy of that folder).
         reference: String,
         /// A file to resolve (repeatable) [default: the preset's files, else config.json].
         #[arg(long = "file")]

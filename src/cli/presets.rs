@@ -33,6 +33,23 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(out)?;
     write!(out, "{}", listing(&Preset::ALL))?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Models embedded in this binary (copied into {}/{}/ on first use):\n  {}",
+        crate::captioner::feature_cache::default_cache_dir().display(),
+        crate::embedded::CACHE_SUBDIR,
+        if crate::embedded::models().is_empty() {
+            "none".to_owned()
+        } else {
+            crate::embedded::summary()
+        }
+    )?;
+    writeln!(
+        out,
+        "`models/shapes/NAME (embedded)` is that folder as it was when the binary was built, from any\n\
+         working directory; pass a folder (e.g. --clip models/shapes/clip) to use it instead."
+    )?;
     Ok(())
 }
 
@@ -90,6 +107,11 @@ mod tests {
         let mut text = Vec::new();
         execute(Args { json: false }, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("Models embedded in this binary")
+                && text.contains("  models/shapes/clip ("),
+            "the embedded models are listed: {text}"
+        );
         for p in Preset::ALL {
             let d = p.defaults();
             assert!(text.contains(p.about()), "{}", p.name());

@@ -15,7 +15,7 @@ use crate::run::{
 enum PresetArg {
     /// The original experiment: CLIP ViT-B/32 and captioners trained on Flickr8k.
     Real,
-    /// The offline shapes world: the tiny models shipped under models/shapes/.
+    /// The offline shapes world: the tiny models of models/shapes/, embedded in the binary.
     Shapes,
 }
 
@@ -48,8 +48,9 @@ pub struct Args {
         display_order = 1
     )]
     preset: PresetArg,
-    /// CLIP model guiding generation and scoring: preset, hub id `org/name[@rev]` or folder
-    /// [default: the preset's; real: clip-vit-b32, shapes: models/shapes/clip].
+    /// CLIP model guiding generation and scoring: preset, hub id `org/name[@rev]`, folder, or
+    /// `models/shapes/NAME (embedded)` (the binary's copy of that folder) [default: the preset's;
+    /// real: clip-vit-b32, shapes: models/shapes/clip (embedded)].
     #[arg(long, help_heading = "Inputs", display_order = 2)]
     clip: Option<String>,
     /// The generator of lines without a `[siren]` / `[biggan]` prefix (the one-generator form of
@@ -77,9 +78,10 @@ pub struct Args {
     siren: SirenArgs,
     #[command(flatten)]
     biggan: BigGanArgs,
-    /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`)
-    /// [default: the preset's; real: vgg16=models/captioners/vgg16,xception=models/captioners/xception,
-    /// shapes: vgg16=models/shapes/vgg16,xception=models/shapes/xception].
+    /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`,
+    /// or `models/shapes/NAME (embedded)`) [default: the preset's;
+    /// real: vgg16=models/captioners/vgg16,xception=models/captioners/xception,
+    /// shapes: vgg16=models/shapes/vgg16 (embedded),xception=models/shapes/xception (embedded)].
     #[arg(long, help_heading = "Captioning")]
     captioners: Option<String>,
     /// Beam width of the captioners (1: greedy).

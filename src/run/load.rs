@@ -18,6 +18,13 @@ use crate::models::clip::Clip;
 /// captioner's beam against its vocabulary, and the generators' memory bound against the
 /// machine's memory. Settings that do not fit are refused, naming them.
 pub fn preflight(settings: &RunSettings, locator: &Locator) -> anyhow::Result<()> {
+    // An embedded model this binary lacks is refused before the run folder is created.
+    let models = std::iter::once(&settings.clip).chain(settings.biggan.as_ref().map(|b| &b.model));
+    for spec in models {
+        if let Some(Err(e)) = crate::embedded::lookup(spec) {
+            return Err(e.into());
+        }
+    }
     for c in &settings.captioners {
         let cfg = read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
         crate::resources::check_beam(settings.beam, cfg.decoder.vocab_size)?;

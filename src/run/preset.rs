@@ -2,7 +2,10 @@
 //!
 //! `real` is the original experiment (CLIP ViT-B/32 from the hub, captioners trained on Flickr8k
 //! with `roundtrip train`); `shapes` is the offline shapes world whose tiny models ship under
-//! `models/shapes/`. Explicit options always win over the preset.
+//! `models/shapes/` and are embedded in the binary ([`crate::embedded`]): its model references,
+//! `models/shapes/<name> (embedded)`, mean those folders as they were when the binary was built,
+//! from any working directory and whatever `models/shapes/` folder it holds (pass the folder, e.g.
+//! `--clip models/shapes/clip`, to use that instead). Explicit options always win over the preset.
 
 use crate::generate::{BigGanSettings, Resize, SirenSettings};
 
@@ -46,7 +49,7 @@ impl Preset {
                 "the original experiment: CLIP ViT-B/32 from the hub, captioners trained on Flickr8k with `roundtrip train`"
             }
             Preset::Shapes => {
-                "the offline shapes world: the tiny models shipped under models/shapes/"
+                "the offline shapes world: the tiny models of models/shapes/, embedded in the binary (works from any directory)"
             }
         }
     }
@@ -63,11 +66,11 @@ impl Preset {
                 },
             },
             Preset::Shapes => PresetDefaults {
-                clip: "models/shapes/clip",
-                captioners: "vgg16=models/shapes/vgg16,xception=models/shapes/xception",
+                clip: "models/shapes/clip (embedded)",
+                captioners: "vgg16=models/shapes/vgg16 (embedded),xception=models/shapes/xception (embedded)",
                 siren: shapes_siren(),
                 biggan: BigGanDefaults {
-                    model: Some("models/shapes/biggan"),
+                    model: Some("models/shapes/biggan (embedded)"),
                     settings: shapes_biggan(),
                 },
             },
@@ -99,7 +102,8 @@ pub fn shapes_siren() -> SirenSettings {
     }
 }
 
-/// big-sleep settings for the shapes BigGAN (`models/shapes/biggan`, trained by `train-gan`):
+/// big-sleep settings for the shapes BigGAN (`models/shapes/biggan`, trained by `train-gan`;
+/// embedded once committed):
 /// near-whole cutouts resized bilinearly, as the shapes CLIP was trained on them, the two
 /// strongest classes per latent (a scene has one or two shapes), a light class regulariser.
 /// Chosen on prompts/shapes.txt (README, shapes world).
@@ -322,4 +326,35 @@ pub fn listing(presets: &[Preset]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--preset shapes` means the models embedded in the binary, never a working-directory folder.
+    #[test]
+    fn the_shapes_preset_names_the_embedded_models() {
+        let d = Preset::Shapes.defaults();
+        let captioners = crate::run::parse_captioners(d.captioners).unwrap();
+        let references = std::iter::once(d.clip.to_owned())
+            .chain(captioners.iter().map(|c| c.dir.display().to_string()));
+        for r in references {
+            let m = crate::embedded::lookup(&r)
+                .unwrap_or_else(|| panic!("{r} is not an embedded reference"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(m.reference(), r);
+        }
+        // BigGAN's too; the binary holds it once models/shapes/biggan is committed.
+        let biggan = d.biggan.model.expect("the shapes BigGAN");
+        match crate::embedded::lookup(biggan).expect("an embedded reference") {
+            Ok(m) => assert_eq!(m.reference(), biggan),
+            Err(e) => assert!(
+                !std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("models/shapes/biggan/model.safetensors")
+                    .exists(),
+                "{e}"
+            ),
+        }
+    }
 }

@@ -10,7 +10,8 @@
 //!
 //! `golden.rs`: the golden report and the gallery; `reuse.rs`: resume, shards, stage-by-stage
 //! reuse, locking and bad input; `generators.rs`: several generators in one run
-//! (`--generators`). The helpers and the shared tiny-model fixture are here.
+//! (`--generators`); `embedded.rs`: `--preset shapes` from any directory with the models embedded
+//! in the binary. The helpers and the shared tiny-model fixture are here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -305,6 +306,7 @@ struct Figures {
     most_common_count: usize,
 }
 
+mod embedded;
 mod generators;
 mod golden;
 mod reuse;
