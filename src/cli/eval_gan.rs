@@ -41,6 +41,10 @@ pub struct Args {
     /// Truncation of the noise and of BigGAN's BatchNorm statistics, in (0, 1].
     #[arg(long, default_value_t = 1.0)]
     truncation: f64,
+    /// Write a PNG of the first (at most 40) fidelity samples, each beside the photo of its
+    /// class, to look at what the figures count [default: none].
+    #[arg(long, value_name = "FILE")]
+    grid: Option<PathBuf>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -60,6 +64,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         reference: a.reference,
         seed: a.seed,
         truncation: a.truncation,
+        grid: a.grid,
         quiet: a.quiet,
     };
     let r = evaluate(&options, &a.device.open()?)?;

@@ -57,6 +57,8 @@ pub struct Options {
     pub reference: Option<PathBuf>,
     pub seed: u64,
     pub truncation: f64,
+    /// A PNG to write the first fidelity samples to, each beside the photo of its class.
+    pub grid: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -263,6 +265,48 @@ fn generate(
     Ok(out)
 }
 
+/// Columns of [`write_grid`]: eight classes per row, each a (sample, photo) pair.
+const GRID_CLASSES_PER_ROW: usize = 8;
+
+/// Writes the first (at most 40) samples, each followed by the photo of its class, in rows of
+/// eight pairs with a 2-pixel grey gutter: what the fidelity figures count, to look at.
+fn write_grid(
+    path: &Path,
+    samples: &[image::RgbImage],
+    photos: &[image::RgbImage],
+) -> anyhow::Result<()> {
+    let n = samples.len().min(NUM_CLASSES);
+    let Some(first) = samples.first() else {
+        return Ok(());
+    };
+    let (w, h) = (first.width(), first.height());
+    let gap = 2u32;
+    let cols = (2 * GRID_CLASSES_PER_ROW.min(n)) as u32;
+    let rows = n.div_ceil(GRID_CLASSES_PER_ROW) as u32;
+    let mut grid = image::RgbImage::from_pixel(
+        cols * (w + gap) + gap,
+        rows * (h + gap) + gap,
+        image::Rgb([128, 128, 128]),
+    );
+    for i in 0..n {
+        let (r, c) = (
+            (i / GRID_CLASSES_PER_ROW) as u32,
+            (i % GRID_CLASSES_PER_ROW) as u32,
+        );
+        for (k, img) in [&samples[i], &photos[i]].into_iter().enumerate() {
+            let x = (2 * c + k as u32) * (w + gap) + gap;
+            image::imageops::replace(&mut grid, img, x as i64, (r * (h + gap) + gap) as i64);
+        }
+    }
+    let mut bytes = Vec::new();
+    grid.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    crate::fsutil::write_atomic(path, &bytes)
+        .map_err(|e| input_err!("--grid {}: cannot write it: {e:#}", path.display()))
+}
+
 /// L2-normalised CLIP image embeddings, each image prepared by CLIP's own image processor.
 fn embeddings(
     clip: &Clip,
@@ -439,6 +483,9 @@ pub fn evaluate(o: &Options, device: &Device) -> anyhow::Result<Report> {
             )
         })
         .collect();
+    if let Some(path) = &o.grid {
+        write_grid(path, &samples, &photos)?;
+    }
     let names = class_names();
     let mut fidelity = Vec::new();
     for (spec, c) in &captioners {

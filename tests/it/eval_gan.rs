@@ -113,6 +113,7 @@ fn args(biggan: &Path, extra: &[&str]) -> Vec<String> {
 fn random_samples_score_low_and_photos_high() {
     let dir = tempfile::tempdir().unwrap();
     let g = shapes_biggan(dir.path());
+    let grid = dir.path().join("grid.png");
     let out = ok(&roundtrip(&args(
         &g,
         &[
@@ -122,9 +123,14 @@ fn random_samples_score_low_and_photos_high() {
             "48",
             "--seed",
             "5",
+            "--grid",
+            grid.to_str().unwrap(),
             "--json",
         ],
     )));
+    // The grid: 5 rows of 8 (sample, photo) pairs of 64 px with 2 px gutters.
+    let img = image::open(&grid).unwrap();
+    assert_eq!((img.width(), img.height()), (16 * 66 + 2, 5 * 66 + 2));
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["schema_version"], 1);
     assert_eq!(r["image_size"], 64);
