@@ -41,7 +41,7 @@ use rand_distr::{Distribution, StandardNormal};
 pub use discriminator::{DConfig, Discriminator};
 pub use generator::Generator;
 pub use settings::GanSettings;
-pub use train::{train_gan, GanTrainSummary, TrainGanRequest};
+pub use train::{train_gan, GanNets, GanTrainSummary, TrainGanRequest};
 
 /// An orthogonal [rows, cols] matrix (`torch.nn.init.orthogonal_`: the Q of a Gaussian matrix's
 /// QR, rows orthonormal when rows <= cols, else columns), by modified Gram-Schmidt in f64 on the
