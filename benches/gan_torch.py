@@ -26,7 +26,8 @@ spectral-norm vectors then take one power iteration, and DiffAugment's policy
 D step runs under `torch.no_grad()` (the Rust step detaches G's output). Data: seeded random images
 in [-1, 1], random multi-hot classes (one or two), as the Rust bench.
 
-Prints the median seconds per round over REPS rounds after WARMUP rounds.
+Prints the median seconds per round (wall clock, and the process's CPU time) over REPS rounds after
+WARMUP rounds, on RAYON_NUM_THREADS threads (2 unless set: the variable that sets the Rust bench's).
 Run (from the repository root, on a quiet machine, in the same session as the Rust bench):
 
     pip install torch             # made with torch 2.15.0, Python 3.11
@@ -36,6 +37,7 @@ Run (from the repository root, on a quiet machine, in the same session as the Ru
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import sys
 import time
@@ -49,7 +51,8 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 # src/gan/settings.rs defaults.
 IMAGE, BATCH, Z, G_CH, D_CH, D_DEPTH, D_STEPS, NC = 64, 32, 64, 16, 32, 1, 2, 40
 LR_G, LR_D, EMA_DECAY, BN_EPS = 1e-4, 4e-4, 0.999, 1e-4
-THREADS, WARMUP = 2, 2
+# As the Rust bench: RAYON_NUM_THREADS threads (2 unless set).
+THREADS, WARMUP = int(os.environ.get("RAYON_NUM_THREADS", "2")), 2
 REPS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 POOL = 256
 
@@ -315,15 +318,16 @@ def main() -> None:
     assert counts == rust_counts(), (counts, rust_counts())
     for _ in range(WARMUP):
         r()
-    times = []
+    times, cpu = [], []
     for _ in range(REPS):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     print(
         f"gan round ({IMAGE}px batch {BATCH}, {D_STEPS} D steps + 1 G step + EMA): median "
         f"{statistics.median(times):.3f} s/round (min {min(times):.3f}, max {max(times):.3f}, "
-        f"{REPS} rounds after {WARMUP} warm-up)"
+        f"{REPS} rounds after {WARMUP} warm-up); CPU time {statistics.median(cpu):.3f} s/round"
     )
 
 
