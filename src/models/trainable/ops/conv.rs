@@ -329,9 +329,12 @@ mod tests {
 
         fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
             let (_, b, h, w) = arg.dims4()?;
-            let g = grad
-                .contiguous()?
-                .apply_op1_no_bwd(&Col2im { op: self.0, b, h, w })?;
+            let g = grad.contiguous()?.apply_op1_no_bwd(&Col2im {
+                op: self.0,
+                b,
+                h,
+                w,
+            })?;
             Ok(Some(g))
         }
     }
