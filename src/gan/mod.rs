@@ -41,7 +41,7 @@ use rand_distr::{Distribution, StandardNormal};
 pub use discriminator::{DConfig, Discriminator};
 pub use generator::Generator;
 pub use settings::GanSettings;
-pub use train::{train_gan, GanTrainSummary, TrainGanRequest};
+pub use train::{train_gan, GanNets, GanTrainSummary, TrainGanRequest};
 
 /// An orthogonal [rows, cols] matrix (`torch.nn.init.orthogonal_`: the Q of a Gaussian matrix's
 /// QR, rows orthonormal when rows <= cols, else columns), by modified Gram-Schmidt in f64 on the
@@ -222,10 +222,10 @@ pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
     crate::models::biggan::upsample_nearest2x(x)
 }
 
-/// 2 x 2 average pooling with stride 2 of the last two dimensions (`nn.AvgPool2d(2)`).
+/// 2 x 2 average pooling with stride 2 of the last two dimensions (`nn.AvgPool2d(2)`; one custom
+/// op each way, [`crate::models::trainable::ops::avg_pool2x`]).
 pub fn avg_pool2x(x: &Tensor) -> Result<Tensor> {
-    let (a, b, h, w) = x.dims4()?;
-    x.reshape((a, b, h / 2, 2, w / 2, 2))?.sum(5)?.sum(3)? * 0.25
+    crate::models::trainable::ops::avg_pool2x(x)
 }
 
 /// Draws `n` standard normals (f32) from `rng`.

@@ -215,7 +215,6 @@ pub fn train_gan(req: &TrainGanRequest) -> anyhow::Result<GanTrainSummary> {
         ));
     }
     let cfg = s.g_config();
-    let dcfg = s.d_config();
     let mut model_dir = ModelDir::open(out, "train-gan", "GAN", req.resume, &GAN_OUTPUTS, &[])?;
     let dataset_record = json!({
         "path": std::fs::canonicalize(&req.dataset).unwrap_or(req.dataset.clone()).display().to_string(),
@@ -253,29 +252,13 @@ pub fn train_gan(req: &TrainGanRequest) -> anyhow::Result<GanTrainSummary> {
     };
     write_json(&out.join("config.json"), &config_json(&cfg)?)?;
 
-    // Stream 0 of the seed initialises G and D (the EMA starts as G).
-    let mut init = ChaCha8Rng::seed_from_u64(s.seed);
-    init.set_stream(0);
-    let g_rng = ChaCha8Rng::from_rng(&mut init);
-    let d_rng = ChaCha8Rng::from_rng(&mut init);
-    let g = Generator::new(&cfg, g_rng.clone(), &device)?;
-    let ema = Generator::new(&cfg, g_rng, &device)?;
-    ema.set_params(&g.param_values()?, "")?;
-    let d = Discriminator::new(&dcfg, d_rng, &device)?;
-    let adam_g = Adam::new(g.store.params.clone(), s.lr_g)?.with_betas_eps(0.0, 0.999, 1e-6);
-    let adam_d = Adam::new(d.store.params.clone(), s.lr_d)?.with_betas_eps(0.0, 0.999, 1e-6);
     let steps = train.len() / s.batch_size;
     let mut trainer = GanTrainer {
         s,
-        g,
-        d,
-        ema,
-        adam_g,
-        adam_d,
+        nets: GanNets::new(s, &device)?,
         train,
         dev,
         steps,
-        g_steps: 0,
         device: device.clone(),
         step_seconds: (0.0, 0),
         last_auc: None,
@@ -298,8 +281,8 @@ pub fn train_gan(req: &TrainGanRequest) -> anyhow::Result<GanTrainSummary> {
         "seed": s.seed,
         "settings": s,
         "dataset": dataset_record,
-        "g_parameters": trainer.g.store.count(),
-        "d_parameters": trainer.d.store.count(),
+        "g_parameters": trainer.nets.g.store.count(),
+        "d_parameters": trainer.nets.d.store.count(),
         "threads": candle_core::utils::get_num_threads(),
         "steps_per_epoch": steps,
         "optimizer": {"kind": "Adam", "beta1": 0.0, "beta2": 0.999, "eps": 1e-6},
@@ -310,20 +293,20 @@ pub fn train_gan(req: &TrainGanRequest) -> anyhow::Result<GanTrainSummary> {
     let outcome = driver.run(&mut trainer)?;
 
     // The model: the EMA generator with its standing statistics.
-    let rows = standing_stats(&mut trainer.ema, &trainer.train, s)?;
-    let tensors = trainer.ema.inference_tensors(&rows)?;
+    let rows = standing_stats(&mut trainer.nets.ema, &trainer.train, s)?;
+    let tensors = trainer.nets.ema.inference_tensors(&rows)?;
     write_safetensors(&out.join("model.safetensors"), &tensors)?;
     let (sec, n) = trainer.step_seconds;
     let per_step = if n > 0 { sec / n as f64 } else { 0.0 };
     record["finished"] = json!(true);
     record["epochs_run"] = json!(outcome.epochs_run);
-    record["g_steps"] = json!(trainer.g_steps);
+    record["g_steps"] = json!(trainer.nets.g_steps);
     record["seconds_per_step_this_run"] = json!(per_step);
     write_json(&training_path, &record)?;
     Ok(GanTrainSummary {
         epochs_run: outcome.epochs_run,
-        g_parameters: trainer.g.store.count(),
-        d_parameters: trainer.d.store.count(),
+        g_parameters: trainer.nets.g.store.count(),
+        d_parameters: trainer.nets.d.store.count(),
         train_images: trainer.train.len(),
         unparsed: unparsed.len(),
         seconds_per_step: per_step,
@@ -379,17 +362,104 @@ pub fn standing_stats(
     Ok(rows)
 }
 
+/// The networks and optimisers of a GAN training with its two kinds of step, on given inputs:
+/// the trainer draws them from its seeded stream, `benches/gan.rs` from its own. G, D, the EMA
+/// of G, both Adams (beta1 0, beta2 0.999, eps 1e-6) and the count of G steps (the EMA's warm-up).
+pub struct GanNets {
+    pub g: Generator,
+    pub d: Discriminator,
+    pub ema: Generator,
+    pub adam_g: Adam,
+    pub adam_d: Adam,
+    pub g_steps: usize,
+    ema_decay: f64,
+}
+
+impl GanNets {
+    /// G and D initialised from stream 0 of `s.seed` (the EMA starts as G).
+    pub fn new(s: &GanSettings, device: &Device) -> candle_core::Result<Self> {
+        let mut init = ChaCha8Rng::seed_from_u64(s.seed);
+        init.set_stream(0);
+        let g_rng = ChaCha8Rng::from_rng(&mut init);
+        let d_rng = ChaCha8Rng::from_rng(&mut init);
+        let g = Generator::new(&s.g_config(), g_rng.clone(), device)?;
+        let ema = Generator::new(&s.g_config(), g_rng, device)?;
+        ema.set_params(&g.param_values()?, "")?;
+        let d = Discriminator::new(&s.d_config(), d_rng, device)?;
+        let adam_g = Adam::new(g.store.params.clone(), s.lr_g)?.with_betas_eps(0.0, 0.999, 1e-6);
+        let adam_d = Adam::new(d.store.params.clone(), s.lr_d)?.with_betas_eps(0.0, 0.999, 1e-6);
+        Ok(Self {
+            g,
+            d,
+            ema,
+            adam_g,
+            adam_d,
+            g_steps: 0,
+            ema_decay: s.ema_decay,
+        })
+    }
+
+    /// One D step on a real batch (images [3, B, S, S], classes [B, num_classes]) against G's
+    /// images of noise `z` [B, z_dim] and classes `yf`, with DiffAugment's `aug` (drawn for the
+    /// 2B images fake then real) if any; the hinge loss.
+    pub fn d_step(
+        &mut self,
+        real: &Tensor,
+        yr: &Tensor,
+        z: &Tensor,
+        yf: &Tensor,
+        aug: Option<&Draws>,
+    ) -> candle_core::Result<f64> {
+        let b = z.dim(0)?;
+        let fake = self.g.forward(z, yf, Mode::Train, &mut None)?.detach();
+        let x = maybe_augment(&Tensor::cat(&[&fake, real], 1)?, aug)?;
+        let y = Tensor::cat(&[yf, yr], 0)?;
+        let out = self.d.forward(&x, &y, Mode::Train)?;
+        let (of, or) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
+        let loss = ((1.0 - or)?.relu()?.mean_all()? + (of + 1.0)?.relu()?.mean_all()?)?;
+        self.adam_d.step(&loss.backward()?)?;
+        Ok(loss.to_scalar::<f32>()? as f64)
+    }
+
+    /// One G step on noise `z` and classes `y` (DiffAugment's `aug` if any) and the EMA update;
+    /// the generator's hinge loss.
+    pub fn g_step(
+        &mut self,
+        z: &Tensor,
+        y: &Tensor,
+        aug: Option<&Draws>,
+    ) -> candle_core::Result<f64> {
+        let fake = self.g.forward(z, y, Mode::Train, &mut None)?;
+        let x = maybe_augment(&fake, aug)?;
+        let loss = self.d.forward(&x, y, Mode::Train)?.mean_all()?.neg()?;
+        self.adam_g.step(&loss.backward()?)?;
+        self.g_steps += 1;
+        let t = self.g_steps as f64;
+        let decay = self.ema_decay.min((1.0 + t) / (10.0 + t));
+        for ((_, p), (_, e)) in self.g.store.params.iter().zip(&self.ema.store.params) {
+            e.set(&((e.as_tensor() * decay)? + (p.as_tensor() * (1.0 - decay))?)?)?;
+        }
+        // The EMA's own spectral-norm vectors follow its weights.
+        for sn in self.ema.sn_weights() {
+            sn.power_iteration()?;
+        }
+        Ok(loss.to_scalar::<f32>()? as f64)
+    }
+}
+
+fn maybe_augment(x: &Tensor, aug: Option<&Draws>) -> candle_core::Result<Tensor> {
+    match aug {
+        Some(d) => augment(x, d),
+        None => Ok(x.clone()),
+    }
+}
+
 struct GanTrainer<'a> {
     s: &'a GanSettings,
-    g: Generator,
-    d: Discriminator,
-    ema: Generator,
-    adam_g: Adam,
-    adam_d: Adam,
+    nets: GanNets,
     train: Images,
     dev: Images,
     steps: usize,
-    g_steps: usize,
     device: Device,
     step_seconds: (f64, usize),
     last_auc: Option<f64>,
@@ -425,13 +495,11 @@ impl GanTrainer<'_> {
         self.train.class_batch(&idx, &self.device)
     }
 
-    fn maybe_augment(&self, x: &Tensor, rng: &mut ChaCha8Rng) -> candle_core::Result<Tensor> {
-        if self.s.diffaug {
-            let b = x.dim(1)?;
-            augment(x, &Draws::draw(b, self.s.image_size, rng))
-        } else {
-            Ok(x.clone())
-        }
+    /// DiffAugment's draws for `b` images, when it is on.
+    fn draws(&self, b: usize, rng: &mut ChaCha8Rng) -> Option<Draws> {
+        self.s
+            .diffaug
+            .then(|| Draws::draw(b, self.s.image_size, rng))
     }
 
     /// One D step on a real batch; the hinge loss.
@@ -440,14 +508,9 @@ impl GanTrainer<'_> {
         let (real, yr) = self.train.batch(idx, &self.device)?;
         let z = self.noise(b, rng)?;
         let yf = self.fake_classes(b, rng)?;
-        let fake = self.g.forward(&z, &yf, Mode::Train, &mut None)?.detach();
-        let x = self.maybe_augment(&Tensor::cat(&[&fake, &real], 1)?, rng)?;
-        let y = Tensor::cat(&[&yf, &yr], 0)?;
-        let out = self.d.forward(&x, &y, Mode::Train)?;
-        let (of, or) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
-        let loss = ((1.0 - or)?.relu()?.mean_all()? + (of + 1.0)?.relu()?.mean_all()?)?;
-        self.adam_d.step(&loss.backward()?)?;
-        Ok(loss.to_scalar::<f32>()? as f64)
+        // (G's forward draws nothing: the augmentation's draws may come first.)
+        let aug = self.draws(2 * b, rng);
+        Ok(self.nets.d_step(&real, &yr, &z, &yf, aug.as_ref())?)
     }
 
     /// One G step and the EMA update; the generator's hinge loss.
@@ -455,21 +518,8 @@ impl GanTrainer<'_> {
         let b = self.s.batch_size;
         let z = self.noise(b, rng)?;
         let y = self.fake_classes(b, rng)?;
-        let fake = self.g.forward(&z, &y, Mode::Train, &mut None)?;
-        let x = self.maybe_augment(&fake, rng)?;
-        let loss = self.d.forward(&x, &y, Mode::Train)?.mean_all()?.neg()?;
-        self.adam_g.step(&loss.backward()?)?;
-        self.g_steps += 1;
-        let t = self.g_steps as f64;
-        let decay = self.s.ema_decay.min((1.0 + t) / (10.0 + t));
-        for ((_, p), (_, e)) in self.g.store.params.iter().zip(&self.ema.store.params) {
-            e.set(&((e.as_tensor() * decay)? + (p.as_tensor() * (1.0 - decay))?)?)?;
-        }
-        // The EMA's own spectral-norm vectors follow its weights.
-        for sn in self.ema.sn_weights() {
-            sn.power_iteration()?;
-        }
-        Ok(loss.to_scalar::<f32>()? as f64)
+        let aug = self.draws(b, rng);
+        Ok(self.nets.g_step(&z, &y, aug.as_ref())?)
     }
 }
 
@@ -525,9 +575,9 @@ impl Trainer for GanTrainer<'_> {
             let len = bs.min(n - start);
             let (z, y) = (z.narrow(0, start, len)?, y.narrow(0, start, len)?);
             let real = real.narrow(1, start, len)?;
-            let fake = self.g.forward(&z, &y, Mode::Frozen, &mut None)?.detach();
-            sr.extend(self.d.forward(&real, &y, Mode::Frozen)?.to_vec1::<f32>()?);
-            sf.extend(self.d.forward(&fake, &y, Mode::Frozen)?.to_vec1::<f32>()?);
+            let fake = self.nets.g.forward(&z, &y, Mode::Frozen, &mut None)?.detach();
+            sr.extend(self.nets.d.forward(&real, &y, Mode::Frozen)?.to_vec1::<f32>()?);
+            sf.extend(self.nets.d.forward(&fake, &y, Mode::Frozen)?.to_vec1::<f32>()?);
         }
         let mut wins = 0f64;
         for r in &sr {
@@ -561,37 +611,37 @@ impl Trainer for GanTrainer<'_> {
 
     fn state_tensors(&self) -> anyhow::Result<HashMap<String, Tensor>> {
         let mut m = HashMap::new();
-        for (pfx, adam) in [("g.", &self.adam_g), ("d.", &self.adam_d)] {
+        for (pfx, adam) in [("g.", &self.nets.adam_g), ("d.", &self.nets.adam_d)] {
             for (k, v) in adam.state()? {
                 m.insert(format!("{pfx}{k}"), v);
             }
         }
-        m.extend(self.g.buffers("gbuf."));
-        m.extend(self.d.buffers("dbuf."));
-        m.extend(self.ema.buffers("emabuf."));
-        for (k, v) in self.ema.param_values()? {
+        m.extend(self.nets.g.buffers("gbuf."));
+        m.extend(self.nets.d.buffers("dbuf."));
+        m.extend(self.nets.ema.buffers("emabuf."));
+        for (k, v) in self.nets.ema.param_values()? {
             m.insert(format!("ema.{k}"), v);
         }
         m.insert(
             "g_steps".into(),
-            Tensor::new(&[self.g_steps as f64], &self.device)?,
+            Tensor::new(&[self.nets.g_steps as f64], &self.device)?,
         );
         Ok(m)
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
-        for (pfx, adam) in [("g.", &mut self.adam_g), ("d.", &mut self.adam_d)] {
+        for (pfx, adam) in [("g.", &mut self.nets.adam_g), ("d.", &mut self.nets.adam_d)] {
             let sub: HashMap<String, Tensor> = state
                 .iter()
                 .filter_map(|(k, v)| k.strip_prefix(pfx).map(|k| (k.to_string(), v.clone())))
                 .collect();
             adam.restore(&sub)?;
         }
-        self.g.restore_buffers(state, "gbuf.")?;
-        self.d.restore_buffers(state, "dbuf.")?;
-        self.ema.restore_buffers(state, "emabuf.")?;
-        self.ema.set_params(state, "ema.")?;
-        self.g_steps = checkpoint::scalar(state, "g_steps", Path::new(CHECKPOINT))? as usize;
+        self.nets.g.restore_buffers(state, "gbuf.")?;
+        self.nets.d.restore_buffers(state, "dbuf.")?;
+        self.nets.ema.restore_buffers(state, "emabuf.")?;
+        self.nets.ema.set_params(state, "ema.")?;
+        self.nets.g_steps = checkpoint::scalar(state, "g_steps", Path::new(CHECKPOINT))? as usize;
         Ok(())
     }
 

@@ -1,15 +1,24 @@
-//! Convolution of CBHW activations: im2col (a custom op whose backward is col2im) and one candle
-//! matmul for the whole batch.
+//! Convolution of CBHW activations: im2col and one matrix product for the whole batch, as ONE
+//! node of candle's graph whose backward is written here (the weight's gradient, and col2im of
+//! the columns' gradient).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::blocks;
 use crate::kernels::f32_slice;
 
 /// Convolution of x [C, B, H, W] with w [O, C, k, k] (timm's layout, no bias), `stride`, zero
-/// `pad` -> [O, B, Ho, Wo]: Caffe's im2col ([`Im2col`], whose backward is col2im) and one
-/// candle matmul [O, C k k] x [C k k, B Ho Wo]. (candle's own `conv2d` computes its input
-/// gradient with a direct transposed convolution that is several times slower on the CPU.)
+/// `pad` -> [O, B, Ho, Wo]: Caffe's im2col ([`Im2col`]) and one matrix product
+/// [O, C k k] x [C k k, B Ho Wo] (a 1 x 1 convolution with stride 1 multiplies x itself).
+/// (candle's own `conv2d` computes its input gradient with a direct transposed convolution that
+/// is several times slower on the CPU.)
+///
+/// The columns are computed outside the graph and the product is one custom op ([`Conv`]) whose
+/// backward computes the weight's gradient and col2im of the columns' gradient directly: as
+/// im2col -> reshape -> matmul -> reshape in candle ops, the same gemm calls give the same
+/// values, but candle's backward then adds every node's gradient to a zero tensor of its size
+/// (the columns' is k^2 times the input's) and spends a training step's largest share doing so.
+/// The input's gradient is skipped when x is not part of a graph (an input image).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     let (c, b, h, wd) = x.dims4()?;
     let (o, c2, k, k2) = w.dims4()?;
@@ -18,14 +27,120 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tenso
     }
     let op = Im2col { k, stride, pad };
     let (ho, wo) = (op.out(h)?, op.out(wd)?);
-    let cols = if k == 1 && stride == 1 && pad == 0 {
-        x.reshape((c, b * h * wd))?
+    let direct = k == 1 && stride == 1 && pad == 0;
+    let cols = if direct {
+        x.detach().contiguous()?.reshape((c, b * h * wd))?
     } else {
-        x.contiguous()?.apply_op1(op)?
+        x.detach().contiguous()?.apply_op1_no_bwd(&op)?
     };
-    w.reshape((o, c * k * k))?
-        .matmul(&cols)?
-        .reshape((o, b, ho, wo))
+    x.apply_op3(
+        &w.contiguous()?,
+        &cols,
+        Conv {
+            im2col: (!direct).then_some(op),
+            out: (o, b, ho, wo),
+        },
+    )
+}
+
+/// (x, w, columns of x) -> w [O, C k k] x columns, shaped [O, B, Ho, Wo]; x is there for its
+/// gradient only.
+struct Conv {
+    /// How the columns were made (`None`: they are x itself).
+    im2col: Option<Im2col>,
+    out: (usize, usize, usize, usize),
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "conv-cbhw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let w = f32_slice(s2, l2, self.name())?;
+        let cols = f32_slice(s3, l3, self.name())?;
+        let (ckk, n) = l3.shape().dims2()?;
+        let o = l2.dims()[0];
+        if w.len() != o * ckk || n != self.out.1 * self.out.2 * self.out.3 || o != self.out.0 {
+            candle_core::bail!("conv: weight {:?}, columns {:?}", l2.dims(), l3.dims());
+        }
+        let mut out = vec![0f32; o * n];
+        // SAFETY: the slices hold [o, ckk], [ckk, n] and [o, n] row-major matrices.
+        unsafe { candle_matmul((o, n, ckk), &mut out, w, cols) };
+        Ok((CpuStorage::F32(out), Shape::from(self.out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        cols: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The products candle's matmul backward computes, on the same layouts.
+        let (ckk, n) = cols.dims2()?;
+        let o = self.out.0;
+        let g = grad.contiguous()?.reshape((o, n))?;
+        let w2 = w.detach().reshape((o, ckk))?;
+        let dw = g.matmul(&cols.t()?)?.reshape(w.dims())?;
+        let dx = if x.track_op() {
+            let dcols = w2.t()?.matmul(&g)?;
+            Some(match self.im2col {
+                Some(op) => {
+                    let (_, b, h, wd) = x.dims4()?;
+                    dcols.apply_op1_no_bwd(&Col2im { op, b, h, w: wd })?
+                }
+                None => dcols.reshape(x.dims())?,
+            })
+        } else {
+            None
+        };
+        Ok((dx, Some(dw), None))
+    }
+}
+
+/// `dst = a @ b` for row-major [m, k] and [k, n] matrices with exactly the gemm call candle's
+/// CPU matmul makes for contiguous operands (so that the values are candle's, bit for bit).
+///
+/// # Safety
+/// `dst`, `a` and `b` must hold m n, m k and k n elements.
+unsafe fn candle_matmul((m, n, k): (usize, usize, usize), dst: &mut [f32], a: &[f32], b: &[f32]) {
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        1,
+        n as isize,
+        false,
+        a.as_ptr(),
+        1,
+        k as isize,
+        b.as_ptr(),
+        1,
+        n as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    )
 }
 
 /// x [C, B, H, W] -> columns [C k k, B Ho Wo]: row (c, ky, kx), column (b, oy, ox) holds the
@@ -101,14 +216,6 @@ impl CustomOp1 for Im2col {
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((c * k * k, n))))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (_, b, h, w) = arg.dims4()?;
-        let g = grad
-            .contiguous()?
-            .apply_op1_no_bwd(&Col2im { op: *self, b, h, w })?;
-        Ok(Some(g))
     }
 }
 
@@ -205,6 +312,71 @@ mod tests {
                 .conv2d(w.as_tensor(), pad, stride, 1, 1)
                 .unwrap();
             compare(&ours, &theirs, &[&x, &w], 60 + i as u64, 1e-5, "conv");
+        }
+    }
+
+    /// Im2col as a graph node with col2im as its backward: the composition [`conv2d`] replaces.
+    struct Im2colNode(Im2col);
+
+    impl CustomOp1 for Im2colNode {
+        fn name(&self) -> &'static str {
+            "im2col-node"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            self.0.cpu_fwd(s, l)
+        }
+
+        fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            let (_, b, h, w) = arg.dims4()?;
+            let g = grad.contiguous()?.apply_op1_no_bwd(&Col2im {
+                op: self.0,
+                b,
+                h,
+                w,
+            })?;
+            Ok(Some(g))
+        }
+    }
+
+    /// The one-node convolution gives the values and gradients of im2col -> reshape -> matmul
+    /// -> reshape in candle ops bit for bit (the same gemm calls), and leaves out the input's
+    /// gradient when the input is no graph's.
+    #[test]
+    fn conv_node_is_the_candle_composition() {
+        for (i, &(dims, o, k, stride, pad)) in [
+            ([3, 2, 9, 9], 4, 3, 1, 1),
+            ([3, 2, 9, 9], 5, 3, 2, 0),
+            ([4, 2, 5, 5], 6, 1, 1, 0),
+            ([4, 2, 7, 7], 6, 1, 2, 0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = Var::from_tensor(&randn(&dims, 70 + i as u64)).unwrap();
+            let w = Var::from_tensor(&randn(&[o, dims[0], k, k], 80 + i as u64)).unwrap();
+            let ours = conv2d(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
+            let op = Im2col { k, stride, pad };
+            let (c, b, h, wd) = x.as_tensor().dims4().unwrap();
+            let (ho, wo) = (op.out(h).unwrap(), op.out(wd).unwrap());
+            let cols = if k == 1 && stride == 1 {
+                x.as_tensor().reshape((c, b * h * wd)).unwrap()
+            } else {
+                x.as_tensor().apply_op1(Im2colNode(op)).unwrap()
+            };
+            let theirs = w
+                .as_tensor()
+                .reshape((o, c * k * k))
+                .unwrap()
+                .matmul(&cols)
+                .unwrap()
+                .reshape((o, b, ho, wo))
+                .unwrap();
+            compare(&ours, &theirs, &[&x, &w], 90 + i as u64, 0.0, "conv node");
+            // An input outside the graph: the weight's gradient only.
+            let y = conv2d(&x.as_tensor().detach(), w.as_tensor(), stride, pad).unwrap();
+            let g = y.sum_all().unwrap().backward().unwrap();
+            assert!(g.get(w.as_tensor()).is_some() && g.get(x.as_tensor()).is_none());
         }
     }
 }

@@ -7,7 +7,9 @@
 //! hand-written backward and is checked against a composition of candle ops (values and
 //! gradients) by the unit tests below:
 //!
-//! - [`conv2d`]: convolution by im2col (custom op, backward col2im) and one candle matmul.
+//! - [`conv2d`]: convolution by im2col and one matrix product, a single graph node whose
+//!   backward (the weight's gradient, col2im of the columns') is written here: candle's backward
+//!   would add each intermediate's gradient (the columns' is k^2 times the input's) to zeros.
 //! - [`bias_relu`], [`relu`]: one pass each way (candle's `relu` backward takes four).
 //! - [`batch_norm`]: BatchNorm with given or batch statistics, optionally fused with a ReLU.
 //! - [`depthwise3x3`]: depthwise 3 x 3 convolution, stride 1, padding 1 (Xception's separable
@@ -17,7 +19,8 @@
 //! - [`max_pool`]: k x k max pooling with stride and padding (padding never wins), PyTorch's
 //!   semantics; candle's `max_pool2d` has a backward only when the kernel equals the stride, and
 //!   Xception pools 3 x 3 with stride 2 and padding 1. The gradient goes to the first maximum of
-//!   each window in scan order, as PyTorch does.
+//!   each window in scan order, as PyTorch does. [`avg_pool2x`]: 2 x 2 average pooling, one pass
+//!   each way (the GAN's discriminator).
 //!
 //! All are f32, CPU only; work is split over candle's thread count.
 //!
@@ -36,7 +39,7 @@ pub use activation::{bias_relu, relu};
 pub use batch_norm::{batch_norm, ChannelStats};
 pub use conv::conv2d;
 pub use depthwise::{depthwise3x3, Depthwise, DepthwiseOp};
-pub use pool::max_pool;
+pub use pool::{avg_pool2x, max_pool};
 
 use crate::kernels::par_rows;
 

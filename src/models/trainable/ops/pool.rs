@@ -1,5 +1,6 @@
 //! k x k max pooling with stride and padding on CBHW activations, PyTorch's semantics (padding
-//! never wins; the gradient goes to the first maximum of each window in scan order).
+//! never wins; the gradient goes to the first maximum of each window in scan order); 2 x 2
+//! average pooling with stride 2.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -121,6 +122,81 @@ impl CustomOp2 for MaxPoolGrad {
     }
 }
 
+/// 2 x 2 average pooling with stride 2 of the maps of x [.., .., H, W] (any 4-d layout whose
+/// last two dimensions are the map; H and W even), as `nn.AvgPool2d(2)`, in one pass each way.
+/// The values are those of the candle ops `reshape (.., H/2, 2, W/2, 2)`, `sum(5)`, `sum(3)`,
+/// `* 0.25` (the same additions in the same order), and so are the gradients.
+pub fn avg_pool2x(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if h % 2 != 0 || w % 2 != 0 {
+        candle_core::bail!("avg pool 2x2: odd map {h} x {w}");
+    }
+    x.contiguous()?.apply_op1(AvgPool2)
+}
+
+struct AvgPool2;
+
+impl CustomOp1 for AvgPool2 {
+    fn name(&self) -> &'static str {
+        "avg-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (d0, d1, h, w) = l.shape().dims4()?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut out = vec![0f32; d0 * d1 * ho * wo];
+        blocks(&mut out, ho * wo, |p, o| {
+            let m = &x[p * h * w..][..h * w];
+            for oy in 0..ho {
+                let (r0, r1) = (&m[2 * oy * w..][..w], &m[(2 * oy + 1) * w..][..w]);
+                for (ox, v) in o[oy * wo..][..wo].iter_mut().enumerate() {
+                    let top = r0[2 * ox] + r0[2 * ox + 1];
+                    let bottom = r1[2 * ox] + r1[2 * ox + 1];
+                    // `x * 0.25` is candle's affine, x * 0.25 + 0 (which makes -0 +0).
+                    *v = (top + bottom) * 0.25 + 0.0;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((d0, d1, ho, wo))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?.apply_op1_no_bwd(&AvgPool2Grad)?;
+        if g.dims() != arg.dims() {
+            candle_core::bail!("avg pool 2x2 grad: {:?} for {:?}", g.dims(), arg.dims());
+        }
+        Ok(Some(g))
+    }
+}
+
+/// Gradient of the pooled maps -> gradient of the input: a quarter of it to each pixel of the
+/// window.
+struct AvgPool2Grad;
+
+impl CustomOp1 for AvgPool2Grad {
+    fn name(&self) -> &'static str {
+        "avg-pool-2x2-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s, l, self.name())?;
+        let (d0, d1, ho, wo) = l.shape().dims4()?;
+        let (h, w) = (2 * ho, 2 * wo);
+        let mut out = vec![0f32; d0 * d1 * h * w];
+        blocks(&mut out, h * w, |p, o| {
+            let gp = &g[p * ho * wo..][..ho * wo];
+            for (y, row) in o.chunks_exact_mut(w).enumerate() {
+                let grow = &gp[(y / 2) * wo..][..wo];
+                for (x, v) in row.iter_mut().enumerate() {
+                    *v = grow[x / 2] * 0.25 + 0.0;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((d0, d1, h, w))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +255,24 @@ mod tests {
                 .unwrap();
             assert_eq!(total, (2 * 3 * ho * wo) as f32);
         }
+    }
+
+    /// Average pooling gives the values and gradients of the candle ops it replaces, bit for bit.
+    #[test]
+    fn avg_pool_is_the_candle_composition() {
+        let x = Var::from_tensor(&randn(&[3, 2, 8, 6], 4)).unwrap();
+        let ours = avg_pool2x(x.as_tensor()).unwrap();
+        let theirs = (x
+            .as_tensor()
+            .reshape((3, 2, 4, 2, 3, 2))
+            .unwrap()
+            .sum(5)
+            .unwrap()
+            .sum(3)
+            .unwrap()
+            * 0.25)
+            .unwrap();
+        compare(&ours, &theirs, &[&x], 5, 0.0, "avg pool 2x2");
+        assert!(avg_pool2x(&randn(&[1, 1, 3, 4], 6)).is_err());
     }
 }
