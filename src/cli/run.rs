@@ -102,7 +102,7 @@ pub struct Args {
     /// Write a progress frame every N steps (0: none).
     #[arg(long, default_value_t = DEFAULT_SAVE_EVERY, help_heading = "Output")]
     save_every: usize,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Output")]
     gallery: GalleryArg,
     /// Throw away the results already in --out and compute everything again (also: write into a
     /// non-empty folder that holds no run).
@@ -135,13 +135,7 @@ pub struct GalleryArg {
     /// How report.html shows the images: inlined as data URIs (one self-contained file), or
     /// linked to their files beside it (a page that opens quickly with hundreds of phrases; move
     /// the run folder as a whole). auto: inline up to 8 MiB of images, link beyond.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "auto",
-        value_name = "MODE",
-        help_heading = "Output"
-    )]
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
     gallery_images: GalleryImagesArg,
 }
 
