@@ -55,9 +55,9 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.4em;vertical
 th{background:#f4f4f4;text-align:left}.phrases>tbody>tr>td:first-child{font-weight:600;max-width:14em}\
 img.generated,img.photo{width:192px;height:auto;image-rendering:auto;display:block}\
 .num{text-align:right;font-variant-numeric:tabular-nums}small{color:#555;font-weight:400}\
-.scores{margin:.35em 0;font-size:14px;font-variant-numeric:tabular-nums;max-width:240px}\
-.scores span{white-space:nowrap;margin-right:.7em}\
-.bleu{font-size:13px;color:#333;font-variant-numeric:tabular-nums;margin-top:.1em}\
+.scores{display:flex;flex-wrap:wrap;column-gap:.8em;margin:.35em 0;font-size:14px;font-variant-numeric:tabular-nums;max-width:250px}\
+.scores span,.bleu span{white-space:nowrap}\
+.bleu{display:flex;flex-wrap:wrap;column-gap:.6em;font-size:13px;color:#333;font-variant-numeric:tabular-nums;margin-top:.1em}\
 .caps{margin-top:.3em}.caps td,.caps th{border:none;padding:.2em .4em}.caps th{background:none;font-size:13px;color:#444}\
 .missing{color:#888}svg{display:block;margin-top:.3em}\
 .frames{display:flex;flex-wrap:wrap;gap:4px;margin-top:.4em;max-width:248px}\
@@ -261,7 +261,7 @@ fn caption_cell(c: Option<&ScoredCaption>) -> String {
         Some(c) => {
             let b = c.bleu.unsmoothed;
             format!(
-                "<td>{}<div class=\"bleu\">BLEU-1..4 <b>{:.2}</b> {:.2} {:.2} {:.2} · CLIP text <b>{:.3}</b></div></td>",
+                "<td>{}<div class=\"bleu\"><span>BLEU-1..4 <b>{:.2}</b> {:.2} {:.2} {:.2}</span><span>CLIP text <b>{:.3}</b></span></div></td>",
                 text(&c.caption),
                 b[0],
                 b[1],

@@ -122,5 +122,5 @@ pub fn csv(r: &Report) -> anyhow::Result<Vec<u8>> {
             w.write_record(&row)?;
         }
     }
-    Ok(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
