@@ -11,13 +11,15 @@ pub struct Args {
     /// Folder for the merged run (as a single-machine run would have written it).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    gallery: super::run::GalleryArg,
     /// Replace a merged run already in --out even if its settings differ.
     #[arg(long)]
     force: bool,
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let s = crate::run::merge::merge(&a.shards, &a.out, a.force)?;
+    let s = crate::run::merge::merge(&a.shards, &a.out, a.force, a.gallery.images())?;
     writeln!(
         out,
         "{}\tphrases {}\tshards {}\timages {}",

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use super::generate::{BigGanArgs, SirenArgs};
 use crate::generate::GeneratorKind;
-use crate::run::preset::Preset;
+use crate::run::html::GalleryImages;
+use crate::run::preset::{
+    Preset, DEFAULT_BEAM, DEFAULT_GENERATOR, DEFAULT_SAVE_EVERY, DEFAULT_SEED,
+};
 use crate::run::{
     execute as run_prompts, parse_captioners, parse_generators, BigGanRunSettings, RunRequest,
     RunSettings, Shard,
@@ -56,7 +59,12 @@ pub struct Args {
     /// The generator of lines without a `[siren]` / `[biggan]` prefix (the one-generator form of
     /// --generators); --steps, --size, --cutouts and --lr set its settings (lines of the other
     /// generator keep that one's defaults).
-    #[arg(long, value_enum, default_value = "siren", help_heading = "Generation")]
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = DEFAULT_GENERATOR,
+        help_heading = "Generation"
+    )]
     generator: GeneratorKind,
     /// Draw every line without a `[siren]` / `[biggan]` prefix with each of these generators
     /// (comma-separated, e.g. siren,biggan) and compare them side by side; a prefixed line is
@@ -72,7 +80,7 @@ pub struct Args {
     )]
     generators: Option<String>,
     /// Run seed; each phrase's seed is derived from it and the phrase's text.
-    #[arg(long, default_value_t = 0, help_heading = "Generation")]
+    #[arg(long, default_value_t = DEFAULT_SEED, help_heading = "Generation")]
     seed: u64,
     #[command(flatten)]
     siren: SirenArgs,
@@ -85,14 +93,17 @@ pub struct Args {
     #[arg(long, help_heading = "Captioning")]
     captioners: Option<String>,
     /// Beam width of the captioners (1: greedy).
-    #[arg(long, default_value_t = 1, help_heading = "Captioning")]
+    #[arg(long, default_value_t = DEFAULT_BEAM, help_heading = "Captioning")]
     beam: usize,
-    /// Run folder: report.json, report.html, report.md, run.json, images/, photos/, phrases/.
+    /// Run folder: report.json, report.csv, report.html, report.md, run.json, images/, photos/,
+    /// phrases/.
     #[arg(long, help_heading = "Output")]
     out: PathBuf,
     /// Write a progress frame every N steps (0: none).
-    #[arg(long, default_value_t = 50, help_heading = "Output")]
+    #[arg(long, default_value_t = DEFAULT_SAVE_EVERY, help_heading = "Output")]
     save_every: usize,
+    #[command(flatten, next_help_heading = "Output")]
+    gallery: GalleryArg,
     /// Throw away the results already in --out and compute everything again (also: write into a
     /// non-empty folder that holds no run).
     #[arg(long, help_heading = "Output")]
@@ -106,6 +117,36 @@ pub struct Args {
     shard: Option<Shard>,
     #[command(flatten, next_help_heading = "Scale-out")]
     device: super::DeviceArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GalleryImagesArg {
+    /// Inline while the images come to at most 8 MiB, else link.
+    Auto,
+    /// Every image inlined: one self-contained file, whatever its size.
+    Inline,
+    /// Every image a relative link to its file in the run folder (lazily loaded).
+    Link,
+}
+
+/// How `report.html` shows the images (shared by `run` and `merge`).
+#[derive(Debug, clap::Args)]
+pub struct GalleryArg {
+    /// How report.html shows the images: inlined as data URIs (one self-contained file), or
+    /// linked to their files beside it (a page that opens quickly with hundreds of phrases; move
+    /// the run folder as a whole). auto: inline up to 8 MiB of images, link beyond.
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    gallery_images: GalleryImagesArg,
+}
+
+impl GalleryArg {
+    pub fn images(&self) -> GalleryImages {
+        match self.gallery_images {
+            GalleryImagesArg::Auto => GalleryImages::Auto,
+            GalleryImagesArg::Inline => GalleryImages::Inline,
+            GalleryImagesArg::Link => GalleryImages::Link,
+        }
+    }
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -149,6 +190,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         shard: a.shard,
         force: a.force,
         quiet: a.quiet,
+        gallery: a.gallery.images(),
         device: a.device.open()?,
     };
     let s = run_prompts(&req)?;

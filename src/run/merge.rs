@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::html::GalleryImages;
 use super::plan::image_slots;
 use super::record::{read_record, unfinished, PhraseRecord, ReadRecord};
 use super::{read_manifest, settings_difference, Layout, Manifest};
@@ -32,7 +33,12 @@ fn copy_into(from: &Layout, to: &Layout, rel: &str) -> anyhow::Result<()> {
 
 /// Checks that the shard folders are the complete shares of one run, then copies every phrase's
 /// files into `out` and writes its manifest and report.
-pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeSummary> {
+pub fn merge(
+    dirs: &[PathBuf],
+    out: &Path,
+    force: bool,
+    gallery: GalleryImages,
+) -> anyhow::Result<MergeSummary> {
     if dirs.is_empty() {
         return Err(input_err!("merge needs at least one shard folder"));
     }
@@ -206,7 +212,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> anyhow::Result<MergeS
     write_json(&to.manifest(), &manifest)?;
     let lines: Vec<usize> = records.iter().map(|(l, _, _)| *l).collect();
     let recs: Vec<PhraseRecord> = records.into_iter().map(|(_, r, _)| r).collect();
-    let written = super::report::write_all(&to, &manifest, &lines, &recs)?;
+    let written = super::report::write_all(&to, &manifest, &lines, &recs, gallery)?;
     Ok(MergeSummary {
         report: written.json,
         phrases: first.prompts.len(),

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: prompts -> generated image ([`crate::generate::Generator`]) -> captions
 //! ([`stages::ImageCaptioner`]) -> scores ([`stages::Judge`]) -> one [`record::PhraseRecord`]
-//! per (phrase, generator) image -> [`report`] (JSON, HTML, Markdown). [`execute`] runs it in
+//! per (phrase, generator) image -> [`report`] (JSON, CSV, HTML, Markdown). [`execute`] runs it in
 //! four phases: [`plan`] (prompts, shard, photos), [`load`] (models), [`compute`] (each image's
 //! record, stage by stage) and [`report`].
 //!
@@ -27,6 +27,7 @@ pub mod report;
 pub mod settings;
 pub mod shard;
 pub mod stages;
+pub mod table;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -56,6 +57,8 @@ pub struct RunRequest {
     pub force: bool,
     pub quiet: bool,
     pub device: Device,
+    /// How `report.html` shows the images.
+    pub gallery: html::GalleryImages,
 }
 
 /// What a run did.
@@ -101,7 +104,13 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
     let done = compute::compute_all(&plan, &layout, &manifest, &models, &req.device, req.quiet)?;
 
     // 4. The report, and its summary on stderr.
-    let written = report::write_all(&layout, &manifest, &plan.lines(), &done.records)?;
+    let written = report::write_all(
+        &layout,
+        &manifest,
+        &plan.lines(),
+        &done.records,
+        req.gallery,
+    )?;
     let images = if done.records.len() == plan.phrases.len() {
         String::new()
     } else {
@@ -110,7 +119,7 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
     crate::stderr::status(
         req.quiet,
         format_args!(
-            "{} phrases{images} ({} computed, {} updated, {} reused) in {:.1} s\n{}gallery: {}\ntable:   {}",
+            "{} phrases{images} ({} computed, {} updated, {} reused) in {:.1} s\n{}gallery: {}\ntable:   {}\ncsv:     {}",
             plan.phrases.len(),
             done.computed,
             done.updated,
@@ -119,6 +128,7 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
             written.summary,
             written.html.display(),
             written.markdown.display(),
+            written.csv.display(),
         ),
     );
     Ok(RunSummary {

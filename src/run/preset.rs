@@ -7,7 +7,17 @@
 //! from any working directory and whatever `models/shapes/` folder it holds (pass the folder, e.g.
 //! `--clip models/shapes/clip`, to use that instead). Explicit options always win over the preset.
 
-use crate::generate::{BigGanSettings, Resize, SirenSettings};
+use crate::generate::{BigGanSettings, GeneratorKind, Resize, SirenSettings};
+use crate::run::{parse_captioners, BigGanRunSettings, RunSettings};
+
+/// `run`'s defaults that no preset changes: the run seed, a progress frame every 50 steps,
+/// greedy decoding, SIREN drawing every line.
+pub const DEFAULT_SEED: u64 = 0;
+pub const DEFAULT_SAVE_EVERY: usize = 50;
+pub const DEFAULT_BEAM: usize = 1;
+pub const DEFAULT_GENERATOR: GeneratorKind = GeneratorKind::Siren;
+/// The BigGAN-deep a preset without a BigGAN model of its own draws with (`--size` 128).
+pub const DEFAULT_BIGGAN: &str = "biggan-deep-128";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
@@ -51,6 +61,26 @@ impl Preset {
             Preset::Shapes => {
                 "the offline shapes world: the tiny models of models/shapes/, embedded in the binary (works from any directory)"
             }
+        }
+    }
+
+    /// The settings `roundtrip run --preset P` records when no other option is given, BigGAN's
+    /// included when `with_biggan` (a run records them only when a phrase uses BigGAN).
+    pub fn run_settings(self, with_biggan: bool) -> RunSettings {
+        let d = self.defaults();
+        RunSettings {
+            generators: vec![DEFAULT_GENERATOR],
+            siren: d.siren,
+            biggan: with_biggan.then(|| BigGanRunSettings {
+                model: d.biggan.model.unwrap_or(DEFAULT_BIGGAN).to_owned(),
+                settings: d.biggan.settings,
+            }),
+            seed: DEFAULT_SEED,
+            save_every: DEFAULT_SAVE_EVERY,
+            beam: DEFAULT_BEAM,
+            clip: d.clip.to_owned(),
+            // The presets' own lists, which parse.
+            captioners: parse_captioners(d.captioners).unwrap_or_default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The run report: `report.json` (serialize-only types, [`REPORT_SCHEMA_VERSION`], documented in
-//! the README), `report.html` (the gallery) and `report.md` (the corpus table).
+//! the README), `report.html` (the gallery), `report.md` (the corpus table) and `report.csv`
+//! (one row per caption, [`super::table`]).
 //!
 //! The report is a pure function of the run settings, the phrase records and the prompts' line
 //! numbers, so a resumed, sharded-and-merged or uninterrupted run writes the same report.
@@ -10,8 +11,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::html::GalleryImages;
+use super::preset::Preset;
 use super::record::{PhraseRecord, ScoredCaption};
 use super::{Layout, Manifest, RunSettings, Shard};
+use crate::diff::all_differences;
 use crate::fsutil::{write_atomic, write_json};
 use crate::generate::GeneratorKind;
 use crate::metrics::captions::{corpus_bleu_pair, diversity, BleuPair};
@@ -19,8 +23,10 @@ use crate::text::normalize;
 
 /// Version of `report.json`; bumped on any incompatible change (2: model fingerprints, each
 /// phrase's stage keys and file digests; 3: several generators: `settings.generators`, one
-/// `phrases` entry per image, corpus figures per generator and once for the photos).
-pub const REPORT_SCHEMA_VERSION: u32 = 3;
+/// `phrases` entry per image, corpus figures per generator and once for the photos; 4: a
+/// generator's `generated_with_photo` figures are `null` when every phrase it drew has a photo,
+/// where they would repeat `generated`).
+pub const REPORT_SCHEMA_VERSION: u32 = 4;
 
 #[derive(Serialize)]
 pub struct Tool {
@@ -45,6 +51,95 @@ pub struct Report<'a> {
     /// The generators in column order ([`generator_columns`]).
     #[serde(skip)]
     pub columns: Vec<GeneratorKind>,
+    /// The settings that differ from the nearest preset's defaults (the headers' list).
+    #[serde(skip)]
+    pub changes: SettingsChanges,
+}
+
+/// A setting that differs from the defaults, as the headers show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed {
+    /// Its path in `settings` (`siren.steps`, `seed`, `biggan.model`).
+    pub name: String,
+    pub value: String,
+    pub default: String,
+}
+
+/// The settings of a run that differ from the defaults of the preset they differ least from
+/// (`real` on a tie), which is the preset the run was most likely made with: the list that tells
+/// apart the galleries of a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsChanges {
+    pub preset: Preset,
+    pub changed: Vec<Changed>,
+}
+
+impl SettingsChanges {
+    /// Whether setting `name` (a path in `settings`) differs from the defaults.
+    pub fn contains(&self, name: &str) -> bool {
+        self.changed.iter().any(|c| c.name == name)
+    }
+
+    /// `siren.steps 20 (default 150), seed 11 (default 0)`, or `none` when nothing differs.
+    pub fn summary(&self) -> String {
+        if self.changed.is_empty() {
+            return "none".into();
+        }
+        self.changed
+            .iter()
+            .map(|c| format!("{} {} (default {})", c.name, c.value, c.default))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A setting's value as the headers write it: strings bare, `null`, `[]` and absent (a setting
+/// off by default, which records leave out) as `–`, lists as `[a, b]`, captioners `label=dir`.
+pub fn setting_text(v: Option<&serde_json::Value>) -> String {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) => "–".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.is_empty() => "–".into(),
+        Some(Value::Array(a)) => format!(
+            "[{}]",
+            a.iter()
+                .map(|x| setting_text(Some(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(Value::Object(m)) => match (m.get("label"), m.get("dir")) {
+            (Some(Value::String(l)), Some(Value::String(d))) if m.len() == 2 => format!("{l}={d}"),
+            _ => Value::Object(m.clone()).to_string(),
+        },
+        Some(other) => other.to_string(),
+    }
+}
+
+/// [`SettingsChanges`] of a run's settings.
+pub fn settings_changes(settings: &RunSettings) -> SettingsChanges {
+    let value = serde_json::to_value(settings).unwrap_or_default();
+    Preset::ALL
+        .iter()
+        .map(|&preset| {
+            let defaults = preset.run_settings(settings.biggan.is_some());
+            let defaults = serde_json::to_value(&defaults).unwrap_or_default();
+            let changed = all_differences(&defaults, &value)
+                .into_iter()
+                .map(|d| Changed {
+                    name: d.path,
+                    value: setting_text(d.new.as_ref()),
+                    default: setting_text(d.old.as_ref()),
+                })
+                .collect();
+            SettingsChanges { preset, changed }
+        })
+        // The first of equals: `real`.
+        .min_by_key(|c| c.changed.len())
+        .unwrap_or(SettingsChanges {
+            preset: Preset::Real,
+            changed: Vec::new(),
+        })
 }
 
 #[derive(Serialize)]
@@ -67,7 +162,8 @@ pub struct Corpus {
     pub photo: PhotoCorpus,
 }
 
-/// One generator's corpus figures.
+/// One generator's corpus figures. The `generated_with_photo` figures are `None` when no phrase
+/// it drew has a photo, and when every one has (they would repeat `generated`).
 #[derive(Serialize)]
 pub struct GeneratorCorpus {
     /// Phrases it drew (all of them, and those with a photo).
@@ -198,6 +294,9 @@ pub fn corpus(records: &[PhraseRecord], settings: &RunSettings) -> Corpus {
             .copied()
             .filter(|r| r.photo.is_some())
             .collect();
+        // Figures of the phrases with a photo only where they are a part of all phrases: where
+        // every phrase has one they would repeat the figures of all.
+        let some_with_photo = with_photo.len() < drawn.len();
         let mut captioners = BTreeMap::new();
         for c in &settings.captioners {
             let gen: Vec<(&PhraseRecord, &ScoredCaption)> = drawn
@@ -213,7 +312,7 @@ pub fn corpus(records: &[PhraseRecord], settings: &RunSettings) -> Corpus {
                 c.label.clone(),
                 GeneratedFigures {
                     generated: figures(&gen),
-                    generated_with_photo: figures(&gen_photo),
+                    generated_with_photo: figures(&gen_photo).filter(|_| some_with_photo),
                 },
             );
         }
@@ -224,7 +323,8 @@ pub fn corpus(records: &[PhraseRecord], settings: &RunSettings) -> Corpus {
                 with_photo: with_photo.len(),
                 clip_score: GeneratedMeans {
                     generated: mean(drawn.iter().map(|r| r.clip_score.generated)),
-                    generated_with_photo: mean(with_photo.iter().map(|r| r.clip_score.generated)),
+                    generated_with_photo: mean(with_photo.iter().map(|r| r.clip_score.generated))
+                        .filter(|_| some_with_photo),
                 },
                 mean_final_similarity: mean(drawn.iter().map(|r| r.final_similarity)),
                 captioners,
@@ -262,33 +362,43 @@ pub fn build<'a>(
             .collect(),
         corpus: corpus(records, &manifest.settings),
         columns: generator_columns(&manifest.settings, records),
+        changes: settings_changes(&manifest.settings),
     }
 }
 
 /// The files [`write_all`] wrote, and the report's [`summary`].
 pub struct Written {
     pub json: PathBuf,
+    pub csv: PathBuf,
     pub html: PathBuf,
     pub markdown: PathBuf,
     pub summary: String,
 }
 
-/// Writes `report.json`, `report.html` and `report.md`.
+/// Writes `report.json`, `report.csv`, `report.html` (its images as `gallery` says) and
+/// `report.md`.
 pub fn write_all(
     layout: &Layout,
     manifest: &Manifest,
     lines: &[usize],
     records: &[PhraseRecord],
+    gallery: GalleryImages,
 ) -> anyhow::Result<Written> {
     let report = build(manifest, lines, records);
     let json = layout.root.join("report.json");
     write_json(&json, &report)?;
+    let csv = layout.root.join("report.csv");
+    write_atomic(&csv, &super::table::csv(&report)?)?;
     let html = layout.root.join("report.html");
-    write_atomic(&html, super::html::render(&report, layout)?.as_bytes())?;
+    write_atomic(
+        &html,
+        super::html::render(&report, layout, gallery)?.as_bytes(),
+    )?;
     let markdown = layout.root.join("report.md");
     write_atomic(&markdown, self::markdown(&report).as_bytes())?;
     Ok(Written {
         json,
+        csv,
         html,
         markdown,
         summary: summary(&report),
@@ -399,6 +509,23 @@ pub fn summary(r: &Report) -> String {
     s
 }
 
+/// A path relative to the run folder as a relative URL: each segment percent-encoded except
+/// the characters that need none, so a link works whatever the file is named.
+pub fn url_path(rel: &str) -> String {
+    let mut s = String::with_capacity(rel.len());
+    for b in rel.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                s.push(b as char)
+            }
+            _ => {
+                let _ = write!(s, "%{b:02X}");
+            }
+        }
+    }
+    s
+}
+
 /// Escapes text for a Markdown table cell (and for the HTML that Markdown passes through).
 fn md(text: &str) -> String {
     let mut s = String::with_capacity(text.len());
@@ -441,6 +568,15 @@ pub fn generators_summary(r: &Report) -> String {
 /// A generator's settings as the report's header names them: `steps 30, size 32, ...` (BigGAN's
 /// with its model), from the run settings as recorded.
 pub fn generator_settings(settings: &RunSettings, g: GeneratorKind) -> String {
+    generator_setting_items(settings, g)
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`generator_settings`] as (name, value) pairs.
+pub fn generator_setting_items(settings: &RunSettings, g: GeneratorKind) -> Vec<(String, String)> {
     let value = match g {
         GeneratorKind::Siren => serde_json::to_value(&settings.siren).ok(),
         GeneratorKind::BigGan => settings
@@ -449,16 +585,11 @@ pub fn generator_settings(settings: &RunSettings, g: GeneratorKind) -> String {
             .and_then(|b| serde_json::to_value(b).ok()),
     };
     let Some(serde_json::Value::Object(m)) = value else {
-        return String::new();
+        return Vec::new();
     };
     m.iter()
-        .map(|(k, v)| match v {
-            serde_json::Value::String(s) => format!("{k} {s}"),
-            serde_json::Value::Null => format!("{k} –"),
-            other => format!("{k} {other}"),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|(k, v)| (k.clone(), setting_text(Some(v))))
+        .collect()
 }
 
 fn opt(x: Option<f64>) -> String {
@@ -486,8 +617,9 @@ fn md_figures(s: &mut String, label: &str, what: &str, f: &Option<Figures>) {
     );
 }
 
-/// `report.md`: the generators' settings, the corpus table (per captioner: each generator's
-/// images, then the real photos), then one row per image.
+/// `report.md`: the settings that differ from the defaults and each generator's, the corpus
+/// table (per captioner: each generator's images, then the real photos), then one row per image
+/// with links to the image, its frames and the photo beside the report.
 pub fn markdown(r: &Report) -> String {
     let c = &r.corpus;
     let columns = &r.columns;
@@ -495,23 +627,40 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "# roundtrip report\n");
     let _ = writeln!(
         s,
-        "{} phrases ({} with a real photo) from `{}`; generator {}, run seed {}, CLIP `{}`{}.\n",
+        "{} phrases ({} with a real photo) from `{}`; generator {}, run seed {}, CLIP `{}`, captioners {} (beam {}){}.\n",
         c.phrases,
         c.with_photo,
         md(r.prompts_file),
         md(&generators_summary(r)),
         r.settings.seed,
         md(&r.settings.clip),
+        md(&captioner_labels(r.settings)),
+        r.settings.beam,
         r.shard
             .as_ref()
             .map_or(String::new(), |k| format!(", shard {k}"))
     );
+    let preset = r.changes.preset.name();
+    if r.changes.changed.is_empty() {
+        let _ = writeln!(s, "Every setting is the `{preset}` preset's default.\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "Settings that differ from the `{preset}` preset's defaults: {}.\n",
+            md(&r.changes.summary())
+        );
+    }
     for g in columns {
         let _ = writeln!(s, "- {g}: {}", md(&generator_settings(r.settings, *g)));
     }
     let _ = writeln!(
         s,
-        "\nCorpus BLEU of each caption against its phrase (unsmoothed; method1 in report.json).\n"
+        "\nCorpus BLEU of each caption against its phrase (unsmoothed; method1 in report.json).{}\n",
+        if any_all_with_photo(c) {
+            " A generator's \"(phrases with a photo)\" row is left out where every phrase it drew has a photo: its own row is then like for like with the photos'."
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
@@ -540,11 +689,14 @@ pub fn markdown(r: &Report) -> String {
         let Some(gc) = c.generators.get(g.name()) else {
             continue;
         };
+        let with_photo = match gc.clip_score.generated_with_photo {
+            Some(x) => format!(" (phrases with a photo: {})", opt(Some(x))),
+            None => String::new(),
+        };
         let _ = writeln!(
             s,
-            "Mean CLIPScore of {g}'s images: {} (phrases with a photo: {}); mean guide similarity of its final images: {}.\n",
+            "Mean CLIPScore of {g}'s images: {}{with_photo}; mean guide similarity of its final images: {}.\n",
             opt(gc.clip_score.generated),
-            opt(gc.clip_score.generated_with_photo),
             opt(gc.mean_final_similarity)
         );
     }
@@ -554,9 +706,10 @@ pub fn markdown(r: &Report) -> String {
         opt(c.photo.clip_score)
     );
     let _ = writeln!(s, "## Phrases\n");
-    let mut head =
-        String::from("| line | phrase | generator | CLIPScore generated | CLIPScore photo |");
-    let mut rule = String::from("|---|---|---|---|---|");
+    let mut head = String::from(
+        "| line | phrase | generator | image | CLIPScore generated | photo | CLIPScore photo |",
+    );
+    let mut rule = String::from("|---|---|---|---|---|---|---|");
     for spec in &r.settings.captioners {
         let l = md(&spec.label);
         let _ = write!(head, " {l} on generated | {l} on photo |");
@@ -565,9 +718,16 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "{head}\n{rule}");
     for e in &r.phrases {
         let p = e.record;
+        let mut image = format!("[image]({})", url_path(&p.image));
+        if let Some(dir) = p.frames.first().and_then(|f| f.rsplit_once('/')) {
+            let _ = write!(image, ", [{} frames]({}/)", p.frames.len(), url_path(dir.0));
+        }
+        let photo = p.photo.as_ref().map_or("–".into(), |ph| {
+            format!("[photo]({})", url_path(&ph.file))
+        });
         let _ = write!(
             s,
-            "| {} | {} | {} | {:.4} | {} |",
+            "| {} | {} | {} | {image} | {:.4} | {photo} | {} |",
             e.line,
             md(&p.phrase),
             p.generator,
@@ -591,4 +751,61 @@ pub fn markdown(r: &Report) -> String {
         s.push('\n');
     }
     s
+}
+
+/// `vgg16, xception`.
+pub fn captioner_labels(settings: &RunSettings) -> String {
+    settings
+        .captioners
+        .iter()
+        .map(|c| c.label.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether some generator drew only phrases with a photo (so its "(phrases with a photo)" rows
+/// are left out).
+pub fn any_all_with_photo(c: &Corpus) -> bool {
+    c.generators
+        .values()
+        .any(|g| g.images > 0 && g.with_photo == g.images)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::GeneratorKind;
+
+    #[test]
+    fn changes_are_named_against_the_nearest_preset() {
+        let shapes = Preset::Shapes.run_settings(false);
+        let c = settings_changes(&shapes);
+        assert_eq!((c.preset, c.changed.len()), (Preset::Shapes, 0));
+        assert_eq!(c.summary(), "none");
+        let mut s = shapes.clone();
+        s.siren.steps = 20;
+        s.seed = 11;
+        s.generators = vec![GeneratorKind::Siren, GeneratorKind::BigGan];
+        s.biggan = Preset::Shapes.run_settings(true).biggan;
+        let c = settings_changes(&s);
+        assert_eq!(c.preset, Preset::Shapes);
+        assert_eq!(
+            c.summary(),
+            "generators [siren, biggan] (default [siren]), seed 11 (default 0), siren.steps 20 (default 150)"
+        );
+        assert!(c.contains("siren.steps") && !c.contains("siren.size"));
+        // A setting that records leave out while off reads `–` as its default.
+        let mut r = Preset::Real.run_settings(false);
+        r.siren.tv_weight = 0.5;
+        let c = settings_changes(&r);
+        assert_eq!(c.preset, Preset::Real);
+        assert_eq!(c.summary(), "siren.tv_weight 0.5 (default –)");
+    }
+
+    #[test]
+    fn urls_escape_what_a_path_may_hold() {
+        assert_eq!(url_path("images/a-b_c.png"), "images/a-b_c.png");
+        assert_eq!(url_path("photos/a b(1)#.png"), "photos/a%20b%281%29%23.png");
+        assert_eq!(url_path("é"), "%C3%A9");
+    }
 }

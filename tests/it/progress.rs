@@ -291,9 +291,10 @@ fn run_logs_each_step_with_the_runs_progress_and_ends_with_a_summary() {
         [
             format!("gallery: {}", out.join("report.html").display()),
             format!("table:   {}", out.join("report.md").display()),
+            format!("csv:     {}", out.join("report.csv").display()),
         ]
     );
-    for f in ["report.html", "report.md"] {
+    for f in ["report.html", "report.md", "report.csv"] {
         assert!(out.join(f).is_file(), "{f}");
     }
 

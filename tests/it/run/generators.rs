@@ -60,7 +60,7 @@ fn two_generators_draw_each_phrase_side_by_side_and_a_pinned_line_once() {
 
     let report = read_json(&out.join("report.json"));
     let r: Report = serde_json::from_value(report.clone()).unwrap();
-    assert_eq!(r.schema_version, 3);
+    assert_eq!(r.schema_version, 4);
     let got: Vec<(usize, &str, &str)> = r
         .phrases
         .iter()
@@ -164,10 +164,12 @@ fn two_generators_draw_each_phrase_side_by_side_and_a_pinned_line_once() {
     );
     assert!(cells(0)[3].contains("CLIPScore"), "{:?}", cells(0));
     assert_eq!(
-        doc.select(&sel("table.phrases img")).count(),
-        5 + 1,
-        "five generated images and one photo"
+        doc.select(&sel("table.phrases img.generated")).count(),
+        5,
+        "five generated images"
     );
+    assert_eq!(doc.select(&sel("table.phrases img.photo")).count(), 1);
+    assert_eq!(doc.select(&sel("img.frame")).count(), 0, "--save-every 0");
 
     // Shards merged give the same report; the merged folder resumes with nothing to compute.
     let args = with(&["--generators", "siren,biggan"]);
@@ -183,13 +185,34 @@ fn two_generators_draw_each_phrase_side_by_side_and_a_pinned_line_once() {
     let merged = dir.join("merged");
     let mut m = vec!["merge"];
     m.extend(shards.iter().map(String::as_str));
-    m.extend(["--out", merged.to_str().unwrap()]);
+    m.extend([
+        "--out",
+        merged.to_str().unwrap(),
+        "--gallery-images",
+        "link",
+    ]);
     let s = ok(&roundtrip(&m));
     assert!(s.contains("phrases 3\tshards 2\timages 5"), "{s}");
     assert_eq!(
         without_timings(read_json(&merged.join("report.json"))),
         without_timings(report)
     );
+    let csv = |d: &Path| std::fs::read_to_string(d.join("report.csv")).unwrap();
+    assert_eq!(csv(&merged), csv(&out));
+    // 2 captioners x (5 images + the photo beside each of its phrase's 2 images).
+    assert_eq!(csv(&out).lines().count(), 1 + 2 * (5 + 2));
+    // The merged gallery links its images (lazily loaded) instead of inlining them.
+    let html = std::fs::read_to_string(merged.join("report.html")).unwrap();
+    let doc = scraper::Html::parse_document(&html);
+    assert!(doc.errors.is_empty(), "HTML parse errors: {:?}", doc.errors);
+    let imgs: Vec<_> = doc.select(&sel("img")).collect();
+    assert_eq!(imgs.len(), 5 + 1);
+    for i in imgs {
+        let src = i.value().attr("src").unwrap();
+        assert!(merged.join(src).is_file(), "{src}");
+        assert_eq!(i.value().attr("loading"), Some("lazy"));
+    }
+    assert!(!html.contains("data:image/"));
     assert_eq!(count(&ok(&run(p, &merged, &args)), "computed"), 0);
 }
 
