@@ -154,7 +154,7 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
             model,
             init_latents,
         } => {
-            let m = locator.open(&ModelRef::parse(model)?)?;
+            let m = locator.open(&ModelRef::parse_option(model, "--biggan")?)?;
             let g = BigGan::load(&m, &req.device)
                 .with_context(|| format!("loading BigGAN `{model}`"))?;
             let cfg = g.config();
@@ -172,7 +172,7 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
             Some((g, m.record(), init))
         }
     };
-    let model = locator.open(&ModelRef::parse(&req.clip)?)?;
+    let model = locator.open(&ModelRef::parse_option(&req.clip, "--clip")?)?;
     let clip =
         Clip::load(&model, &req.device).with_context(|| format!("loading CLIP `{}`", req.clip))?;
     let (seed, seed_source) = match req.seed {
