@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::generate::GeneratorKind;
 use crate::hub::{
-    needed_files, presets, FileNeed, Fetched, LocateError, Locator, ModelRef, ModelSource, KINDS,
+    needed_files, presets, Fetched, FileNeed, LocateError, Locator, ModelRef, ModelSource, KINDS,
 };
 use crate::input_err;
 use crate::prompts::PromptFile;
@@ -305,7 +305,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            names(&req(&["real", "clip-vit-b32", "openai/clip-vit-base-patch32"])),
+            names(&req(&[
+                "real",
+                "clip-vit-b32",
+                "openai/clip-vit-base-patch32"
+            ])),
             ["clip-vit-b32", "biggan-deep-128", "vgg16", "xception"],
             "the same repository and files once"
         );
@@ -330,10 +334,16 @@ mod tests {
             files: vec!["a.json".into()],
             ..req(&["someone/model"])
         };
-        assert_eq!(targets(&with_files).unwrap().0[0].files, [FileNeed::one("a.json")]);
+        assert_eq!(
+            targets(&with_files).unwrap().0[0].files,
+            [FileNeed::one("a.json")]
+        );
 
         let e = targets(&req(&[])).unwrap_err().to_string();
-        assert!(e.contains("real, shapes") && e.contains("clip-vit-b32"), "{e}");
+        assert!(
+            e.contains("real, shapes") && e.contains("clip-vit-b32"),
+            "{e}"
+        );
         let e = targets(&req(&["biggan-deep-256"])).unwrap_err().to_string();
         assert!(e.contains("no hub repository"), "{e}");
         let dir = tempfile::tempdir().unwrap();
@@ -359,7 +369,10 @@ mod tests {
             names: vec!["vgg16".into()],
             ..req
         };
-        assert!(targets(&only_ref).unwrap_err().to_string().contains("name the preset"));
+        assert!(targets(&only_ref)
+            .unwrap_err()
+            .to_string()
+            .contains("name the preset"));
     }
 
     #[test]

@@ -26,37 +26,33 @@ pub enum LocateError {
     #[error("model folder {folder} has no `{file}`: expected the repository's files in the hub's layout (config.json, weights, ...)")]
     MissingInFolder { folder: PathBuf, file: String },
     #[error(
-        "{files} of hub repository `{repo}` (revision {revision}) {are} not in the local cache {cache} \
-         and HF_HUB_OFFLINE forbids downloading. Get {them} either (1) with network access \
-         (HF_HUB_OFFLINE unset): `{command}` downloads {them} into that cache; or (2) copy the \
+        "{files} of hub repository `{repo}` (revision {revision}) {} not in the local cache {cache} \
+         and HF_HUB_OFFLINE forbids downloading. Get {} either (1) with network access \
+         (HF_HUB_OFFLINE unset): `{}` downloads {} into that cache; or (2) copy the \
          repository's files into a folder (the hub's layout: {files} beside the other files) and \
-         {pass}"
+         {}",
+        .files.are(), .files.them(), .fix.command, .files.them(), .fix.pass
     )]
     NotCached {
         repo: String,
         revision: String,
         /// The file asked for, then the model's other missing files.
         files: Files,
-        are: &'static str,
-        them: &'static str,
         cache: PathBuf,
-        /// The command that downloads the model (`roundtrip models download REF`).
-        command: String,
-        /// How to pass a folder instead, naming the option (`pass that folder with --clip`).
-        pass: String,
+        fix: Box<HubFix>,
     },
     #[error(
         "cannot download `{file}` of hub repository `{repo}` (revision {revision}): {reason}. Get it either \
-         (1) with network access to the hub (check HF_ENDPOINT and HF_TOKEN): `{command}`, or (2) copy the \
-         repository's files into a folder (the hub's layout) and {pass}"
+         (1) with network access to the hub (check HF_ENDPOINT and HF_TOKEN): `{}`, or (2) copy the \
+         repository's files into a folder (the hub's layout) and {}",
+        .fix.command, .fix.pass
     )]
     Download {
         repo: String,
         revision: String,
         file: String,
         reason: String,
-        command: String,
-        pass: String,
+        fix: Box<HubFix>,
     },
     #[error(
         "`{spec}` is a folder or an embedded model, not a hub model: there is nothing to download \
@@ -77,6 +73,25 @@ pub enum LocateError {
         why: String,
         urls: String,
     },
+}
+
+/// How a hub error says to get the model: the command that downloads it, and how to pass a
+/// folder instead, naming the option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubFix {
+    /// `roundtrip models download REF`.
+    pub command: String,
+    /// `pass that folder with --clip`.
+    pub pass: String,
+}
+
+impl HubFix {
+    fn of(model: &ModelRef) -> Box<Self> {
+        Box::new(Self {
+            command: model.download_command(),
+            pass: model.pass_folder(),
+        })
+    }
 }
 
 /// One entry of `models/presets.json`.
@@ -280,6 +295,24 @@ pub fn shell_word(word: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Files(pub Vec<FileNeed>);
 
+impl Files {
+    fn are(&self) -> &'static str {
+        if self.0.len() > 1 {
+            "are"
+        } else {
+            "is"
+        }
+    }
+
+    fn them(&self) -> &'static str {
+        if self.0.len() > 1 {
+            "them"
+        } else {
+            "it"
+        }
+    }
+}
+
 impl std::fmt::Display for Files {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let quoted: Vec<String> = self.0.iter().map(ToString::to_string).collect();
@@ -418,6 +451,14 @@ impl Locator {
         Self::new(HubSettings::from_env())
     }
 
+    /// [`Locator::from_env`] for a command with a `--quiet` flag: no download progress when quiet.
+    pub fn from_env_quiet(quiet: bool) -> Self {
+        Self::new(HubSettings {
+            progress: !quiet,
+            ..HubSettings::from_env()
+        })
+    }
+
     /// Cache-only resolution from `cache_dir` (as `HF_HUB_OFFLINE=1`), without progress bars.
     pub fn offline(cache_dir: &Path) -> Self {
         Self::new(HubSettings {
@@ -499,8 +540,7 @@ impl Locator {
             revision: revision.to_owned(),
             file: name.to_owned(),
             reason,
-            command: model.download_command(),
-            pass: model.pass_folder(),
+            fix: HubFix::of(model),
         };
         let api = self.api().map_err(download_err)?;
         let hub_repo = hf_hub::Repo::with_revision(
@@ -571,17 +611,12 @@ impl Locator {
                 continue;
             }
             if self.settings.offline {
-                let missing = cache_status(cache, repo, revision, files).missing;
-                let many = missing.len() > 1;
                 return Err(LocateError::NotCached {
                     repo: repo.clone(),
                     revision: revision.clone(),
-                    files: Files(missing),
-                    are: if many { "are" } else { "is" },
-                    them: if many { "them" } else { "it" },
+                    files: Files(cache_status(cache, repo, revision, files).missing),
                     cache: cache.clone(),
-                    command: model.download_command(),
-                    pass: model.pass_folder(),
+                    fix: HubFix::of(model),
                 });
             }
             let mut first_err = None;
@@ -718,9 +753,7 @@ impl CacheStatus {
 pub fn cache_status(cache: &Path, repo: &str, revision: &str, files: &[FileNeed]) -> CacheStatus {
     let commit = cached_commit(cache, repo, revision);
     let folder = repo_cache_dir(cache, repo);
-    let snapshot = commit
-        .as_ref()
-        .map(|c| folder.join("snapshots").join(c));
+    let snapshot = commit.as_ref().map(|c| folder.join("snapshots").join(c));
     let mut present = Vec::new();
     let mut missing = Vec::new();
     for need in files {
@@ -879,19 +912,17 @@ impl Model<'_> {
                         .filter(|f| !f.0.iter().any(|n| n == name)),
                 );
             }
-            let many = files.len() > 1;
             return Err(LocateError::NotCached {
                 repo: repo.to_owned(),
                 revision: revision.to_owned(),
                 files: Files(files),
-                are: if many { "are" } else { "is" },
-                them: if many { "them" } else { "it" },
                 cache: settings.cache_dir.clone(),
-                command: self.reference.download_command(),
-                pass: self.reference.pass_folder(),
+                fix: HubFix::of(&self.reference),
             });
         }
-        let (commit, path) = self.locator.download(&self.reference, repo, revision, name)?;
+        let (commit, path) = self
+            .locator
+            .download(&self.reference, repo, revision, name)?;
         self.set_commit(commit);
         Ok(path)
     }

@@ -257,7 +257,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     };
 
     // The encoder: frozen (loaded) or trainable (initialised once its memory is known to fit).
-    let locator = Locator::from_env();
+    let locator = Locator::from_env_quiet(req.quiet);
     let encoder_config = req.encoder_config.as_deref().unwrap_or("shapes");
     let (frozen, trainable, encoder_spec) = if s.train_encoder {
         let geometry = encoder_geometry(req.encoder, encoder_config)?;
@@ -300,13 +300,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             .weights
             .clone()
             .unwrap_or_else(|| req.encoder.default_weights().to_owned());
-        let encoder = load_encoder_option(
-            req.encoder,
-            &weights,
-            "--weights",
-            &locator,
-            &req.device,
-        )?;
+        let encoder =
+            load_encoder_option(req.encoder, &weights, "--weights", &locator, &req.device)?;
         let feature_dim = encoder.encoder.feature_dim();
         check_training_memory(
             s,

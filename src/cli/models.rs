@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::fetch::{download, listing, snapshot_of, targets, Request};
-use crate::hub::{HubSettings, Locator, ModelRef};
+use crate::hub::{Locator, ModelRef};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -33,7 +33,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         prompts: Option<PathBuf>,
         /// For a hub id that is no preset: the kind of model it is (clip, biggan, vgg16,
-        /// xception), which says which files to download [default: the preset's files].
+        /// xception), which says which files to download [default: none; a preset's files are
+        /// known, another hub id needs --kind or --file].
         #[arg(long)]
         kind: Option<String>,
         /// A file to download of each hub id given (repeatable) [default: the preset's files,
@@ -127,11 +128,19 @@ fn list(json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
         (None, _) => "(no hub repository)".into(),
     };
     let w = l.presets.iter().map(|p| at(p).len()).max().unwrap_or(0);
+    writeln!(
+        out,
+        "{:<16} {:<9} {:<w$}  in the cache",
+        "preset", "kind", "repository@revision"
+    )?;
     for p in &l.presets {
         let state = match p.status {
             "cached" => format!(
                 "cached   {}",
-                p.snapshot.as_ref().map(|s| s.display().to_string()).unwrap_or_default()
+                p.snapshot
+                    .as_ref()
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_default()
             ),
             "no-hub" => "see `roundtrip models list --json` for its download URLs".to_owned(),
             status => format!(
@@ -148,7 +157,12 @@ fn list(json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
             "embedded in this binary, copied into {} on first use:",
             l.embedded_cache.display()
         )?;
-        let w = l.embedded.iter().map(|e| e.reference.len()).max().unwrap_or(0);
+        let w = l
+            .embedded
+            .iter()
+            .map(|e| e.reference.len())
+            .max()
+            .unwrap_or(0);
         for e in &l.embedded {
             let state = if e.copied {
                 format!("copied   {}", e.copy.display())
@@ -163,10 +177,7 @@ fn list(json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
 
 fn fetch(req: Request, json: bool, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let (wanted, notes) = targets(&req)?;
-    let locator = Locator::new(HubSettings {
-        progress: !quiet,
-        ..HubSettings::from_env()
-    });
+    let locator = Locator::from_env_quiet(quiet);
     for n in &notes {
         crate::stderr::status(quiet || json, format_args!("note: {n}"));
     }
@@ -193,7 +204,9 @@ fn fetch(req: Request, json: bool, quiet: bool, out: &mut dyn Write) -> anyhow::
                 fetched.len(),
                 indicatif::BinaryBytes(bytes),
                 f.files.len() - fetched.len(),
-                snapshot_of(f).map(|s| s.display().to_string()).unwrap_or_default()
+                snapshot_of(f)
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_default()
             )?;
         }
     }

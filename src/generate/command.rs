@@ -145,7 +145,7 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
     })?;
     let _ = std::fs::remove_file(&probe);
 
-    let locator = Locator::from_env();
+    let locator = Locator::from_env_quiet(req.quiet);
     // The generator's model first (and --init-latents against it): cheap checks before CLIP.
     let biggan = match &req.settings {
         GeneratorSettings::Siren(_) => None,

@@ -36,7 +36,7 @@ use std::time::Instant;
 use candle_core::Device;
 
 pub use crate::fingerprint::sha256_hex;
-use crate::hub::{HubSettings, Locator};
+use crate::hub::Locator;
 pub use manifest::{open_out_dir, prepare_out_dir, read_manifest, Layout, Manifest, PromptEntry};
 pub use settings::parse_generators;
 pub use settings::{
@@ -82,10 +82,7 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
     // 1. Plan, and check everything before any long work or any write: every missing model,
     // captioner or photo at once (hub models fetched when they are all that is missing).
     let plan = plan::plan(req)?;
-    let locator = Locator::new(HubSettings {
-        progress: !req.quiet,
-        ..HubSettings::from_env()
-    });
+    let locator = Locator::from_env_quiet(req.quiet);
     let mut missing = plan.missing.clone();
     missing.extend(requirements::check_models(&plan.settings, &locator));
     requirements::ensure(missing, &locator)?;

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
+use super::requirements::Missing;
 use super::settings::{effective_settings, validate_settings, RunSettings};
 use super::shard::{image_id, image_seed, phrase_id};
 use super::RunRequest;
 use crate::generate::GeneratorKind;
-use super::requirements::Missing;
 use crate::prompts::{Prompt, PromptFile};
 
 /// A phrase of this run with its file-name stem, its images and its photo (path, bytes, pixels).

@@ -510,7 +510,8 @@ mod tests {
         let lines: Vec<String> = missing.iter().map(ToString::to_string).collect();
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
-            lines[0].contains("`vocab.json` and `model.safetensors`") && lines[0].contains("--resume"),
+            lines[0].contains("`vocab.json` and `model.safetensors`")
+                && lines[0].contains("--resume"),
             "{}",
             lines[0]
         );
@@ -536,7 +537,10 @@ mod tests {
             ["clip-vit-b32", "biggan-deep-128", "vgg16", "xception"]
         );
         let plain = PromptFile::parse(Path::new("p.txt"), b"a cat\n").unwrap();
-        assert_eq!(specs(&siren, Some(&plain)), ["clip-vit-b32", "vgg16", "xception"]);
+        assert_eq!(
+            specs(&siren, Some(&plain)),
+            ["clip-vit-b32", "vgg16", "xception"]
+        );
         assert_eq!(
             specs(&[GeneratorKind::Siren, GeneratorKind::BigGan], Some(&plain)),
             ["clip-vit-b32", "biggan-deep-128", "vgg16", "xception"]

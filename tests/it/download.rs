@@ -35,7 +35,9 @@ struct FakeHub {
 }
 
 fn fixture_files(dir: &str, names: &[&str]) -> BTreeMap<String, Vec<u8>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     names
         .iter()
         .map(|n| (n.to_string(), std::fs::read(root.join(n)).unwrap()))
@@ -86,7 +88,12 @@ fn hub_repos() -> BTreeMap<(String, String), Served> {
     m
 }
 
-fn respond(stream: &mut std::net::TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) {
+fn respond(
+    stream: &mut std::net::TcpStream,
+    status: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) {
     let mut head = format!(
         "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -159,7 +166,12 @@ impl FakeHub {
                         format!("bytes {start}-{}/{len}", len.saturating_sub(1)),
                     ),
                 ];
-                respond(&mut stream, "206 Partial Content", &headers, &bytes[start..]);
+                respond(
+                    &mut stream,
+                    "206 Partial Content",
+                    &headers,
+                    &bytes[start..],
+                );
             }
         });
         FakeHub { endpoint, requests }
@@ -183,7 +195,14 @@ fn roundtrip(home: &Path, hub: Option<&FakeHub>) -> Command {
             "HF_ENDPOINT",
             hub.map_or("http://127.0.0.1:9".to_owned(), |h| h.endpoint.clone()),
         );
-    for proxy in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"] {
+    for proxy in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         c.env_remove(proxy);
     }
     c
@@ -207,21 +226,25 @@ fn download_fetches_a_preset_into_the_cache_once_and_list_shows_it() {
     let h = home.path();
 
     let o = out(
-        &mut roundtrip(h, Some(&hub)).env("ROUNDTRIP_HEARTBEAT_SECS", "0"),
+        roundtrip(h, Some(&hub)).env("ROUNDTRIP_HEARTBEAT_SECS", "0"),
         &["models", "download", "clip-vit-b32"],
     );
     let text = ok(&o);
     let snap = snapshot(h, CLIP_REPO, CLIP_COMMIT);
     assert!(
-        text.starts_with(&format!("clip-vit-b32\t{CLIP_REPO}@{CLIP_REV}\tdownloaded 3 ("))
-            && text.contains(&snap.display().to_string()),
+        text.starts_with(&format!(
+            "clip-vit-b32\t{CLIP_REPO}@{CLIP_REV}\tdownloaded 3 ("
+        )) && text.contains(&snap.display().to_string()),
         "{text}"
     );
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert_eq!(
             std::fs::read(snap.join(f)).unwrap(),
-            std::fs::read(format!("{}/tests/fixtures/clip_tiny/{f}", env!("CARGO_MANIFEST_DIR")))
-                .unwrap(),
+            std::fs::read(format!(
+                "{}/tests/fixtures/clip_tiny/{f}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
             "{f}"
         );
     }
@@ -234,19 +257,33 @@ fn download_fetches_a_preset_into_the_cache_once_and_list_shows_it() {
         e.contains(&format!("downloaded {CLIP_REPO} model.safetensors (")),
         "{e}"
     );
-    assert!(e.contains(&format!("{CLIP_REPO} model.safetensors ")) && e.contains("KiB"), "{e}");
+    assert!(
+        e.contains(&format!("{CLIP_REPO} model.safetensors ")) && e.contains("KiB"),
+        "{e}"
+    );
 
     // Again: everything is cached, the hub is not asked.
     let before = hub.count();
-    let o = out(&mut roundtrip(h, Some(&hub)), &["models", "fetch", "clip-vit-b32", "--json"]);
+    let o = out(
+        &mut roundtrip(h, Some(&hub)),
+        &["models", "fetch", "clip-vit-b32", "--json"],
+    );
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(hub.count(), before, "a cached model is not downloaded again");
+    assert_eq!(
+        hub.count(),
+        before,
+        "a cached model is not downloaded again"
+    );
     let m = &v["models"][0];
     assert_eq!(m["reference"], "clip-vit-b32");
     assert_eq!(m["fetched"]["commit"], CLIP_COMMIT);
     assert_eq!(m["fetched"]["files"].as_array().unwrap().len(), 3);
-    assert!(m["fetched"]["files"].as_array().unwrap().iter().all(|f| f["downloaded"] == false));
+    assert!(m["fetched"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["downloaded"] == false));
     assert_eq!(v["hub_cache"], h.join("hub").display().to_string());
 
     // Offline, the locator finds the files the download put there.
@@ -265,7 +302,10 @@ fn download_fetches_a_preset_into_the_cache_once_and_list_shows_it() {
             .unwrap_or_else(|| panic!("no {name} in {text}"))
             .to_owned()
     };
-    assert!(text.starts_with(&format!("hub cache: {}\n", h.join("hub").display())), "{text}");
+    assert!(
+        text.starts_with(&format!("hub cache: {}\n", h.join("hub").display())),
+        "{text}"
+    );
     assert!(
         line("clip-vit-b32").contains(&format!("cached   {}", snap.display())),
         "{text}"
@@ -280,7 +320,10 @@ fn download_fetches_a_preset_into_the_cache_once_and_list_shows_it() {
         serde_json::from_slice(&out(&mut roundtrip(h, None), &["models", "list", "--json"]).stdout)
             .unwrap();
     let presets = v["presets"].as_array().unwrap();
-    let clip = presets.iter().find(|p| p["name"] == "clip-vit-b32").unwrap();
+    let clip = presets
+        .iter()
+        .find(|p| p["name"] == "clip-vit-b32")
+        .unwrap();
     assert_eq!(clip["status"], "cached");
     assert_eq!(clip["snapshot"], snap.display().to_string());
     let vgg = presets.iter().find(|p| p["name"] == "vgg16").unwrap();
@@ -297,7 +340,14 @@ fn download_real_takes_what_a_prompts_file_needs() {
     std::fs::write(&p, "a cat\n").unwrap();
     let v: Value = serde_json::from_slice(&ok_bytes(&out(
         &mut roundtrip(h, Some(&hub)),
-        &["models", "download", "--prompts", p.to_str().unwrap(), "--json", "--quiet"],
+        &[
+            "models",
+            "download",
+            "--prompts",
+            p.to_str().unwrap(),
+            "--json",
+            "--quiet",
+        ],
     )))
     .unwrap();
     let refs: Vec<&str> = v["models"]
@@ -306,25 +356,40 @@ fn download_real_takes_what_a_prompts_file_needs() {
         .iter()
         .map(|m| m["reference"].as_str().unwrap())
         .collect();
-    assert_eq!(refs, ["clip-vit-b32", "vgg16", "xception"], "no BigGAN line, no BigGAN");
+    assert_eq!(
+        refs,
+        ["clip-vit-b32", "vgg16", "xception"],
+        "no BigGAN line, no BigGAN"
+    );
     assert!(!snapshot(h, BIGGAN_REPO, BIGGAN_REV).exists());
 
     std::fs::write(&p, "a cat\n[biggan] a macaw\n").unwrap();
     let o = out(
         &mut roundtrip(h, Some(&hub)),
-        &["models", "download", "real", "--prompts", p.to_str().unwrap(), "--quiet"],
+        &[
+            "models",
+            "download",
+            "real",
+            "--prompts",
+            p.to_str().unwrap(),
+            "--quiet",
+        ],
     );
     let text = ok(&o);
     assert!(stderr(&o).is_empty(), "--quiet: {}", stderr(&o));
     assert!(
-        text.lines().any(|l| l.starts_with("biggan-deep-128\t") && l.contains("downloaded 2")),
+        text.lines()
+            .any(|l| l.starts_with("biggan-deep-128\t") && l.contains("downloaded 2")),
         "{text}"
     );
     assert!(
-        text.lines().any(|l| l.starts_with("clip-vit-b32\t") && l.contains("downloaded 0")),
+        text.lines()
+            .any(|l| l.starts_with("clip-vit-b32\t") && l.contains("downloaded 0")),
         "{text}"
     );
-    assert!(snapshot(h, BIGGAN_REPO, BIGGAN_REV).join("pytorch_model.bin").is_file());
+    assert!(snapshot(h, BIGGAN_REPO, BIGGAN_REV)
+        .join("pytorch_model.bin")
+        .is_file());
 
     // `shapes` needs nothing from the hub.
     let o = out(&mut roundtrip(h, None), &["models", "download", "shapes"]);
@@ -351,7 +416,16 @@ fn download_failures_are_listed_together_and_exit_2() {
     let h = home.path();
     let o = out(
         &mut roundtrip(h, Some(&hub)),
-        &["models", "download", "clip-vit-b32", "nobody/nothing", "vgg16", "--kind", "clip", "--quiet"],
+        &[
+            "models",
+            "download",
+            "clip-vit-b32",
+            "nobody/nothing",
+            "vgg16",
+            "--kind",
+            "clip",
+            "--quiet",
+        ],
     );
     let e = fails(&o);
     assert!(e.contains("2 of 3 models could not be downloaded"), "{e}");
@@ -359,7 +433,10 @@ fn download_failures_are_listed_together_and_exit_2() {
         e.contains("clip-vit-b32: cannot download `tokenizer.json`") && e.contains("404"),
         "{e}"
     );
-    assert!(e.contains("nobody/nothing: cannot download `config.json`"), "{e}");
+    assert!(
+        e.contains("nobody/nothing: cannot download `config.json`"),
+        "{e}"
+    );
     // What could be had was fetched and reported.
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("vgg16\ttimm/vgg16.tv_in1k@main"));
 
@@ -381,7 +458,11 @@ fn download_failures_are_listed_together_and_exit_2() {
     assert!(e.contains("nothing to download"), "{e}");
     let e = fails(&out(
         &mut roundtrip(h, None),
-        &["models", "download", &format!("{}/tests/fixtures/clip_tiny", env!("CARGO_MANIFEST_DIR"))],
+        &[
+            "models",
+            "download",
+            &format!("{}/tests/fixtures/clip_tiny", env!("CARGO_MANIFEST_DIR")),
+        ],
     ));
     assert!(e.contains("not a hub model"), "{e}");
 }
@@ -411,8 +492,15 @@ fn run_lists_everything_missing_at_once_then_fetches_what_the_hub_has() {
     ];
     let o = out(&mut roundtrip(h, Some(&hub)), &base);
     let e = fails(&o);
-    assert_eq!(hub.count(), 0, "nothing downloaded while the run cannot start");
-    assert!(!run_out.exists() && !h.join("runs").exists(), "nothing written");
+    assert_eq!(
+        hub.count(),
+        0,
+        "nothing downloaded while the run cannot start"
+    );
+    assert!(
+        !run_out.exists() && !h.join("runs").exists(),
+        "nothing written"
+    );
     for part in [
         "6 of its requirements are missing (nothing was written)",
         "p.txt:1: photo `photos/none.jpg` not found",
