@@ -26,28 +26,39 @@ pub enum LocateError {
     #[error("model folder {folder} has no `{file}`: expected the repository's files in the hub's layout (config.json, weights, ...)")]
     MissingInFolder { folder: PathBuf, file: String },
     #[error(
-        "`{file}` of hub repository `{repo}` (revision {revision}) is not in the local cache {cache} \
-         and HF_HUB_OFFLINE forbids downloading it. Get it either (1) with network access: unset \
-         HF_HUB_OFFLINE and run again, it is downloaded into the cache; or (2) copy the repository's \
-         files into a folder (the hub's layout: `{file}` and its siblings side by side) and pass that folder instead"
+        "{files} of hub repository `{repo}` (revision {revision}) {} not in the local cache {cache} \
+         and HF_HUB_OFFLINE forbids downloading. Get {} either (1) with network access \
+         (HF_HUB_OFFLINE unset): `{}` downloads {} into that cache; or (2) copy the \
+         repository's files into a folder (the hub's layout: {files} beside the other files) and \
+         {}",
+        .files.are(), .files.them(), .fix.command, .files.them(), .fix.pass
     )]
     NotCached {
         repo: String,
         revision: String,
-        file: String,
+        /// The file asked for, then the model's other missing files.
+        files: Files,
         cache: PathBuf,
+        fix: Box<HubFix>,
     },
     #[error(
         "cannot download `{file}` of hub repository `{repo}` (revision {revision}): {reason}. Get it either \
-         (1) with network access to the hub (check HF_ENDPOINT and HF_TOKEN), or (2) copy the repository's \
-         files into a folder (the hub's layout) and pass that folder instead"
+         (1) with network access to the hub (check HF_ENDPOINT and HF_TOKEN): `{}`, or (2) copy the \
+         repository's files into a folder (the hub's layout) and {}",
+        .fix.command, .fix.pass
     )]
     Download {
         repo: String,
         revision: String,
         file: String,
         reason: String,
+        fix: Box<HubFix>,
     },
+    #[error(
+        "`{spec}` is a folder or an embedded model, not a hub model: there is nothing to download \
+         (expected a preset of models/presets.json or a hub id `org/name[@revision]`)"
+    )]
+    NotHub { spec: String },
     #[error("model `{spec}` is not embedded in this binary (it embeds {embedded}): {why}")]
     NotEmbedded {
         spec: String,
@@ -62,6 +73,25 @@ pub enum LocateError {
         why: String,
         urls: String,
     },
+}
+
+/// How a hub error says to get the model: the command that downloads it, and how to pass a
+/// folder instead, naming the option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubFix {
+    /// `roundtrip models download REF`.
+    pub command: String,
+    /// `pass that folder with --clip`.
+    pub pass: String,
+}
+
+impl HubFix {
+    fn of(model: &ModelRef) -> Box<Self> {
+        Box::new(Self {
+            command: model.download_command(),
+            pass: model.pass_folder(),
+        })
+    }
 }
 
 /// One entry of `models/presets.json`.
@@ -116,6 +146,9 @@ pub struct ModelRef {
     /// The preset it named or matched, if any.
     pub preset: Option<String>,
     pub source: ModelSource,
+    /// The command-line option that gave it (`--clip`), named by errors that say how to pass a
+    /// folder instead.
+    pub option: Option<String>,
 }
 
 fn is_hub_name(s: &str) -> bool {
@@ -147,6 +180,7 @@ impl ModelRef {
                 spec: spec.to_owned(),
                 preset: None,
                 source: ModelSource::Embedded(found?),
+                option: None,
             });
         }
         let path = Path::new(spec);
@@ -155,6 +189,7 @@ impl ModelRef {
                 spec: spec.to_owned(),
                 preset: None,
                 source: ModelSource::Folder(path.into()),
+                option: None,
             });
         }
         if path.is_file() {
@@ -193,6 +228,7 @@ impl ModelRef {
                     repo: repo.clone(),
                     revision,
                 },
+                option: None,
             });
         }
         if !is_hub_id(id) {
@@ -211,8 +247,127 @@ impl ModelRef {
                 repo: id.to_owned(),
                 revision,
             },
+            option: None,
         })
     }
+
+    /// [`ModelRef::parse`] of the value of a command-line option (`--clip`), which errors then
+    /// name.
+    pub fn parse_option(spec: &str, option: &str) -> Result<Self, LocateError> {
+        Ok(Self::parse(spec)?.with_option(option))
+    }
+
+    /// The same reference, given by `option`.
+    pub fn with_option(mut self, option: &str) -> Self {
+        self.option = Some(option.to_owned());
+        self
+    }
+
+    /// The command that downloads this reference's hub files into the cache.
+    pub fn download_command(&self) -> String {
+        format!("roundtrip models download {}", shell_word(&self.spec))
+    }
+
+    /// How to pass a folder in its place: with its option, else in place of the reference.
+    pub fn pass_folder(&self) -> String {
+        match &self.option {
+            Some(o) => format!("pass that folder with {o}"),
+            None => format!("pass that folder in place of `{}`", self.spec),
+        }
+    }
+}
+
+/// `word` as a shell reads it back: quoted when it holds anything but plain characters.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./@=:,+".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// Files named in a message: `` `a` ``, `` `a` and `b` ``, `` `a`, `b` and `c` `` (an
+/// alternative as `` `a` or `b` ``).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files(pub Vec<FileNeed>);
+
+impl Files {
+    fn are(&self) -> &'static str {
+        if self.0.len() > 1 {
+            "are"
+        } else {
+            "is"
+        }
+    }
+
+    fn them(&self) -> &'static str {
+        if self.0.len() > 1 {
+            "them"
+        } else {
+            "it"
+        }
+    }
+}
+
+impl std::fmt::Display for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        match quoted.split_last() {
+            None => Ok(()),
+            Some((last, [])) => write!(f, "{last}"),
+            Some((last, rest)) => write!(f, "{} and {last}", rest.join(", ")),
+        }
+    }
+}
+
+/// A file a model needs: one name, or alternatives (`pytorch_model.bin` or `model.safetensors`),
+/// the first tried first when downloading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct FileNeed(pub Vec<String>);
+
+impl FileNeed {
+    pub fn one(name: &str) -> Self {
+        Self(vec![name.to_owned()])
+    }
+}
+
+impl std::fmt::Display for FileNeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted: Vec<String> = self.0.iter().map(|n| format!("`{n}`")).collect();
+        write!(f, "{}", quoted.join(" or "))
+    }
+}
+
+/// The kinds of model the tool loads (`kind` in models/presets.json).
+pub const KINDS: [&str; 4] = ["clip", "biggan", "vgg16", "xception"];
+
+/// The files a model of `kind` is loaded from (what its loader asks the locator for); `None`
+/// for an unknown kind.
+pub fn kind_files(kind: &str) -> Option<Vec<FileNeed>> {
+    let v = |names: &[&str]| names.iter().map(|n| FileNeed::one(n)).collect::<Vec<_>>();
+    match kind {
+        "clip" => Some(v(&["config.json", "model.safetensors", "tokenizer.json"])),
+        "vgg16" | "xception" => Some(v(&["config.json", "model.safetensors"])),
+        "biggan" => Some(vec![
+            FileNeed::one("config.json"),
+            FileNeed(vec!["pytorch_model.bin".into(), "model.safetensors".into()]),
+        ]),
+        _ => None,
+    }
+}
+
+/// The files to fetch or check of a hub reference: its preset's (pinned in models/presets.json),
+/// else those of a model of `kind`.
+pub fn needed_files(model: &ModelRef, kind: Option<&str>) -> Option<Vec<FileNeed>> {
+    if let Some(p) = model.preset.as_deref().and_then(preset) {
+        return Some(p.files.iter().map(|f| FileNeed::one(f)).collect());
+    }
+    kind.and_then(kind_files)
 }
 
 /// How to reach the hub: read from the environment as huggingface_hub does.
@@ -224,7 +379,8 @@ pub struct HubSettings {
     pub token: Option<String>,
     /// Cache only, never the network.
     pub offline: bool,
-    /// Show download progress bars (on stderr).
+    /// Show download progress on stderr (a bar on a terminal, heartbeat lines in a log) and a
+    /// line per file downloaded.
     pub progress: bool,
 }
 
@@ -252,7 +408,7 @@ impl HubSettings {
             endpoint: env_nonempty("HF_ENDPOINT"),
             token: env_nonempty("HF_TOKEN"),
             offline: env_nonempty("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
-            progress: crate::stderr::is_terminal(),
+            progress: true,
         }
     }
 }
@@ -293,6 +449,14 @@ impl Locator {
 
     pub fn from_env() -> Self {
         Self::new(HubSettings::from_env())
+    }
+
+    /// [`Locator::from_env`] for a command with a `--quiet` flag: no download progress when quiet.
+    pub fn from_env_quiet(quiet: bool) -> Self {
+        Self::new(HubSettings {
+            progress: !quiet,
+            ..HubSettings::from_env()
+        })
     }
 
     /// Cache-only resolution from `cache_dir` (as `HF_HUB_OFFLINE=1`), without progress bars.
@@ -342,10 +506,11 @@ impl Locator {
         self.api
             .get_or_init(|| {
                 let s = &self.settings;
+                // Progress goes through crate::stderr (DownloadProgress), not hf-hub's own bars.
                 let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(
                     s.cache_dir.clone(),
                 ))
-                .with_progress(s.progress);
+                .with_progress(false);
                 if let Some(e) = &s.endpoint {
                     b = b.with_endpoint(e.clone());
                 }
@@ -357,6 +522,269 @@ impl Locator {
             .as_ref()
             .map_err(Clone::clone)
     }
+}
+
+impl Locator {
+    /// Downloads one file of a hub repository into the cache, with a progress bar (a heartbeat
+    /// line without a terminal) unless the settings say no progress, and a line when done;
+    /// returns the commit it came from and its path.
+    fn download(
+        &self,
+        model: &ModelRef,
+        repo: &str,
+        revision: &str,
+        name: &str,
+    ) -> Result<(String, PathBuf), LocateError> {
+        let download_err = |reason: String| LocateError::Download {
+            repo: repo.to_owned(),
+            revision: revision.to_owned(),
+            file: name.to_owned(),
+            reason,
+            fix: HubFix::of(model),
+        };
+        let api = self.api().map_err(download_err)?;
+        let hub_repo = hf_hub::Repo::with_revision(
+            repo.to_owned(),
+            hf_hub::RepoType::Model,
+            revision.to_owned(),
+        );
+        let quiet = !self.settings.progress;
+        let started = std::time::Instant::now();
+        let progress = DownloadProgress {
+            prefix: format!("{repo} {name}"),
+            quiet,
+            bar: None,
+        };
+        let path = api
+            .repo(hub_repo)
+            .download_with_progress(name, progress)
+            .map_err(|e| download_err(e.to_string()))?;
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        crate::stderr::status(
+            quiet,
+            format_args!(
+                "downloaded {repo} {name} ({}) in {}",
+                indicatif::BinaryBytes(bytes),
+                crate::stderr::duration(started.elapsed())
+            ),
+        );
+        // The file lands in snapshots/COMMIT/NAME: the commit is the folder above the file name.
+        let mut commit_dir = path.clone();
+        for _ in name.split('/') {
+            commit_dir.pop();
+        }
+        let commit = commit_dir
+            .file_name()
+            .and_then(|c| c.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        // hf-hub records the revision's commit only for the revision asked; a pinned ref that
+        // is not a commit resolves from the cache next time through that ref file.
+        Ok((commit, path))
+    }
+
+    /// Makes every file of `files` of a hub reference present in the cache (downloading the
+    /// missing ones; of alternatives, the first the hub has) and says for each whether it was
+    /// there. Not for folder or embedded references (an input error naming the reference).
+    /// Stops at the first file that cannot be had.
+    pub fn fetch(&self, model: &ModelRef, files: &[FileNeed]) -> Result<Fetched, LocateError> {
+        let ModelSource::Hub { repo, revision } = &model.source else {
+            return Err(LocateError::NotHub {
+                spec: model.spec.clone(),
+            });
+        };
+        let cache = &self.settings.cache_dir;
+        let mut out = Fetched {
+            repo: repo.clone(),
+            revision: revision.clone(),
+            commit: None,
+            files: Vec::new(),
+        };
+        for need in files {
+            let cached = need
+                .0
+                .iter()
+                .find_map(|n| cached_file(cache, repo, revision, n).map(|(c, p)| (n, c, p)));
+            if let Some((name, commit, path)) = cached {
+                out.commit = Some(commit);
+                out.files.push(FetchedFile::new(name, path, false));
+                continue;
+            }
+            if self.settings.offline {
+                return Err(LocateError::NotCached {
+                    repo: repo.clone(),
+                    revision: revision.clone(),
+                    files: Files(cache_status(cache, repo, revision, files).missing),
+                    cache: cache.clone(),
+                    fix: HubFix::of(model),
+                });
+            }
+            let mut first_err = None;
+            let mut got = None;
+            for name in &need.0 {
+                match self.download(model, repo, revision, name) {
+                    Ok((commit, path)) => {
+                        got = Some((name, commit, path));
+                        break;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            match (got, first_err) {
+                (Some((name, commit, path)), _) => {
+                    out.commit = Some(commit);
+                    out.files.push(FetchedFile::new(name, path, true));
+                }
+                (None, Some(e)) => return Err(e),
+                (None, None) => {}
+            }
+        }
+        if let Some(c) = &out.commit {
+            // A revision that names a branch or ref: record it, so that the cache resolves it
+            // without the network (hf-hub writes it too; this covers files that were cached).
+            if !is_commit_hash(revision) && cached_commit(cache, repo, revision).is_none() {
+                let refs = repo_cache_dir(cache, repo).join("refs").join(revision);
+                if let Some(parent) = refs.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                let _ = std::fs::write(&refs, c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the cache holds of `files` of a hub repository, without the network.
+    pub fn cache_status(&self, repo: &str, revision: &str, files: &[FileNeed]) -> CacheStatus {
+        cache_status(&self.settings.cache_dir, repo, revision, files)
+    }
+}
+
+/// What [`Locator::fetch`] did for one reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fetched {
+    pub repo: String,
+    pub revision: String,
+    /// The commit the files came from.
+    pub commit: Option<String>,
+    pub files: Vec<FetchedFile>,
+}
+
+/// One file of a [`Fetched`] reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FetchedFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Whether this call downloaded it (else it was in the cache).
+    pub downloaded: bool,
+}
+
+impl FetchedFile {
+    fn new(name: &str, path: PathBuf, downloaded: bool) -> Self {
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Self {
+            name: name.to_owned(),
+            path,
+            bytes,
+            downloaded,
+        }
+    }
+}
+
+/// hf-hub's download progress as a [`crate::stderr::Bar`] of bytes (created when the download
+/// knows its size; a resumed download restarts it at what is already there).
+struct DownloadProgress {
+    prefix: String,
+    quiet: bool,
+    bar: Option<crate::stderr::Bar>,
+}
+
+impl hf_hub::api::Progress for DownloadProgress {
+    fn init(&mut self, size: usize, _filename: &str) {
+        match &self.bar {
+            Some(b) => b.start_at(0),
+            None => {
+                self.bar = Some(crate::stderr::Bar::bytes(
+                    size as u64,
+                    &self.prefix,
+                    self.quiet,
+                ))
+            }
+        }
+    }
+
+    fn update(&mut self, size: usize) {
+        if let Some(b) = &self.bar {
+            b.inc(size as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// What the cache holds of a hub repository's files at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheStatus {
+    /// `models--org--name` in the cache (whether or not it exists).
+    pub folder: PathBuf,
+    /// The commit the revision points to in the cache, if known there.
+    pub commit: Option<String>,
+    /// `snapshots/COMMIT`, when the commit is known.
+    pub snapshot: Option<PathBuf>,
+    /// The files there (of alternatives, the one found), with their paths.
+    pub present: Vec<(String, PathBuf)>,
+    /// The files not there.
+    pub missing: Vec<FileNeed>,
+}
+
+impl CacheStatus {
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// [`Locator::cache_status`] of the cache folder `cache`.
+pub fn cache_status(cache: &Path, repo: &str, revision: &str, files: &[FileNeed]) -> CacheStatus {
+    let commit = cached_commit(cache, repo, revision);
+    let folder = repo_cache_dir(cache, repo);
+    let snapshot = commit.as_ref().map(|c| folder.join("snapshots").join(c));
+    let mut present = Vec::new();
+    let mut missing = Vec::new();
+    for need in files {
+        let found = snapshot.as_ref().and_then(|snap| {
+            need.0
+                .iter()
+                .map(|n| (n, snap.join(n)))
+                .find(|(_, p)| p.is_file())
+        });
+        match found {
+            Some((n, p)) => present.push((n.clone(), p)),
+            None => missing.push(need.clone()),
+        }
+    }
+    CacheStatus {
+        folder,
+        commit,
+        snapshot,
+        present,
+        missing,
+    }
+}
+
+/// A file of a revision in the cache: its commit and path.
+fn cached_file(cache: &Path, repo: &str, revision: &str, name: &str) -> Option<(String, PathBuf)> {
+    let commit = cached_commit(cache, repo, revision)?;
+    let p = repo_cache_dir(cache, repo)
+        .join("snapshots")
+        .join(&commit)
+        .join(name);
+    p.is_file().then_some((commit, p))
 }
 
 /// The cache folder of one repository, in Python's layout.
@@ -456,62 +884,46 @@ impl Model<'_> {
         match &self.reference.source {
             ModelSource::Folder(_) | ModelSource::Embedded(_) => false,
             ModelSource::Hub { repo, revision } => {
-                let cache = &self.locator.settings.cache_dir;
-                cached_commit(cache, repo, revision).is_some_and(|c| {
-                    repo_cache_dir(cache, repo)
-                        .join("snapshots")
-                        .join(c)
-                        .join(name)
-                        .is_file()
-                })
+                cached_file(&self.locator.settings.cache_dir, repo, revision, name).is_some()
             }
         }
     }
 
     fn hub_file(&self, repo: &str, revision: &str, name: &str) -> Result<PathBuf, LocateError> {
         let settings = &self.locator.settings;
-        if let Some(commit) = cached_commit(&settings.cache_dir, repo, revision) {
-            let p = repo_cache_dir(&settings.cache_dir, repo)
-                .join("snapshots")
-                .join(&commit)
-                .join(name);
-            if p.is_file() {
-                self.set_commit(commit);
-                return Ok(p);
-            }
+        if let Some((commit, p)) = cached_file(&settings.cache_dir, repo, revision, name) {
+            self.set_commit(commit);
+            return Ok(p);
         }
         if settings.offline {
+            // The file asked for, then the preset's other files that are missing too.
+            let mut files = vec![FileNeed::one(name)];
+            if let Some(p) = self.reference.preset.as_deref().and_then(preset) {
+                let status = cache_status(
+                    &settings.cache_dir,
+                    repo,
+                    revision,
+                    &needed_files(&self.reference, Some(&p.kind)).unwrap_or_default(),
+                );
+                files.extend(
+                    status
+                        .missing
+                        .into_iter()
+                        .filter(|f| !f.0.iter().any(|n| n == name)),
+                );
+            }
             return Err(LocateError::NotCached {
                 repo: repo.to_owned(),
                 revision: revision.to_owned(),
-                file: name.to_owned(),
+                files: Files(files),
                 cache: settings.cache_dir.clone(),
+                fix: HubFix::of(&self.reference),
             });
         }
-        let download_err = |reason: String| LocateError::Download {
-            repo: repo.to_owned(),
-            revision: revision.to_owned(),
-            file: name.to_owned(),
-            reason,
-        };
-        let api = self.locator.api().map_err(download_err)?;
-        let hub_repo = hf_hub::Repo::with_revision(
-            repo.to_owned(),
-            hf_hub::RepoType::Model,
-            revision.to_owned(),
-        );
-        let path = api
-            .repo(hub_repo)
-            .get(name)
-            .map_err(|e| download_err(e.to_string()))?;
-        // The file lands in snapshots/COMMIT/NAME: the commit is the folder above the file name.
-        let mut commit_dir = path.clone();
-        for _ in name.split('/') {
-            commit_dir.pop();
-        }
-        if let Some(c) = commit_dir.file_name().and_then(|c| c.to_str()) {
-            self.set_commit(c.to_owned());
-        }
+        let (commit, path) = self
+            .locator
+            .download(&self.reference, repo, revision, name)?;
+        self.set_commit(commit);
         Ok(path)
     }
 

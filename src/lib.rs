@@ -13,6 +13,7 @@ pub mod diff;
 pub mod embedded;
 pub mod error;
 pub mod features;
+pub mod fetch;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod gan;

@@ -44,9 +44,31 @@ impl PromptFile {
         Ok(Self::parse(path, &bytes)?)
     }
 
+    /// [`PromptFile::load`], with the photos that are not found returned (one error a line,
+    /// `FILE:LINE: photo ... not found`) instead of failing on the first: a run lists them with
+    /// everything else it lacks. Any other bad line still fails.
+    pub fn load_listing_photos(path: &Path) -> anyhow::Result<(Self, Vec<InputError>)> {
+        let bytes = read_input_file(path)?;
+        Ok(Self::parse_listing_photos(path, &bytes)?)
+    }
+
     /// Parses prompts from bytes; `path` names the file in errors and anchors photo paths.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, InputError> {
+        let (file, mut missing) = Self::parse_listing_photos(path, bytes)?;
+        match missing.is_empty() {
+            true => Ok(file),
+            false => Err(missing.swap_remove(0)),
+        }
+    }
+
+    /// [`PromptFile::parse`], with the photos that are not found returned in line order (their
+    /// prompts keep the resolved path) instead of failing on the first.
+    pub fn parse_listing_photos(
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<(Self, Vec<InputError>), InputError> {
         let base = path.parent().unwrap_or(Path::new(""));
+        let mut missing_photos = Vec::new();
         let mut prompts = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, line) in utf8_lines(path, bytes)?.into_iter().enumerate() {
@@ -106,7 +128,7 @@ impl PromptFile {
                 Some(f) => {
                     let resolved = base.join(f);
                     if !resolved.is_file() {
-                        return Err(err(format!(
+                        missing_photos.push(err(format!(
                             "photo `{f}` not found (looked for {})",
                             resolved.display()
                         )));
@@ -128,10 +150,13 @@ impl PromptFile {
                 path.display()
             )));
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            prompts,
-        })
+        Ok((
+            Self {
+                path: path.to_path_buf(),
+                prompts,
+            },
+            missing_photos,
+        ))
     }
 }
 

@@ -161,19 +161,36 @@ pub struct Bar {
     eta: Eta,
     /// The text between `{pos}/{len}` and the message (` steps,` for a run).
     unit: &'static str,
+    /// Steps are bytes, shown as `1.2 MiB/605.0 MiB` (a download).
+    bytes: bool,
     parent: Option<Box<Bar>>,
 }
 
 impl Bar {
     fn create(len: u64, prefix: &str, quiet: bool, eta: Eta, unit: &'static str) -> Self {
+        Self::create_counting(len, prefix, quiet, eta, unit, false)
+    }
+
+    fn create_counting(
+        len: u64,
+        prefix: &str,
+        quiet: bool,
+        eta: Eta,
+        unit: &'static str,
+        bytes: bool,
+    ) -> Self {
         let drawn = !quiet && is_terminal();
         let pb = if drawn {
             bars().add(ProgressBar::new(len))
         } else {
             ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden())
         };
-        let template =
-            format!("{{prefix}} [{{wide_bar}}] {{pos}}/{{len}}{unit} {{msg}} ETA {{eta}}");
+        let counts = if bytes {
+            "{binary_bytes}/{binary_total_bytes}"
+        } else {
+            "{pos}/{len}"
+        };
+        let template = format!("{{prefix}} [{{wide_bar}}] {counts}{unit} {{msg}} ETA {{eta}}");
         if let Ok(style) = ProgressStyle::with_template(&template) {
             let style = style
                 .with_key(
@@ -193,6 +210,7 @@ impl Bar {
             log: !quiet && !drawn,
             eta,
             unit,
+            bytes,
             parent: None,
         }
     }
@@ -201,6 +219,11 @@ impl Bar {
     /// at the recent rate.
     pub fn new(len: u64, prefix: &str, quiet: bool) -> Self {
         Self::create(len, prefix, quiet, Eta::Recent, "")
+    }
+
+    /// A download's bar: `len` bytes (`PREFIX [===>  ] 1.5 MiB/605.3 MiB ETA 1m05s`).
+    pub fn bytes(len: u64, prefix: &str, quiet: bool) -> Self {
+        Self::create_counting(len, prefix, quiet, Eta::Recent, "", true)
     }
 
     /// A run's overall bar: `len` steps (`PREFIX [===>  ] 45/90 steps, MSG ETA 1m05s`), the time
@@ -269,7 +292,16 @@ impl Bar {
     pub fn describe(&self) -> String {
         let (pos, len) = (self.position(), self.length());
         let msg = self.pb.message();
-        let mut s = format!("{} {pos}/{len}{}", self.pb.prefix().trim_end(), self.unit);
+        let counts = if self.bytes {
+            format!(
+                "{}/{}",
+                indicatif::BinaryBytes(pos),
+                indicatif::BinaryBytes(len)
+            )
+        } else {
+            format!("{pos}/{len}")
+        };
+        let mut s = format!("{} {counts}{}", self.pb.prefix().trim_end(), self.unit);
         if !msg.is_empty() {
             s.push(' ');
             s.push_str(&msg);
@@ -385,6 +417,10 @@ mod tests {
         );
         run.dec_length(30);
         assert_eq!(run.length(), 60);
+        let download = Bar::bytes(3 << 20, "config.json", true);
+        download.inc(1 << 20);
+        let s = download.describe();
+        assert!(s.starts_with("config.json 1.00 MiB/3.00 MiB ETA "), "{s}");
         let done = Bar::new(4, "epochs", true);
         done.set_position(4);
         assert_eq!(done.describe(), "epochs 4/4");

@@ -114,7 +114,32 @@ pub fn load_encoder(
     locator: &Locator,
     device: &Device,
 ) -> anyhow::Result<LoadedEncoder> {
-    let model = locator.open(&ModelRef::parse(reference)?)?;
+    load_encoder_ref(kind, &ModelRef::parse(reference)?, locator, device)
+}
+
+/// [`load_encoder`] from the value of a command-line option (`--weights`), which errors name.
+pub fn load_encoder_option(
+    kind: EncoderKind,
+    reference: &str,
+    option: &str,
+    locator: &Locator,
+    device: &Device,
+) -> anyhow::Result<LoadedEncoder> {
+    load_encoder_ref(
+        kind,
+        &ModelRef::parse_option(reference, option)?,
+        locator,
+        device,
+    )
+}
+
+fn load_encoder_ref(
+    kind: EncoderKind,
+    r: &ModelRef,
+    locator: &Locator,
+    device: &Device,
+) -> anyhow::Result<LoadedEncoder> {
+    let model = locator.open(r)?;
     let encoder: Box<dyn FeatureEncoder> = match kind {
         EncoderKind::Vgg16 => Box::new(crate::models::vgg16::Vgg16::load(&model, device)?),
         EncoderKind::Xception => Box::new(crate::models::xception::Xception::load(&model, device)?),

@@ -17,7 +17,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::encoder::{encoder_geometry, load_encoder, trainable_encoder, EncoderKind};
+use super::encoder::{encoder_geometry, load_encoder_option, trainable_encoder, EncoderKind};
 use super::feature_cache::{CacheStats, FeatureCache};
 pub use super::jobs::EpochLog;
 use super::jobs::{samples, Captioning, Core, EndToEndJob, FrozenJob, Job, ENCODER_PREFIX};
@@ -257,7 +257,7 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
     };
 
     // The encoder: frozen (loaded) or trainable (initialised once its memory is known to fit).
-    let locator = Locator::from_env();
+    let locator = Locator::from_env_quiet(req.quiet);
     let encoder_config = req.encoder_config.as_deref().unwrap_or("shapes");
     let (frozen, trainable, encoder_spec) = if s.train_encoder {
         let geometry = encoder_geometry(req.encoder, encoder_config)?;
@@ -300,7 +300,8 @@ pub fn train(req: &TrainRequest) -> anyhow::Result<TrainSummary> {
             .weights
             .clone()
             .unwrap_or_else(|| req.encoder.default_weights().to_owned());
-        let encoder = load_encoder(req.encoder, &weights, &locator, &req.device)?;
+        let encoder =
+            load_encoder_option(req.encoder, &weights, "--weights", &locator, &req.device)?;
         let feature_dim = encoder.encoder.feature_dim();
         check_training_memory(
             s,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::captioner::encoder::{load_encoder, EncoderKind};
+use crate::captioner::encoder::{load_encoder_option, EncoderKind};
 use crate::features::{clip_features, encoder_features};
 use crate::hub::{Locator, ModelRef};
 use crate::models::clip::Clip;
@@ -49,7 +49,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let f = match a.encoder {
         Encoder::Clip => {
             let weights = a.weights.unwrap_or_else(|| "clip-vit-b32".into());
-            let model = locator.open(&ModelRef::parse(&weights)?)?;
+            let model = locator.open(&ModelRef::parse_option(&weights, "--weights")?)?;
             let clip =
                 Clip::load(&model, &device).with_context(|| format!("loading CLIP `{weights}`"))?;
             clip_features(&clip, &a.texts, &a.images, &device)?
@@ -69,7 +69,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             let weights = a
                 .weights
                 .unwrap_or_else(|| kind.default_weights().to_owned());
-            let enc = load_encoder(kind, &weights, &locator, &device)?;
+            let enc = load_encoder_option(kind, &weights, "--weights", &locator, &device)?;
             encoder_features(&enc, &a.images, &device)?
         }
     };

@@ -91,7 +91,7 @@ enum Command {
     /// The shapes world: write a captioning dataset, or draw a phrase of its grammar.
     #[command(subcommand)]
     Shapes(shapes::Command),
-    /// List model presets and resolve model references (hub or folder).
+    /// Download the hub models a preset needs, list what the caches hold, resolve model references.
     #[command(subcommand)]
     Models(models::Command),
     /// The values each `run --preset` fills in: models, SIREN and BigGAN settings.

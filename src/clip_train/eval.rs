@@ -74,7 +74,7 @@ pub fn evaluate_clip(
         return Err(input_err!("--limit must be at least 1"));
     }
     let locator = Locator::from_env();
-    let model = locator.open(&ModelRef::parse(clip_ref)?)?;
+    let model = locator.open(&ModelRef::parse_option(clip_ref, "--clip")?)?;
     let clip = Clip::load(&model, device).with_context(|| format!("loading CLIP `{clip_ref}`"))?;
     let ds = Dataset::load(dataset)?;
     let names = ds.split(split);

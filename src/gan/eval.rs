@@ -398,13 +398,16 @@ pub fn evaluate(o: &Options, device: &Device) -> anyhow::Result<Report> {
     check_options(o)?;
     check_class_config(&o.biggan.join("config.json"))?;
     let locator = Locator::from_env();
-    let gm = locator.open(&ModelRef::parse(&o.biggan.display().to_string())?)?;
+    let gm = locator.open(&ModelRef::parse_option(
+        &o.biggan.display().to_string(),
+        "--biggan",
+    )?)?;
     let g = BigGan::load(&gm, device)
         .map_err(|e| input_err!("--biggan {}: {e:#}", o.biggan.display()))?;
     let biggan_record = gm.record();
     let size = g.image_size();
     crate::shapes::render::check_size(size as u32)?;
-    let cm = locator.open(&ModelRef::parse(&o.clip)?)?;
+    let cm = locator.open(&ModelRef::parse_option(&o.clip, "--clip")?)?;
     let clip = Clip::load(&cm, device).map_err(|e| input_err!("--clip {}: {e:#}", o.clip))?;
     let mut captioners = Vec::new();
     for c in &o.captioners {

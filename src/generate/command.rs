@@ -145,7 +145,7 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
     })?;
     let _ = std::fs::remove_file(&probe);
 
-    let locator = Locator::from_env();
+    let locator = Locator::from_env_quiet(req.quiet);
     // The generator's model first (and --init-latents against it): cheap checks before CLIP.
     let biggan = match &req.settings {
         GeneratorSettings::Siren(_) => None,
@@ -154,7 +154,7 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
             model,
             init_latents,
         } => {
-            let m = locator.open(&ModelRef::parse(model)?)?;
+            let m = locator.open(&ModelRef::parse_option(model, "--biggan")?)?;
             let g = BigGan::load(&m, &req.device)
                 .with_context(|| format!("loading BigGAN `{model}`"))?;
             let cfg = g.config();
@@ -172,7 +172,7 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
             Some((g, m.record(), init))
         }
     };
-    let model = locator.open(&ModelRef::parse(&req.clip)?)?;
+    let model = locator.open(&ModelRef::parse_option(&req.clip, "--clip")?)?;
     let clip =
         Clip::load(&model, &req.device).with_context(|| format!("loading CLIP `{}`", req.clip))?;
     let (seed, seed_source) = match req.seed {

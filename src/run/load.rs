@@ -55,14 +55,14 @@ pub struct Models {
 
 /// Loads CLIP, BigGAN (when used) and the captioners, and fingerprints each.
 pub fn load(settings: &RunSettings, locator: &Locator, device: &Device) -> anyhow::Result<Models> {
-    let clip_model = locator.open(&ModelRef::parse(&settings.clip)?)?;
+    let clip_model = locator.open(&ModelRef::parse_option(&settings.clip, "--clip")?)?;
     let clip = Clip::load(&clip_model, device)
         .with_context(|| format!("loading CLIP `{}`", settings.clip))?;
     let mut records = BTreeMap::from([("clip".to_owned(), serde_json::to_value(&clip.record)?)]);
     let biggan = match &settings.biggan {
         None => None,
         Some(b) => {
-            let m = locator.open(&ModelRef::parse(&b.model)?)?;
+            let m = locator.open(&ModelRef::parse_option(&b.model, "--biggan")?)?;
             let g = BigGan::load(&m, device)
                 .with_context(|| format!("loading BigGAN `{}`", b.model))?;
             b.settings.validate(Some(g.config().num_classes))?;

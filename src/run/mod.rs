@@ -3,8 +3,9 @@
 //! Data flows one way: prompts -> generated image ([`crate::generate::Generator`]) -> captions
 //! ([`stages::ImageCaptioner`]) -> scores ([`stages::Judge`]) -> one [`record::PhraseRecord`]
 //! per (phrase, generator) image -> [`report`] (JSON, CSV, HTML, Markdown). [`execute`] runs it in
-//! four phases: [`plan`] (prompts, shard, photos), [`load`] (models), [`compute`] (each image's
-//! record, stage by stage) and [`report`].
+//! four phases: [`plan`] (prompts, shard, photos; with [`requirements`], everything the run
+//! needs, all missing pieces reported at once before anything is written), [`load`] (models),
+//! [`compute`] (each image's record, stage by stage) and [`report`].
 //!
 //! Each phrase is drawn by every generator of `--generators` (a line's `[generator]` prefix pins
 //! it to that one), one record per image. An image's result depends only on the run settings,
@@ -24,6 +25,7 @@ pub mod plan;
 pub mod preset;
 pub mod record;
 pub mod report;
+pub mod requirements;
 pub mod settings;
 pub mod shard;
 pub mod stages;
@@ -80,9 +82,13 @@ pub struct RunSummary {
 /// the stages whose inputs changed) and writes the report.
 pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
     let t_start = Instant::now();
-    // 1. Plan, and check everything before any long work or any write.
+    // 1. Plan, and check everything before any long work or any write: every missing model,
+    // captioner or photo at once (hub models fetched when they are all that is missing).
     let plan = plan::plan(req)?;
-    let locator = Locator::from_env();
+    let locator = Locator::from_env_quiet(req.quiet);
+    let mut missing = plan.missing.clone();
+    missing.extend(requirements::check_models(&plan.settings, &locator));
+    requirements::ensure(missing, &locator)?;
     load::preflight(&plan.settings, &locator)?;
     let (_lock, old) = manifest::open_run(&req.out, req.force)?;
     let layout = Layout {

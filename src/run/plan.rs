@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
+use super::requirements::Missing;
 use super::settings::{effective_settings, validate_settings, RunSettings};
 use super::shard::{image_id, image_seed, phrase_id};
 use super::RunRequest;
 use crate::generate::GeneratorKind;
-use crate::input_err;
 use crate::prompts::{Prompt, PromptFile};
 
 /// A phrase of this run with its file-name stem, its images and its photo (path, bytes, pixels).
@@ -55,6 +55,10 @@ pub struct Plan {
     pub settings: RunSettings,
     /// This shard's phrases, in file order.
     pub phrases: Vec<Planned>,
+    /// Photos of this shard's lines that are missing or cannot be decoded (their phrases have no
+    /// photo here): the run lists them with everything else it lacks
+    /// ([`super::requirements::ensure`]).
+    pub missing: Vec<Missing>,
 }
 
 impl Plan {
@@ -67,11 +71,15 @@ impl Plan {
     }
 }
 
-/// Reads and validates the prompts file, the settings and this shard's photos.
+/// Reads and validates the prompts file, the settings and this shard's photos; a bad line or
+/// setting fails, photos that are missing or cannot be decoded are listed in [`Plan::missing`].
 pub fn plan(req: &RunRequest) -> anyhow::Result<Plan> {
-    let prompts = PromptFile::load(&req.prompts)?;
+    // Photos not found are listed below, line by line, with this shard's other problems.
+    let (prompts, _not_found) = PromptFile::load_listing_photos(&req.prompts)?;
     let settings = effective_settings(&req.settings, &prompts);
     validate_settings(&settings)?;
+    let photo_remedy = "put the photo there, fix its path (relative to the prompts file) or drop the TAB and path from the line";
+    let mut missing: Vec<Missing> = Vec::new();
     let mut phrases = Vec::new();
     for p in prompts
         .prompts
@@ -79,14 +87,38 @@ pub fn plan(req: &RunRequest) -> anyhow::Result<Plan> {
         .filter(|p| req.shard.is_none_or(|s| s.contains(&p.phrase)))
     {
         let photo = match &p.photo_path {
-            None => None,
-            Some(path) => {
-                let bytes = crate::error::read_input_file(path)?;
-                let img = crate::imageops::decode_rgb(path, &bytes).map_err(|e| {
-                    input_err!("{}:{}: real photo: {e:#}", req.prompts.display(), p.line)
-                })?;
-                Some((path.clone(), bytes, img))
+            Some(path) if path.is_file() => {
+                let read = crate::error::read_input_file(path).and_then(|bytes| {
+                    let img = crate::imageops::decode_rgb(path, &bytes)?;
+                    Ok((bytes, img))
+                });
+                match read {
+                    Ok((bytes, img)) => Some((path.clone(), bytes, img)),
+                    Err(e) => {
+                        missing.push(Missing {
+                            what: format!("{}:{}", req.prompts.display(), p.line),
+                            problem: format!("real photo: {e:#}"),
+                            remedy: photo_remedy.to_owned(),
+                            hub: None,
+                        });
+                        None
+                    }
+                }
             }
+            Some(path) => {
+                missing.push(Missing {
+                    what: format!("{}:{}", req.prompts.display(), p.line),
+                    problem: format!(
+                        "photo `{}` not found (looked for {})",
+                        p.photo.as_deref().unwrap_or_default(),
+                        path.display()
+                    ),
+                    remedy: photo_remedy.to_owned(),
+                    hub: None,
+                });
+                None
+            }
+            None => None,
         };
         phrases.push(Planned {
             prompt: p.clone(),
@@ -99,5 +131,6 @@ pub fn plan(req: &RunRequest) -> anyhow::Result<Plan> {
         prompts,
         settings,
         phrases,
+        missing,
     })
 }

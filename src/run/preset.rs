@@ -84,6 +84,21 @@ impl Preset {
         }
     }
 
+    /// The encoder of each of its captioners that is not shipped, as (label, encoder preset):
+    /// what `roundtrip train --encoder NAME` trains them on (and `run` loads with them).
+    pub fn captioner_encoders(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Preset::Real => &[("vgg16", "vgg16"), ("xception", "xception")],
+            // Trained end to end; the encoders are inside the embedded folders.
+            Preset::Shapes => &[],
+        }
+    }
+
+    /// The preset named `name` (`real`, `shapes`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     pub fn defaults(self) -> PresetDefaults {
         match self {
             Preset::Real => PresetDefaults {

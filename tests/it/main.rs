@@ -11,6 +11,7 @@ mod clip_parity;
 mod clip_train;
 mod common;
 mod decoder_parity;
+mod download;
 mod encoder_parity;
 mod eval_gan;
 mod features;
