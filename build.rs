@@ -9,9 +9,14 @@
 //! `$OUT_DIR/embedded_models.rs`, names each file and `include_bytes!` it; cargo reruns this
 //! script whenever anything under `models/shapes/` changes, so a model folder committed later
 //! (`models/shapes/biggan`) is picked up by the next build.
+//!
+//! It also records the git commit the binary is built from (`build/git.rs`, for run.json).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+#[path = "build/git.rs"]
+mod git;
 
 /// The folder whose model subfolders are embedded.
 const ROOT: &str = "models/shapes";
@@ -28,6 +33,7 @@ fn main() {
     let manifest_dir = PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
     );
+    git::emit(&manifest_dir);
     let root = manifest_dir.join(ROOT);
     let mut code = String::new();
     let mut count = 0;

@@ -25,6 +25,7 @@ pub mod lock;
 pub mod metrics;
 pub mod models;
 pub mod prompts;
+pub mod provenance;
 pub mod resources;
 pub mod run;
 pub mod shapes;

@@ -1,4 +1,4 @@
-//! `roundtrip generate PHRASE --out DIR`
+//! `roundtrip generate PHRASE --out DIR [--preset NAME | --like RUN_DIR]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use crate::generate::{biggan_config, clip_config};
 use crate::generate::{BigGanSettings, GeneratorKind, SirenSettings};
 use crate::hub::Locator;
 use crate::input_err;
-use crate::run::preset::{BigGanDefaults, Preset};
+use crate::run::preset::BigGanDefaults;
+use crate::run::redraw::{redraw_of, Likeness, Redraw};
 
 /// `--generator`: the library's generators as clap values, each with its help line.
 impl clap::ValueEnum for GeneratorKind {
@@ -28,22 +29,48 @@ impl clap::ValueEnum for GeneratorKind {
     }
 }
 
+/// `generate --help`'s examples.
+const EXAMPLES: &str = "\
+Examples:
+  # A phrase of the shapes world, with the preset's models and settings:
+  roundtrip generate 'a red circle' --preset shapes --out drawn
+
+  # A run's image of one of its phrases again, byte for byte (from the folder it was run in):
+  roundtrip generate --like runs/shapes 'a big red circle in the middle' --out redrawn
+
+A preset's values: `roundtrip presets`.";
+
 #[derive(Debug, clap::Args)]
-#[command(args_override_self = true)]
+#[command(args_override_self = true, after_help = EXAMPLES)]
 pub struct Args {
     #[command(flatten)]
     device: super::DeviceArg,
-    /// The phrase to draw.
+    /// The phrase to draw (with --like: one of the run's phrases, as its prompts file has it).
     phrase: String,
     /// Output folder: DIR/<slug>.png, DIR/<slug>.json and progress frames in DIR/<slug>/.
     #[arg(long)]
     out: PathBuf,
-    /// CLIP model: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout.
-    #[arg(long, default_value = "clip-vit-b32")]
-    clip: String,
-    /// The generator.
-    #[arg(long, value_enum, default_value = "siren")]
-    generator: GeneratorKind,
+    /// Models and generator settings used where no option says otherwise, as `run --preset`
+    /// (each preset's values: `roundtrip presets`).
+    #[arg(long, value_enum, default_value = "real")]
+    preset: super::run::PresetArg,
+    /// Draw PHRASE as the run in RUN_DIR drew it: the run's CLIP, generator settings and model,
+    /// frame interval and the phrase's seed, so that the image is the run's byte for byte (on
+    /// the device the run used; model paths in run.json are read from the current folder, as
+    /// `run` reads them). Options given override the run's values. The last column of the
+    /// output says whether the image is the run's: `run image same|differs|absent` [default:
+    /// none: --preset's values].
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "preset")]
+    like: Option<PathBuf>,
+    /// CLIP model: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout
+    /// [default: the --preset's (real: clip-vit-b32, shapes: models/shapes/clip); with --like,
+    /// the run's].
+    #[arg(long)]
+    clip: Option<String>,
+    /// The generator [default: siren; with --like, the first generator that drew the phrase in
+    /// the run (pick another of a several-generator run with this option)].
+    #[arg(long, value_enum)]
+    generator: Option<GeneratorKind>,
     #[command(flatten)]
     siren: SirenArgs,
     #[command(flatten)]
@@ -53,12 +80,14 @@ pub struct Args {
     /// is exactly the generator's for them [default: random latents].
     #[arg(long)]
     init_latents: Option<PathBuf>,
-    /// Seed of every random draw [default: one drawn at random, and recorded].
+    /// Seed of every random draw [default: one drawn at random, and recorded; with --like, the
+    /// run's seed of the phrase].
     #[arg(long)]
     seed: Option<u64>,
-    /// Write a progress frame every N steps (0: none; deep-daze: 100).
-    #[arg(long, default_value_t = 50)]
-    save_every: usize,
+    /// Write a progress frame every N steps (0: none; deep-daze: 100) [default: 50; with
+    /// --like, the run's].
+    #[arg(long)]
+    save_every: Option<usize>,
     /// Overwrite existing outputs.
     #[arg(long)]
     force: bool,
@@ -68,61 +97,62 @@ pub struct Args {
 }
 
 /// SIREN generator settings, shared by `generate` and `run` (some also set BigGAN's); each left
-/// out takes the default of the command (for `run`, of its preset: `roundtrip presets`).
+/// out takes the value of the command's --preset (`roundtrip presets`), or with `generate
+/// --like`, the run's.
 #[derive(Debug, clap::Args)]
 pub struct SirenArgs {
-    /// Optimiser steps (deep-daze: 21,000; big-sleep: 21,000) [default: 200, biggan: 100; `run`
-    /// takes its preset's].
+    /// Optimiser steps (deep-daze: 21,000; big-sleep: 21,000) [default: the --preset's; real: 200,
+    /// biggan: 100].
     #[arg(long, help_heading = GENERATION)]
     steps: Option<usize>,
     /// Image side in pixels (deep-daze: 512); with biggan it picks the model
-    /// biggan-deep-128|256|512 [default: 128; `run` takes its preset's].
+    /// biggan-deep-128|256|512 [default: the --preset's; real: 128].
     #[arg(long, help_heading = GENERATION)]
     size: Option<usize>,
-    /// Cutouts per pass (deep-daze: 4; big-sleep: 128, for a GPU) [default: 8; `run` takes its
-    /// preset's].
+    /// Cutouts per pass (deep-daze: 4; big-sleep: 128, for a GPU) [default: the --preset's; real:
+    /// 8].
     #[arg(long, help_heading = GENERATION)]
     cutouts: Option<usize>,
     /// Smallest cutout side, as a fraction of the image side (deep-daze: 0.1); with biggan, sides
     /// are then drawn uniformly between --lower and --upper (0.5 and 0.95 for the one left out)
-    /// instead of big-sleep's N(0.8, 0.3) [default: 0.1, biggan: none; `run` takes its preset's].
+    /// instead of big-sleep's N(0.8, 0.3) [default: the --preset's; real: 0.1, biggan: none].
     #[arg(long, help_heading = GENERATION)]
     lower: Option<f64>,
     /// Largest cutout side, as a fraction of the image side (deep-daze: 1.0); with biggan, as
-    /// --lower [default: 1.0, biggan: none; `run` takes its preset's].
+    /// --lower [default: the --preset's; real: 1.0, biggan: none].
     #[arg(long, help_heading = GENERATION)]
     upper: Option<f64>,
-    /// Adam learning rate (deep-daze: 1e-5; big-sleep: 0.07) [default: 1e-4, biggan: 0.07; `run`
-    /// takes its preset's].
+    /// Adam learning rate (deep-daze: 1e-5; big-sleep: 0.07) [default: the --preset's; real: 1e-4,
+    /// biggan: 0.07].
     #[arg(long, help_heading = GENERATION)]
     lr: Option<f64>,
-    /// SIREN sine layers (deep-daze: 16) [default: 8; `run` takes its preset's].
+    /// SIREN sine layers (deep-daze: 16) [default: the --preset's; real: 8].
     #[arg(long, help_heading = SIREN_ONLY)]
     layers: Option<usize>,
-    /// SIREN width (deep-daze: 256) [default: 256; `run` takes its preset's].
+    /// SIREN width (deep-daze: 256) [default: the --preset's; real: 256].
     #[arg(long, help_heading = SIREN_ONLY)]
     hidden: Option<usize>,
-    /// SIREN frequency w0 (deep-daze: 30) [default: 30; `run` takes its preset's].
+    /// SIREN frequency w0 (deep-daze: 30) [default: the --preset's; real: 30].
     #[arg(long, help_heading = SIREN_ONLY)]
     w0: Option<f64>,
-    /// Passes accumulated per step (deep-daze: 4) [default: 1; `run` takes its preset's].
+    /// Passes accumulated per step (deep-daze: 4) [default: the --preset's; real: 1].
     #[arg(long, help_heading = SIREN_ONLY)]
     grad_accum: Option<usize>,
-    /// Weight of the averaged-embedding loss term (deep-daze: 0.3) [default: 0.3; `run` takes its
-    /// preset's].
+    /// Weight of the averaged-embedding loss term (deep-daze: 0.3) [default: the --preset's; real:
+    /// 0.3].
     #[arg(long, help_heading = SIREN_ONLY)]
     averaging_weight: Option<f64>,
-    /// Weight of a total-variation penalty on the image, against high-frequency patterns that
-    /// fool CLIP (deep-daze: none) [default: 0; `run` takes its preset's].
+    /// Weight of a total-variation penalty on the image, against high-frequency patterns that fool
+    /// CLIP (deep-daze: none) [default: the --preset's; real: 0].
     #[arg(long, help_heading = SIREN_ONLY)]
     tv_weight: Option<f64>,
     /// Standard deviation of Gaussian noise added to each cutout before CLIP sees it (deep-daze:
-    /// none) [default: 0; `run` takes its preset's].
+    /// none) [default: the --preset's; real: 0].
     #[arg(long, help_heading = SIREN_ONLY)]
     cutout_noise: Option<f64>,
-    /// Largest angle in degrees of a random rotation of each cutout about its centre (affine
-    /// jitter against patterns that fool CLIP only pixel-exactly; deep-daze: none) [default: 0;
-    /// `run` takes its preset's].
+    /// Largest angle in degrees of a random rotation of each cutout about its centre (affine jitter
+    /// against patterns that fool CLIP only pixel-exactly; deep-daze: none) [default: the
+    /// --preset's; real: 0].
     #[arg(long, help_heading = SIREN_ONLY)]
     cutout_rotation: Option<f64>,
 }
@@ -135,33 +165,30 @@ const BIGGAN_ONLY: &str = "Generation: BigGAN only";
 /// BigGAN generator settings (`--generator biggan`), shared by `generate` and `run`.
 #[derive(Debug, clap::Args)]
 pub struct BigGanArgs {
-    /// BigGAN model: preset, hub id or folder [default: biggan-deep-<size>, by --size; `run`
-    /// takes its preset's].
+    /// BigGAN model: preset, hub id or folder [default: the --preset's; real: biggan-deep-<size>,
+    /// by --size].
     #[arg(long, help_heading = BIGGAN_ONLY)]
     biggan: Option<String>,
-    /// Keep only the K strongest classes per latent (a differentiable top-k) instead of a
-    /// sigmoid over all classes; 0: the sigmoid (big-sleep's default) [default: 0; `run` takes
-    /// its preset's].
+    /// Keep only the K strongest classes per latent (a differentiable top-k) instead of a sigmoid
+    /// over all classes; 0: the sigmoid (big-sleep's default) [default: the --preset's; real: 0].
     #[arg(long, help_heading = BIGGAN_ONLY)]
     max_classes: Option<usize>,
-    /// Temperature of the --max-classes top-k (big-sleep: 2) [default: 2; `run` takes its
-    /// preset's].
+    /// Temperature of the --max-classes top-k (big-sleep: 2) [default: the --preset's; real: 2].
     #[arg(long, help_heading = BIGGAN_ONLY)]
     class_temperature: Option<f64>,
     /// Decay of the latents' moving average that draws the saved image (big-sleep's CLI: 0.5)
-    /// [default: 0.5; `run` takes its preset's].
+    /// [default: the --preset's; real: 0.5].
     #[arg(long, help_heading = BIGGAN_ONLY)]
     ema_decay: Option<f64>,
-    /// Resize cutouts bilinearly (big-sleep: nearest) [default: nearest; `run` takes its
-    /// preset's].
+    /// Resize cutouts bilinearly (big-sleep: nearest) [default: the --preset's; real: nearest].
     #[arg(long, help_heading = BIGGAN_ONLY)]
     bilinear: bool,
-    /// A phrase whose similarity is pushed down (repeatable; big-sleep's `text_min`) [default:
-    /// none; `run` takes its preset's].
+    /// A phrase whose similarity is pushed down (repeatable; big-sleep's `text_min`) [default: the
+    /// --preset's; real: none].
     #[arg(long, help_heading = BIGGAN_ONLY)]
     avoid: Vec<String>,
     /// Weight of big-sleep's class regulariser (pushes all but each latent's strongest class to
-    /// zero) [default: 1; `run` takes its preset's].
+    /// zero) [default: the --preset's; real: 1].
     #[arg(long, help_heading = BIGGAN_ONLY)]
     class_weight: Option<f64>,
 }
@@ -173,6 +200,17 @@ impl BigGanArgs {
         &self,
         shared: &SirenArgs,
         defaults: &BigGanDefaults,
+    ) -> anyhow::Result<(BigGanSettings, String)> {
+        self.settings_over(shared, defaults.model, &defaults.settings)
+    }
+
+    /// [`Self::settings`] over a model (`None`: the published biggan-deep-<size>) and settings
+    /// (a preset's, or a run's).
+    pub fn settings_over(
+        &self,
+        shared: &SirenArgs,
+        default_model: Option<&str>,
+        d: &BigGanSettings,
     ) -> anyhow::Result<(BigGanSettings, String)> {
         let siren_only = [
             ("--layers", shared.layers.is_some()),
@@ -189,7 +227,7 @@ impl BigGanArgs {
                 "{flag} is a SIREN setting: it does not apply to --generator biggan"
             ));
         }
-        let preset_model = self.biggan.as_deref().or(defaults.model);
+        let preset_model = self.biggan.as_deref().or(default_model);
         if let (Some(m), Some(size)) = (preset_model, shared.size) {
             return Err(input_err!(
                 "--size {size} with --biggan {m}: --size picks a BigGAN-deep preset; the model given decides its own size"
@@ -199,7 +237,6 @@ impl BigGanArgs {
             Some(m) => m.to_owned(),
             None => self.model_or_default(shared.size.unwrap_or(128))?,
         };
-        let d = &defaults.settings;
         let cutout_sides = match (shared.lower, shared.upper) {
             (None, None) => d.cutout_sides,
             (lo, hi) => {
@@ -337,7 +374,17 @@ fn check_memory(settings: &GeneratorSettings, phrase: &str, clip: &str) -> anyho
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let settings = match a.generator {
+    let like: Option<Redraw> = match &a.like {
+        Some(dir) => Some(redraw_of(dir, &a.phrase, a.generator)?),
+        None => None,
+    };
+    let preset = a.preset.preset().defaults();
+    let generator = like
+        .as_ref()
+        .map(|l| l.generator)
+        .or(a.generator)
+        .unwrap_or(GeneratorKind::Siren);
+    let settings = match generator {
         GeneratorKind::Siren => {
             if let Some(flag) = a
                 .biggan
@@ -348,12 +395,16 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
                     "{flag} is a BigGAN setting: it needs --generator biggan"
                 ));
             }
-            GeneratorSettings::Siren(a.siren.settings(SirenSettings::default()))
+            let base = like.as_ref().map_or(preset.siren, |l| l.siren.clone());
+            GeneratorSettings::Siren(a.siren.settings(base))
         }
         GeneratorKind::BigGan => {
-            let (settings, model) = a
-                .biggan
-                .settings(&a.siren, &Preset::Real.defaults().biggan)?;
+            let (settings, model) = match like.as_ref().and_then(|l| l.biggan.as_ref()) {
+                Some(run) => a
+                    .biggan
+                    .settings_over(&a.siren, Some(&run.model), &run.settings)?,
+                None => a.biggan.settings(&a.siren, &preset.biggan)?,
+            };
             GeneratorSettings::BigGan {
                 settings,
                 model,
@@ -361,20 +412,28 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
     };
-    check_memory(&settings, &a.phrase, &a.clip)?;
+    let clip = a
+        .clip
+        .or_else(|| like.as_ref().map(|l| l.clip.clone()))
+        .unwrap_or_else(|| preset.clip.to_owned());
+    let phrase = like.as_ref().map_or(a.phrase, |l| l.phrase.clone());
+    check_memory(&settings, &phrase, &clip)?;
     let req = GenerateRequest {
-        phrase: a.phrase,
+        phrase,
         out_dir: a.out,
-        clip: a.clip,
+        clip,
         settings,
-        seed: a.seed,
-        save_every: a.save_every,
+        seed: a.seed.or(like.as_ref().map(|l| l.seed)),
+        save_every: a
+            .save_every
+            .or(like.as_ref().map(|l| l.save_every))
+            .unwrap_or(50),
         force: a.force,
         quiet: a.quiet,
         device: a.device.open()?,
     };
     let done = generate(&req)?;
-    writeln!(
+    write!(
         out,
         "{}\t{}\tsimilarity {:.4}\tseed {}",
         done.image.display(),
@@ -382,6 +441,32 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         done.final_similarity,
         done.seed
     )?;
+    if let Some(l) = &like {
+        let png = std::fs::read(&done.image)
+            .map_err(|e| anyhow::anyhow!("cannot read back {}: {e}", done.image.display()))?;
+        let likeness = l.likeness(&png);
+        match &likeness {
+            Likeness::Same => {}
+            Likeness::Absent => crate::stderr::note(format_args!(
+                "{} has no image of `{}` yet (an unfinished run?): nothing to compare with",
+                l.run.display(),
+                l.phrase
+            )),
+            Likeness::Differs { run_device } => {
+                let device = crate::device::label(&req.device);
+                let why = match run_device {
+                    Some(d) if *d != device => format!("the run drew it on {d}, this on {device}"),
+                    _ => "options given, or models changed since the run?".to_owned(),
+                };
+                crate::stderr::warning(format_args!(
+                    "the image differs from the run's {} ({why})",
+                    l.image.display()
+                ));
+            }
+        }
+        write!(out, "\trun image {}", likeness.word())?;
+    }
+    writeln!(out)?;
     Ok(())
 }
 
@@ -390,7 +475,8 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    /// The defaults written in the help text are the ones `SirenSettings::default()` uses.
+    /// The defaults written in the help text are the ones `SirenSettings::default()` (the real
+    /// preset's) uses.
     #[test]
     fn help_states_the_real_defaults() {
         let mut cli = crate::cli::Cli::command();
@@ -420,7 +506,8 @@ mod tests {
                 .find(&format!("--{flag} <"))
                 .unwrap_or_else(|| panic!("--{flag} missing"));
             let tail = &help[at..];
-            let start = tail.find("[default: ").expect("a default") + "[default: ".len();
+            let start = tail.find("[default: the --preset's; real: ").expect("a default")
+                + "[default: the --preset's; real: ".len();
             let shown: f64 = tail[start..]
                 .split([',', ';', ']'])
                 .next()

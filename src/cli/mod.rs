@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bleu;
 mod caption;
+mod compare;
 mod eval;
 mod eval_clip;
 mod eval_gan;
@@ -16,6 +17,7 @@ mod merge;
 mod models;
 mod presets;
 mod prompts;
+mod report;
 mod run;
 mod shapes;
 mod train;
@@ -67,7 +69,12 @@ enum Command {
     Run(run::Args),
     /// Put the shard folders of one run back together into one run folder and report.
     Merge(merge::Args),
-    /// Draw a phrase: optimise a SIREN (or BigGAN latents) so that CLIP finds the image similar to the phrase.
+    /// Write a run folder's report (report.json, report.html, report.md) again from its records.
+    Report(report::Args),
+    /// Runs side by side: the settings that differ, corpus figures per generator and captioner.
+    Compare(compare::Args),
+    /// Draw a phrase: optimise a SIREN (or BigGAN latents) so that CLIP finds the image similar to
+    /// the phrase (`--like RUN_DIR`: a run's phrase, as the run drew it).
     Generate(generate::Args),
     /// Raw encoder features of texts and images, and their CLIPScore matrix.
     Features(features::Args),
@@ -94,7 +101,8 @@ enum Command {
     /// Download the hub models a preset needs, list what the caches hold, resolve model references.
     #[command(subcommand)]
     Models(models::Command),
-    /// The values each `run --preset` fills in: models, SIREN and BigGAN settings.
+    /// The values each `run --preset` and `generate --preset` fill in: models, SIREN and BigGAN
+    /// settings.
     Presets(presets::Args),
 }
 
@@ -121,6 +129,8 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bleu(a) => bleu::execute(a, out),
         Command::Run(a) => run::execute(a, out),
         Command::Merge(a) => merge::execute(a, out),
+        Command::Report(a) => report::execute(a, out),
+        Command::Compare(a) => compare::execute(a, out),
         Command::Generate(a) => generate::execute(a, out),
         Command::Features(a) => features::execute(a, out),
         Command::Train(a) => train::execute(a, out),

@@ -21,7 +21,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "`roundtrip run --preset NAME` takes these values where no option is given:"
+        "`roundtrip run --preset NAME` (and `generate --preset NAME`: models and generator settings) takes these values where no option is given:"
     )?;
     let width = Preset::ALL
         .iter()

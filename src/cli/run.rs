@@ -14,12 +14,22 @@ use crate::run::{
     RunSettings, Shard,
 };
 
+/// `--preset` of `run` and `generate`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum PresetArg {
+pub(super) enum PresetArg {
     /// The original experiment: CLIP ViT-B/32 and captioners trained on Flickr8k.
     Real,
     /// The offline shapes world: the tiny models of models/shapes/, embedded in the binary.
     Shapes,
+}
+
+impl PresetArg {
+    pub(super) fn preset(self) -> Preset {
+        match self {
+            Self::Real => Preset::Real,
+            Self::Shapes => Preset::Shapes,
+        }
+    }
 }
 
 /// `run --help`'s examples.

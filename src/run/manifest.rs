@@ -14,6 +14,7 @@ use crate::fsutil::write_json;
 use crate::generate::GeneratorKind;
 use crate::input_err;
 use crate::lock::DirLock;
+use crate::provenance::Provenance;
 use crate::prompts::PromptFile;
 
 /// A prompts line as `run.json` keeps it.
@@ -28,7 +29,8 @@ pub struct PromptEntry {
     pub photo: Option<String>,
 }
 
-/// `DIR/run.json`: the settings, models, prompts and shard of a run folder.
+/// `DIR/run.json`: the settings, models, prompts and shard of a run folder, and where it comes
+/// from (command line, start, tool; never part of a result's key, so a rerun reuses everything).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema_version: u32,
@@ -39,11 +41,26 @@ pub struct Manifest {
     pub prompts_file: String,
     pub prompts: Vec<PromptEntry>,
     pub shard: Option<Shard>,
+    /// The last command that wrote the folder (`run`, or `merge`); absent in folders written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+    /// A merged run: each shard folder as given to `merge`, with its own run's provenance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<MergedShard>,
+}
+
+/// A shard folder a merged run was made from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MergedShard {
+    pub folder: String,
+    pub shard: Option<Shard>,
+    pub provenance: Option<Provenance>,
 }
 
 impl Manifest {
     /// The manifest of a run of `prompts` (all its phrases, not only this shard's) read from
-    /// `prompts_file`, with the models' records as loaded.
+    /// `prompts_file`, with the models' records as loaded, made by this process.
     pub fn new(
         settings: &RunSettings,
         models: BTreeMap<String, serde_json::Value>,
@@ -67,6 +84,8 @@ impl Manifest {
                 })
                 .collect(),
             shard,
+            provenance: Some(Provenance::now()),
+            merged_from: Vec::new(),
         }
     }
 }
@@ -148,6 +167,44 @@ pub fn read_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
         ));
     }
     Ok(Some(m))
+}
+
+/// Reads `run.json` of a folder that must hold a run (for the commands that read one: `report`,
+/// `generate --like`): an error names the folder and what it lacks, or the file and what is
+/// wrong with it.
+pub fn read_run(dir: &Path) -> anyhow::Result<Manifest> {
+    if !dir.is_dir() {
+        return Err(input_err!(
+            "{} is not a run folder: {}",
+            dir.display(),
+            if dir.exists() {
+                "it is a file"
+            } else {
+                "it does not exist"
+            }
+        ));
+    }
+    let path = dir.join("run.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(input_err!(
+                "{} is not a run folder: it has no run.json (the folder `roundtrip run --out` writes)",
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(input_err!("cannot read {}: {e}", path.display())),
+    };
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| input_err!("{} is not a roundtrip run manifest: {e}", path.display()))?;
+    if m.schema_version != RUN_SCHEMA_VERSION {
+        return Err(input_err!(
+            "{} has run schema version {}, this roundtrip reads {RUN_SCHEMA_VERSION}: run it again with this version",
+            path.display(),
+            m.schema_version
+        ));
+    }
+    Ok(m)
 }
 
 /// Opens `dir` for writing by one process: creates it, takes its lock, refuses a non-empty

@@ -167,6 +167,15 @@ pub fn merge(
     };
     let mut manifest = first.clone();
     manifest.shard = None;
+    manifest.provenance = Some(crate::provenance::Provenance::now());
+    manifest.merged_from = shards
+        .iter()
+        .map(|(d, m)| super::manifest::MergedShard {
+            folder: d.display().to_string(),
+            shard: m.shard,
+            provenance: m.provenance.clone(),
+        })
+        .collect();
     let old = if to.manifest().exists() {
         read_manifest(out).or_else(|e| if force { Ok(None) } else { Err(e) })?
     } else {

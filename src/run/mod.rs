@@ -16,6 +16,7 @@
 //! kept), split over machines with `--shard K/N` and put back together with `merge`, and each
 //! way gives the report an uninterrupted single run gives (up to the `seconds` timings).
 
+pub mod compare;
 pub mod compute;
 pub mod html;
 pub mod load;
@@ -24,6 +25,8 @@ pub mod merge;
 pub mod plan;
 pub mod preset;
 pub mod record;
+pub mod redraw;
+pub mod rerender;
 pub mod report;
 pub mod requirements;
 pub mod settings;

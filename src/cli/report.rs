@@ -1,0 +1,48 @@
+//! `roundtrip report RUN_DIR`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run folder (written by `roundtrip run` or `roundtrip merge`).
+    #[arg(value_name = "RUN_DIR")]
+    run: PathBuf,
+    /// Report the finished images of an unfinished run (interrupted, or its settings changed)
+    /// instead of refusing; the others are left out and counted.
+    #[arg(long)]
+    partial: bool,
+    /// No summary of the corpus figures on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let r = crate::run::rerender::rerender(&a.run, a.partial)?;
+    if r.unfinished > 0 {
+        crate::stderr::note(format_args!(
+            "the report covers {} of {} images: {} are not finished",
+            r.images,
+            r.images + r.unfinished,
+            r.unfinished
+        ));
+    }
+    crate::stderr::status(
+        a.quiet,
+        format_args!(
+            "{}gallery: {}\ntable:   {}",
+            r.summary,
+            r.html.display(),
+            r.markdown.display()
+        ),
+    );
+    writeln!(
+        out,
+        "{}\tphrases {}\timages {}\tunfinished {}",
+        r.json.display(),
+        r.phrases,
+        r.images,
+        r.unfinished
+    )?;
+    Ok(())
+}
