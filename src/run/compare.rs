@@ -442,13 +442,15 @@ pub fn compare(dirs: &[PathBuf]) -> anyhow::Result<Comparison> {
 }
 
 /// A setting's value as the tables show it: strings bare (a model's fingerprint cut to 12
-/// digits), lists as `a, b`, `–` where absent or null.
+/// digits), lists as `a, b`, `none` for null or an empty list, `–` where the run has no such
+/// setting.
 fn value_text(path: &str, v: Option<&Value>) -> String {
     match v {
-        None | Some(Value::Null) => "–".into(),
+        None => "–".into(),
+        Some(Value::Null) => "none".into(),
         Some(Value::String(s)) if path.starts_with("models.") => s.chars().take(12).collect(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) if a.is_empty() => "–".into(),
+        Some(Value::Array(a)) if a.is_empty() => "none".into(),
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| value_text("", Some(x)))
@@ -751,7 +753,8 @@ mod tests {
             ]
         );
         assert_eq!(value_text("generators", Some(&out[3].1)), "siren, biggan");
-        assert_eq!(value_text("biggan.avoid", Some(&out[0].1)), "–");
+        assert_eq!(value_text("biggan.avoid", Some(&out[0].1)), "none");
+        assert_eq!(value_text("biggan.max_classes", Some(&Value::Null)), "none");
         assert_eq!(value_text("x", None), "–");
         assert_eq!(
             value_text("models.clip", Some(&json!("0123456789abcdef"))),

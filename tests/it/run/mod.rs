@@ -11,7 +11,8 @@
 //! `golden.rs`: the golden report and the gallery; `reuse.rs`: resume, shards, stage-by-stage
 //! reuse, locking and bad input; `generators.rs`: several generators in one run
 //! (`--generators`); `embedded.rs`: `--preset shapes` from any directory with the models embedded
-//! in the binary. The helpers and the shared tiny-model fixture are here.
+//! in the binary; `redraw.rs`: `generate --like`, `report`, `compare` and run.json's provenance.
+//! The helpers and the shared tiny-model fixture are here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -309,4 +310,5 @@ struct Figures {
 mod embedded;
 mod generators;
 mod golden;
+mod redraw;
 mod reuse;
