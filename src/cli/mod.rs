@@ -73,8 +73,7 @@ enum Command {
     Report(report::Args),
     /// Runs side by side: the settings that differ, corpus figures per generator and captioner.
     Compare(compare::Args),
-    /// Draw a phrase: optimise a SIREN (or BigGAN latents) so that CLIP finds the image similar to
-    /// the phrase (`--like RUN_DIR`: a run's phrase, as the run drew it).
+    /// Draw a phrase: optimise a SIREN (or BigGAN latents) so that CLIP finds the image similar to the phrase.
     Generate(generate::Args),
     /// Raw encoder features of texts and images, and their CLIPScore matrix.
     Features(features::Args),

@@ -1,4 +1,5 @@
-//! `roundtrip presets [--json]`: the values each `run --preset` fills in.
+//! `roundtrip presets [--json]`: the values each `run --preset` (and `generate --preset`) fills
+//! in.
 
 use std::io::Write;
 
@@ -21,7 +22,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "`roundtrip run --preset NAME` (and `generate --preset NAME`: models and generator settings) takes these values where no option is given:"
+        "`roundtrip run --preset NAME` takes these values where no option is given (`generate --preset NAME` its CLIP and generator settings):"
     )?;
     let width = Preset::ALL
         .iter()
