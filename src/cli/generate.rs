@@ -63,8 +63,8 @@ pub struct Args {
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "preset")]
     like: Option<PathBuf>,
     /// CLIP model: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout
-    /// [default: the --preset's (real: clip-vit-b32, shapes: models/shapes/clip); with --like,
-    /// the run's].
+    /// [default: the --preset's (real: clip-vit-b32, shapes: models/shapes/clip (embedded)); with
+    /// --like, the run's].
     #[arg(long)]
     clip: Option<String>,
     /// The generator [default: siren; with --like, the first generator that drew the phrase in

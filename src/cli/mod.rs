@@ -69,7 +69,7 @@ enum Command {
     Run(run::Args),
     /// Put the shard folders of one run back together into one run folder and report.
     Merge(merge::Args),
-    /// Write a run folder's report (report.json, report.html, report.md) again from its records.
+    /// Write a run folder's report (report.json, .csv, .html, .md) again from its records.
     Report(report::Args),
     /// Runs side by side: the settings that differ, corpus figures per generator and captioner.
     Compare(compare::Args),

@@ -12,13 +12,15 @@ pub struct Args {
     /// instead of refusing; the others are left out and counted.
     #[arg(long)]
     partial: bool,
+    #[command(flatten)]
+    gallery: super::run::GalleryArg,
     /// No summary of the corpus figures on stderr.
     #[arg(long)]
     quiet: bool,
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let r = crate::run::rerender::rerender(&a.run, a.partial)?;
+    let r = crate::run::rerender::rerender(&a.run, a.partial, a.gallery.images())?;
     if r.unfinished > 0 {
         crate::stderr::note(format_args!(
             "the report covers {} of {} images: {} are not finished",
@@ -30,10 +32,11 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     crate::stderr::status(
         a.quiet,
         format_args!(
-            "{}gallery: {}\ntable:   {}",
+            "{}gallery: {}\ntable:   {}\ncsv:     {}",
             r.summary,
             r.html.display(),
-            r.markdown.display()
+            r.markdown.display(),
+            r.csv.display()
         ),
     );
     writeln!(

@@ -1,9 +1,10 @@
-//! `roundtrip report RUN_DIR`: a run folder's report (report.json, report.html, report.md)
-//! written again from its records, without computing anything: after a new version changed the
+//! `roundtrip report RUN_DIR`: a run folder's report (report.json, report.csv, report.html,
+//! report.md) written again from its records, without computing anything: after a new version changed the
 //! report, or to look at an interrupted run's finished images (`partial`).
 
 use std::path::{Path, PathBuf};
 
+use super::html::GalleryImages;
 use super::manifest::{read_run, Layout};
 use super::plan::image_slots;
 use super::record::{read_record, unfinished, ReadRecord};
@@ -14,6 +15,7 @@ use crate::lock::DirLock;
 #[derive(Debug)]
 pub struct Rerendered {
     pub json: PathBuf,
+    pub csv: PathBuf,
     pub html: PathBuf,
     pub markdown: PathBuf,
     /// The report's summary (as a run prints it at its end).
@@ -28,8 +30,9 @@ pub struct Rerendered {
 
 /// Re-renders the report of the run in `dir` from its records. Every image of the run must be
 /// finished (its record up to date with run.json, its files intact) unless `partial`, which
-/// reports those that are and leaves the others out.
-pub fn rerender(dir: &Path, partial: bool) -> anyhow::Result<Rerendered> {
+/// reports those that are and leaves the others out; `gallery` says how report.html shows the
+/// images.
+pub fn rerender(dir: &Path, partial: bool, gallery: GalleryImages) -> anyhow::Result<Rerendered> {
     let manifest = read_run(dir)?;
     // No run may write the folder meanwhile (nor this report over its own).
     let _lock = DirLock::acquire(dir, "report")?;
@@ -84,9 +87,10 @@ pub fn rerender(dir: &Path, partial: bool) -> anyhow::Result<Rerendered> {
             ));
         }
     }
-    let written = super::report::write_all(&layout, &manifest, &lines, &records)?;
+    let written = super::report::write_all(&layout, &manifest, &lines, &records, gallery)?;
     Ok(Rerendered {
         json: written.json,
+        csv: written.csv,
         html: written.html,
         markdown: written.markdown,
         summary: written.summary,

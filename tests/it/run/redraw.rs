@@ -177,7 +177,7 @@ fn report_rewrites_the_report_from_the_records() {
     let run = d.path().join("run");
     copy_dir(&seed_runs()[0], &run);
     let before = std::fs::read(run.join("report.json")).unwrap();
-    for f in ["report.json", "report.html", "report.md"] {
+    for f in ["report.json", "report.csv", "report.html", "report.md"] {
         std::fs::remove_file(run.join(f)).unwrap();
     }
     let stdout = ok(&roundtrip(&["report", run.to_str().unwrap(), "--quiet"]));
@@ -190,7 +190,9 @@ fn report_rewrites_the_report_from_the_records() {
         before,
         "the same report, byte for byte"
     );
-    assert!(run.join("report.html").is_file() && run.join("report.md").is_file());
+    for f in ["report.csv", "report.html", "report.md"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
     assert!(!run.join(roundtrip::lock::LOCK_FILE).exists());
 
     // An image without its record: refused, or with --partial the others reported.
