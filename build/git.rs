@@ -50,8 +50,13 @@ pub fn emit(manifest_dir: &Path) {
     // What moves HEAD or the index: the worktree's HEAD and index, the branch's ref (loose or
     // packed). Only files that exist: cargo reruns a script at every build for a missing one.
     let resolve = |p: Option<String>| {
-        p.map(PathBuf::from)
-            .map(|p| if p.is_absolute() { p } else { manifest_dir.join(p) })
+        p.map(PathBuf::from).map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                manifest_dir.join(p)
+            }
+        })
     };
     let git_dir = resolve(git(&["rev-parse", "--git-dir"]));
     let common = resolve(git(&["rev-parse", "--git-common-dir"]));

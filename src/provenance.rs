@@ -164,7 +164,10 @@ mod tests {
         // Built from this checkout (tests run from one): a full commit id, and the dirty flag.
         if std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.git")).exists() {
             let c = t.git_commit.as_deref().expect("a commit from the checkout");
-            assert!(c.len() >= 40 && c.chars().all(|c| c.is_ascii_hexdigit()), "{c}");
+            assert!(
+                c.len() >= 40 && c.chars().all(|c| c.is_ascii_hexdigit()),
+                "{c}"
+            );
             assert!(t.git_dirty.is_some());
             assert!(t.describe().contains(&c[..12]));
         }

@@ -506,7 +506,9 @@ mod tests {
                 .find(&format!("--{flag} <"))
                 .unwrap_or_else(|| panic!("--{flag} missing"));
             let tail = &help[at..];
-            let start = tail.find("[default: the --preset's; real: ").expect("a default")
+            let start = tail
+                .find("[default: the --preset's; real: ")
+                .expect("a default")
                 + "[default: the --preset's; real: ".len();
             let shown: f64 = tail[start..]
                 .split([',', ';', ']'])

@@ -131,7 +131,11 @@ fn load(dir: &Path) -> anyhow::Result<Loaded> {
             }
         ));
     }
-    let run = read_run_file(dir, "run.json", " (the folder `roundtrip run --out` writes)")?;
+    let run = read_run_file(
+        dir,
+        "run.json",
+        " (the folder `roundtrip run --out` writes)",
+    )?;
     let report = read_run_file(
         dir,
         "report.json",
@@ -155,8 +159,12 @@ fn load(dir: &Path) -> anyhow::Result<Loaded> {
     }
     let report: ReportIn = serde_json::from_slice(&report).map_err(|e| bad(e, &report_path))?;
     let run_path = dir.join("run.json");
-    let run: RunIn = serde_json::from_slice(&run)
-        .map_err(|e| input_err!("{} is not a roundtrip run manifest: {e}", run_path.display()))?;
+    let run: RunIn = serde_json::from_slice(&run).map_err(|e| {
+        input_err!(
+            "{} is not a roundtrip run manifest: {e}",
+            run_path.display()
+        )
+    })?;
     Ok(Loaded {
         folder: dir.display().to_string(),
         report,
@@ -292,7 +300,10 @@ fn flatten(path: &str, v: &Value, out: &mut Vec<(String, Value)>) {
 /// fingerprints.
 fn values_of(r: &ReportIn) -> Vec<(String, Value)> {
     let mut out = vec![
-        ("prompts_file".to_owned(), Value::from(r.prompts_file.clone())),
+        (
+            "prompts_file".to_owned(),
+            Value::from(r.prompts_file.clone()),
+        ),
         (
             "shard".to_owned(),
             r.shard.clone().map_or(Value::Null, Value::from),
@@ -326,7 +337,10 @@ fn names_in(settings: &Value, key: &str) -> Vec<String> {
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .filter_map(|x| x.as_str().or_else(|| x.get("label").and_then(Value::as_str)))
+                .filter_map(|x| {
+                    x.as_str()
+                        .or_else(|| x.get("label").and_then(Value::as_str))
+                })
                 .map(str::to_owned)
                 .collect()
         })
@@ -353,12 +367,10 @@ pub fn compare(dirs: &[PathBuf]) -> anyhow::Result<Comparison> {
                 .iter()
                 .map(|v| v.iter().find(|(p, _)| *p == path).map(|(_, x)| x.clone()))
                 .collect();
-            vals.iter()
-                .any(|v| *v != vals[0])
-                .then_some(Difference {
-                    setting: path,
-                    values: vals,
-                })
+            vals.iter().any(|v| *v != vals[0]).then_some(Difference {
+                setting: path,
+                values: vals,
+            })
         })
         .collect();
 
@@ -660,11 +672,7 @@ code { font-size: 0.9em; }\n\
     let mut start = 0;
     while start < c.corpus.len() {
         let k = key(&c.corpus[start]);
-        let end = start
-            + c.corpus[start..]
-                .iter()
-                .take_while(|r| key(r) == k)
-                .count();
+        let end = start + c.corpus[start..].iter().take_while(|r| key(r) == k).count();
         let group = &c.corpus[start..end];
         // Per figure column (BLEU-1..4, CLIP text, CLIPScore): the best value, where the runs
         // of the group do not all share it.

@@ -158,7 +158,12 @@ fn generate_like_picks_a_generator_of_a_several_generator_run() {
     let r: Report = serde_json::from_value(read_json(&run.join("report.json"))).unwrap();
     let biggan = r.phrases.iter().find(|p| p.generator == "biggan").unwrap();
     let out = d.path().join("redrawn");
-    let stdout = ok(&redraw(&run, "a red circle", &out, &["--generator", "biggan"]));
+    let stdout = ok(&redraw(
+        &run,
+        "a red circle",
+        &out,
+        &["--generator", "biggan"],
+    ));
     assert!(
         stdout.contains(&format!("\tseed {}\t", biggan.seed)),
         "{stdout}"
@@ -197,7 +202,11 @@ fn report_rewrites_the_report_from_the_records() {
 
     // An image without its record: refused, or with --partial the others reported.
     let r: Report = serde_json::from_slice(&before).unwrap();
-    std::fs::remove_file(run.join("phrases").join(format!("{}.json", r.phrases[1].id))).unwrap();
+    std::fs::remove_file(
+        run.join("phrases")
+            .join(format!("{}.json", r.phrases[1].id)),
+    )
+    .unwrap();
     fails_with(
         &roundtrip(&["report", run.to_str().unwrap()]),
         &[
@@ -305,7 +314,14 @@ fn compare_puts_two_seeds_side_by_side() {
     let kinds: Vec<(Option<&str>, &str, &str, usize)> = c
         .corpus
         .iter()
-        .map(|r| (r.generator.as_deref(), r.captioner.as_str(), r.images.as_str(), r.run))
+        .map(|r| {
+            (
+                r.generator.as_deref(),
+                r.captioner.as_str(),
+                r.images.as_str(),
+                r.run,
+            )
+        })
         .collect();
     let mut want = Vec::new();
     for captioner in ["vgg16", "xception"] {
@@ -324,7 +340,9 @@ fn compare_puts_two_seeds_side_by_side() {
     for row in &c.corpus {
         let corpus = &reports[row.run].corpus;
         let figures = match (row.generator.as_deref(), row.images.as_str()) {
-            (Some(g), "generated") => Some(&corpus.generators[g].captioners[&row.captioner].generated),
+            (Some(g), "generated") => {
+                Some(&corpus.generators[g].captioners[&row.captioner].generated)
+            }
             (Some(g), _) => corpus.generators[g].captioners[&row.captioner]
                 .generated_with_photo
                 .as_ref(),
@@ -339,8 +357,14 @@ fn compare_puts_two_seeds_side_by_side() {
     // The text: the seed row, a corpus row per run.
     let text = ok(&roundtrip(&["compare", a, b]));
     assert!(text.contains("settings that differ\n"), "{text}");
-    let seed_row = text.lines().find(|l| l.trim_start().starts_with("seed ")).unwrap();
-    assert_eq!(seed_row.split_whitespace().collect::<Vec<_>>(), ["seed", "0", "1"]);
+    let seed_row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("seed "))
+        .unwrap();
+    assert_eq!(
+        seed_row.split_whitespace().collect::<Vec<_>>(),
+        ["seed", "0", "1"]
+    );
     assert_eq!(
         text.lines()
             .filter(|l| l.trim_start().starts_with("siren "))
@@ -367,7 +391,10 @@ fn compare_puts_two_seeds_side_by_side() {
     std::fs::copy(Path::new(a).join("run.json"), empty.join("run.json")).unwrap();
     fails_with(
         &roundtrip(&["compare", a, empty.to_str().unwrap()]),
-        &["empty is not a finished run folder: it has no report.json", "--partial"],
+        &[
+            "empty is not a finished run folder: it has no report.json",
+            "--partial",
+        ],
     );
     fails_with(
         &roundtrip(&["compare", a, d.path().join("nothing").to_str().unwrap()]),
@@ -382,7 +409,10 @@ fn run_json_records_provenance_and_a_rerun_still_reuses_everything() {
     copy_dir(&seed_runs()[1], &run);
     let first = read_json(&run.join("run.json"));
     let p: Provenance = serde_json::from_value(first["provenance"].clone()).unwrap();
-    assert_eq!(p.command_line[1..], shapes_run_args(&seed_runs()[1], 1, &[]));
+    assert_eq!(
+        p.command_line[1..],
+        shapes_run_args(&seed_runs()[1], 1, &[])
+    );
     assert_eq!(p.tool.name, "roundtrip");
     assert_eq!(p.tool.version, env!("CARGO_PKG_VERSION"));
     let t = p.started.as_bytes();
@@ -393,14 +423,20 @@ fn run_json_records_provenance_and_a_rerun_still_reuses_everything() {
     );
     if Path::new(env!("CARGO_MANIFEST_DIR")).join(".git").exists() {
         let c = p.tool.git_commit.as_deref().unwrap();
-        assert!(c.len() == 40 && c.chars().all(|c| c.is_ascii_hexdigit()), "{c}");
+        assert!(
+            c.len() == 40 && c.chars().all(|c| c.is_ascii_hexdigit()),
+            "{c}"
+        );
         assert!(p.tool.git_dirty.is_some());
     }
 
     // The same run again (another start, another command line: the moved folder) reuses all.
     std::thread::sleep(Duration::from_millis(1100));
     let stdout = ok(&roundtrip_owned(&shapes_run_args(&run, 1, &[])));
-    assert!(stdout.contains("computed 0\treused 3\tupdated 0"), "{stdout}");
+    assert!(
+        stdout.contains("computed 0\treused 3\tupdated 0"),
+        "{stdout}"
+    );
     let again = read_json(&run.join("run.json"));
     let q: Provenance = serde_json::from_value(again["provenance"].clone()).unwrap();
     assert!(q.started > p.started, "{} then {}", p.started, q.started);
@@ -416,7 +452,11 @@ fn run_json_records_provenance_and_a_rerun_still_reuses_everything() {
     for k in 1..=2 {
         let out = d.path().join(format!("shard{k}"));
         let spec = format!("{k}/2");
-        ok(&roundtrip_owned(&shapes_run_args(&out, 1, &["--shard", &spec])));
+        ok(&roundtrip_owned(&shapes_run_args(
+            &out,
+            1,
+            &["--shard", &spec],
+        )));
         shards.push(out.to_str().unwrap().to_owned());
     }
     let merged = d.path().join("merged");
