@@ -575,9 +575,23 @@ impl Trainer for GanTrainer<'_> {
             let len = bs.min(n - start);
             let (z, y) = (z.narrow(0, start, len)?, y.narrow(0, start, len)?);
             let real = real.narrow(1, start, len)?;
-            let fake = self.nets.g.forward(&z, &y, Mode::Frozen, &mut None)?.detach();
-            sr.extend(self.nets.d.forward(&real, &y, Mode::Frozen)?.to_vec1::<f32>()?);
-            sf.extend(self.nets.d.forward(&fake, &y, Mode::Frozen)?.to_vec1::<f32>()?);
+            let fake = self
+                .nets
+                .g
+                .forward(&z, &y, Mode::Frozen, &mut None)?
+                .detach();
+            sr.extend(
+                self.nets
+                    .d
+                    .forward(&real, &y, Mode::Frozen)?
+                    .to_vec1::<f32>()?,
+            );
+            sf.extend(
+                self.nets
+                    .d
+                    .forward(&fake, &y, Mode::Frozen)?
+                    .to_vec1::<f32>()?,
+            );
         }
         let mut wins = 0f64;
         for r in &sr {

@@ -622,16 +622,17 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }\n\
 table { border-collapse: collapse; margin-bottom: 2em; }\n\
 th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }\n\
 td.n { text-align: right; font-variant-numeric: tabular-nums; }\n\
+td.k { white-space: nowrap; }\n\
 tr.first td { border-top: 2px solid #999; }\n\
 code { font-size: 0.9em; }\n\
 </style>\n</head>\n<body>\n<h1>roundtrip compare</h1>\n",
     );
-    s.push_str("<h2>Runs</h2>\n<table>\n<tr><th>run</th><th>folder</th><th>phrases</th><th>images</th><th>started</th><th>tool</th><th>prompts</th><th>command</th></tr>\n");
+    s.push_str("<h2>Runs</h2>\n<table>\n<tr><th>run</th><th>folder</th><th>phrases</th><th>images</th><th>started</th><th>tool</th><th>prompts</th></tr>\n");
     for (i, r) in c.runs.iter().enumerate() {
         let p = r.provenance.as_ref();
         let _ = writeln!(
             s,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}{}</td><td><code>{}</code></td></tr>",
+            "<tr><td>{}</td><td class=\"k\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"k\">{}</td><td class=\"k\">{}</td><td>{}{}</td></tr>",
             tag(i),
             esc(&r.folder),
             r.phrases,
@@ -642,10 +643,20 @@ code { font-size: 0.9em; }\n\
             r.shard
                 .as_ref()
                 .map_or(String::new(), |k| format!(" (shard {})", esc(k))),
-            esc(&p.map_or("–".into(), Provenance::shell_line)),
         );
     }
-    s.push_str("</table>\n<h2>Settings that differ</h2>\n");
+    s.push_str("</table>\n");
+    for (i, r) in c.runs.iter().enumerate() {
+        if let Some(p) = &r.provenance {
+            let _ = writeln!(
+                s,
+                "<p>{}: <code>{}</code></p>",
+                tag(i),
+                esc(&p.shell_line())
+            );
+        }
+    }
+    s.push_str("<h2>Settings that differ</h2>\n");
     if c.differences.is_empty() {
         s.push_str("<p>None.</p>\n");
     } else {

@@ -187,10 +187,12 @@ pub fn read_run(dir: &Path) -> anyhow::Result<Manifest> {
     let path = dir.join("run.json");
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(input_err!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(input_err!(
             "{} is not a run folder: it has no run.json (the folder `roundtrip run --out` writes)",
             dir.display()
-        )),
+        ))
+        }
         Err(e) => return Err(input_err!("cannot read {}: {e}", path.display())),
     };
     let m: Manifest = serde_json::from_slice(&bytes)
