@@ -134,30 +134,10 @@ class G(nn.Module):
         return torch.tanh(self.conv_to_rgb(F.relu(self.bn(x)))[:, :3])
 
 
-# The discriminator: tests/fixtures/make_gan_fixtures.py's twin with its geometry as arguments.
-class DBlock(nn.Module):
-    def __init__(self, cin, cout, down):
-        super().__init__()
-        hid = max(cout // 4, 1)
-        self.conv1 = SN(nn.Conv2d(cin, hid, 1))
-        self.conv2 = SN(nn.Conv2d(hid, hid, 3, padding=1))
-        self.conv3 = SN(nn.Conv2d(hid, hid, 3, padding=1))
-        self.conv4 = SN(nn.Conv2d(hid, cout, 1))
-        self.conv_sc = SN(nn.Conv2d(cin, cout - cin, 1)) if cout > cin else None
-        self.down = down
-
-    def forward(self, x):
-        h = self.conv1(F.relu(x))
-        h = self.conv2(F.relu(h))
-        h = self.conv3(F.relu(h))
-        h = F.relu(h)
-        if self.down:
-            h = F.avg_pool2d(h, 2)
-        h = self.conv4(h)
-        s = F.avg_pool2d(x, 2) if self.down else x
-        if self.conv_sc is not None:
-            s = torch.cat([s, self.conv_sc(s)], 1)
-        return h + s
+# The discriminator: tests/fixtures/make_gan_fixtures.py's twin (its DBlock, imported) with the
+# geometry as arguments.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
+from make_gan_fixtures import DBlock  # noqa: E402
 
 
 class D(nn.Module):

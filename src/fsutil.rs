@@ -50,6 +50,11 @@ pub fn sync_dir(dir: &Path) {
 /// (not below). Call it only while holding the folder's lock ([`crate::lock::DirLock`]): then
 /// no other writer can be using them. Returns how many were removed.
 pub fn sweep_temp_files(dir: &Path) -> usize {
+    sweep_temp(dir, false)
+}
+
+/// Removes `dir`'s entries with a temporary name that are folders (`dirs`) or files.
+fn sweep_temp(dir: &Path, dirs: bool) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -57,12 +62,15 @@ pub fn sweep_temp_files(dir: &Path) -> usize {
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if is_temp_name(name)
-            && e.file_type().is_ok_and(|t| t.is_file())
-            && std::fs::remove_file(e.path()).is_ok()
-        {
-            removed += 1;
+        if !is_temp_name(name) {
+            continue;
         }
+        let gone = match e.file_type() {
+            Ok(t) if dirs && t.is_dir() => std::fs::remove_dir_all(e.path()).is_ok(),
+            Ok(t) if !dirs && t.is_file() => std::fs::remove_file(e.path()).is_ok(),
+            _ => false,
+        };
+        removed += usize::from(gone);
     }
     removed
 }
@@ -129,21 +137,7 @@ pub fn write_dir_atomic<'a>(
 /// folder named as one), in `dir` (not below). Like [`sweep_temp_files`], call it only while
 /// holding the folder's lock. Returns how many were removed.
 pub fn sweep_temp_dirs(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if is_temp_name(name)
-            && e.file_type().is_ok_and(|t| t.is_dir())
-            && std::fs::remove_dir_all(e.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
+    sweep_temp(dir, true)
 }
 
 /// Writes named tensors as a safetensors file, atomically (see [`write_atomic`]).

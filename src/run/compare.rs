@@ -15,7 +15,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::report::REPORT_SCHEMA_VERSION;
+use super::report::{text_table, REPORT_SCHEMA_VERSION};
 use crate::input_err;
 use crate::provenance::Provenance;
 
@@ -500,36 +500,6 @@ const FIGURE_HEADS: [&str; 7] = [
     "CLIPScore",
 ];
 
-/// Rows of cells as a plain-text table: columns padded to their widest cell, left-aligned but
-/// for the columns `right` says, two spaces apart, each line indented by two.
-fn text_table(rows: &[Vec<String>], right: impl Fn(usize) -> bool) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut s = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            line.push_str("  ");
-            if right(c) {
-                let _ = write!(line, "{cell:>w$}");
-            } else {
-                let _ = write!(line, "{cell:<w$}");
-            }
-        }
-        s.push_str(line.trim_end());
-        s.push('\n');
-    }
-    s
-}
-
 /// The tool and commit of a run, `–` where run.json does not record them.
 fn tool_text(r: &RunInfo) -> String {
     r.provenance
@@ -561,7 +531,7 @@ pub fn text(c: &Comparison) -> String {
             },
         ]);
     }
-    s.push_str(&text_table(&rows, |c| c == 2 || c == 3));
+    s.push_str(&text_table(&rows, "  ", |c| c == 2 || c == 3));
     for (i, r) in c.runs.iter().enumerate() {
         if let Some(p) = &r.provenance {
             let _ = writeln!(s, "  {}: {}", tag(i), p.shell_line());
@@ -583,7 +553,7 @@ pub fn text(c: &Comparison) -> String {
                     .collect(),
             );
         }
-        s.push_str(&text_table(&rows, |_| false));
+        s.push_str(&text_table(&rows, "  ", |_| false));
     }
 
     s.push_str(
@@ -608,7 +578,7 @@ pub fn text(c: &Comparison) -> String {
     if rows.len() == 1 {
         s.push_str("  no figures\n");
     } else {
-        s.push_str(&text_table(&rows, |c| c >= 4));
+        s.push_str(&text_table(&rows, "  ", |c| c >= 4));
     }
     s
 }

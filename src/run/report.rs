@@ -405,9 +405,14 @@ pub fn write_all(
     })
 }
 
-/// Lines of cells as a plain-text table: columns padded to their widest cell, the first two
-/// left-aligned (names), the rest right-aligned (numbers), two spaces apart.
-fn text_table(rows: &[Vec<String>]) -> String {
+/// Rows of cells as a plain-text table: columns padded to their widest cell, two spaces apart,
+/// left-aligned but for the columns `right` says, each line after `indent`. Shared by the end
+/// summary and `roundtrip compare`.
+pub(crate) fn text_table(
+    rows: &[Vec<String>],
+    indent: &str,
+    right: impl Fn(usize) -> bool,
+) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -420,15 +425,15 @@ fn text_table(rows: &[Vec<String>]) -> String {
         .collect();
     let mut s = String::new();
     for row in rows {
-        let mut line = String::new();
+        let mut line = indent.to_owned();
         for (c, (cell, w)) in row.iter().zip(&widths).enumerate() {
             if c > 0 {
                 line.push_str("  ");
             }
-            if c < 2 {
-                let _ = write!(line, "{cell:<w$}");
-            } else {
+            if right(c) {
                 let _ = write!(line, "{cell:>w$}");
+            } else {
+                let _ = write!(line, "{cell:<w$}");
             }
         }
         s.push_str(line.trim_end());
@@ -489,7 +494,7 @@ pub fn summary(r: &Report) -> String {
         }
     }
     let mut s = if rows.len() > 1 {
-        text_table(&rows)
+        text_table(&rows, "", |c| c >= 2)
     } else {
         String::new()
     };
