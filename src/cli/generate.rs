@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::builder::PossibleValue;
+use serde_json::json;
 
 use crate::generate::biggan::Resize;
 use crate::generate::command::{generate, GenerateRequest, GeneratorSettings};
@@ -94,6 +95,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    json: super::JsonArg,
 }
 
 /// SIREN generator settings, shared by `generate` and `run` (some also set BigGAN's); each left
@@ -433,14 +436,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         device: a.device.open()?,
     };
     let done = generate(&req)?;
-    write!(
-        out,
-        "{}\t{}\tsimilarity {:.4}\tseed {}",
-        done.image.display(),
-        done.record.display(),
-        done.final_similarity,
-        done.seed
-    )?;
+    let mut run_image = None;
     if let Some(l) = &like {
         let png = std::fs::read(&done.image)
             .map_err(|e| anyhow::anyhow!("cannot read back {}: {e}", done.image.display()))?;
@@ -464,10 +460,18 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
                 ));
             }
         }
-        write!(out, "\trun image {}", likeness.word())?;
+        run_image = Some(likeness.word());
     }
-    writeln!(out)?;
-    Ok(())
+    a.json.print(
+        out,
+        &[
+            ("image", json!(done.image.display().to_string())),
+            ("record", json!(done.record.display().to_string())),
+            ("similarity", json!(f64::from(done.final_similarity))),
+            ("seed", json!(done.seed)),
+            ("run_image", json!(run_image)),
+        ],
+    )
 }
 
 #[cfg(test)]

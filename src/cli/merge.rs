@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::json;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The folders of `roundtrip run --shard K/N`, all N of them.
@@ -16,17 +18,19 @@ pub struct Args {
     /// Replace a merged run already in --out even if its settings differ.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    json: super::JsonArg,
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let s = crate::run::merge::merge(&a.shards, &a.out, a.force, a.gallery.images())?;
-    writeln!(
+    a.json.print(
         out,
-        "{}\tphrases {}\tshards {}\timages {}",
-        s.report.display(),
-        s.phrases,
-        s.shards,
-        s.images
-    )?;
-    Ok(())
+        &[
+            ("report", json!(s.report.display().to_string())),
+            ("phrases", json!(s.phrases)),
+            ("shards", json!(s.shards)),
+            ("images", json!(s.images)),
+        ],
+    )
 }

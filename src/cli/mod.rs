@@ -120,6 +120,54 @@ impl DeviceArg {
     }
 }
 
+/// `--json`, shared by the commands that print a result line.
+#[derive(Debug, clap::Args)]
+struct JsonArg {
+    /// Print the result as one JSON object instead of the tab-separated line (same key names:
+    /// the line's words in snake_case).
+    #[arg(long)]
+    json: bool,
+}
+
+impl JsonArg {
+    /// Prints a result: one JSON object of `fields`, or the line `value<TAB>key value<TAB>...`,
+    /// the first field's value alone (the main file), then each other field as its key with
+    /// spaces for `_`; nulls are left out of the line.
+    fn print(
+        &self,
+        out: &mut dyn Write,
+        fields: &[(&str, serde_json::Value)],
+    ) -> anyhow::Result<()> {
+        if self.json {
+            let map: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect();
+            serde_json::to_writer(&mut *out, &map)?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        let mut cells = Vec::with_capacity(fields.len());
+        for (i, (k, v)) in fields.iter().enumerate() {
+            let text = match v {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) if n.is_f64() => {
+                    format!("{:.4}", n.as_f64().unwrap_or(f64::NAN))
+                }
+                other => other.to_string(),
+            };
+            cells.push(if i == 0 {
+                text
+            } else {
+                format!("{} {text}", k.replace('_', " "))
+            });
+        }
+        writeln!(out, "{}", cells.join("\t"))?;
+        Ok(())
+    }
+}
+
 /// Executes a parsed command line, writing results to `out`.
 pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     // A bad heartbeat setting is reported before anything runs (not minutes into a training).

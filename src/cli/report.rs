@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::json;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Run folder (written by `roundtrip run` or `roundtrip merge`).
@@ -17,6 +19,8 @@ pub struct Args {
     /// No summary of the corpus figures on stderr.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    json: super::JsonArg,
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -39,13 +43,13 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             r.csv.display()
         ),
     );
-    writeln!(
+    a.json.print(
         out,
-        "{}\tphrases {}\timages {}\tunfinished {}",
-        r.json.display(),
-        r.phrases,
-        r.images,
-        r.unfinished
-    )?;
-    Ok(())
+        &[
+            ("report", json!(r.json.display().to_string())),
+            ("phrases", json!(r.phrases)),
+            ("images", json!(r.images)),
+            ("unfinished", json!(r.unfinished)),
+        ],
+    )
 }

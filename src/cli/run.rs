@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::json;
+
 use super::generate::{BigGanArgs, SirenArgs};
 use crate::generate::GeneratorKind;
 use crate::run::html::GalleryImages;
@@ -121,6 +123,8 @@ pub struct Args {
     /// No progress bars or log lines on stderr.
     #[arg(long, help_heading = "Output")]
     quiet: bool,
+    #[command(flatten, next_help_heading = "Output")]
+    json: super::JsonArg,
     /// Run only the K-th of N stable shares of the phrases (merge the folders with `roundtrip
     /// merge`) [default: all phrases].
     #[arg(long, help_heading = "Scale-out")]
@@ -204,15 +208,15 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         device: a.device.open()?,
     };
     let s = run_prompts(&req)?;
-    writeln!(
+    a.json.print(
         out,
-        "{}\tphrases {}\tcomputed {}\treused {}\tupdated {}\timages {}",
-        s.report.display(),
-        s.phrases,
-        s.computed,
-        s.reused,
-        s.updated,
-        s.images
-    )?;
-    Ok(())
+        &[
+            ("report", json!(s.report.display().to_string())),
+            ("phrases", json!(s.phrases)),
+            ("computed", json!(s.computed)),
+            ("reused", json!(s.reused)),
+            ("updated", json!(s.updated)),
+            ("images", json!(s.images)),
+        ],
+    )
 }

@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::json;
+
 use crate::captioner::augment::Augmentation;
 use crate::captioner::encoder::EncoderKind;
 use crate::captioner::feature_cache::default_cache_dir;
@@ -82,6 +84,8 @@ pub struct Args {
     /// No progress bars or log lines on stderr.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    json: super::JsonArg,
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -112,20 +116,20 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         device: a.device.open()?,
     };
     let s = train(&req)?;
-    let encoder = match s.features {
-        Some(f) => format!("features computed {} cached {}", f.computed, f.cached),
-        None => format!(
-            "encoder trained: {}",
-            req.out.join(TRAINED_ENCODER_DIR).display()
-        ),
-    };
-    writeln!(
+    let trained = s
+        .features
+        .is_none()
+        .then(|| req.out.join(TRAINED_ENCODER_DIR).display().to_string());
+    a.json.print(
         out,
-        "{}\tepochs {}\tbest dev loss {:.4}\t{encoder}\tdataset problems {}",
-        req.out.display(),
-        s.epochs_run,
-        s.best_dev_loss,
-        s.problems
-    )?;
-    Ok(())
+        &[
+            ("model", json!(req.out.display().to_string())),
+            ("epochs", json!(s.epochs_run)),
+            ("best_dev_loss", json!(f64::from(s.best_dev_loss))),
+            ("features_computed", json!(s.features.map(|f| f.computed))),
+            ("features_cached", json!(s.features.map(|f| f.cached))),
+            ("encoder_trained", json!(trained)),
+            ("dataset_problems", json!(s.problems)),
+        ],
+    )
 }

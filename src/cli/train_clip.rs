@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::json;
+
 use crate::clip_train::{train_clip, ClipTrainSettings, TrainClipRequest};
 
 fn d() -> ClipTrainSettings {
@@ -77,6 +79,8 @@ pub struct Args {
     /// No progress bars or log lines on stderr.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    json: super::JsonArg,
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -107,27 +111,27 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         device: a.device.open()?,
     };
     let s = train_clip(&req)?;
-    let dev = s
-        .best_dev
-        .as_ref()
-        .map(|r| {
-            format!(
-                "dev top-1 i2t {:.3} t2i {:.3} (chance {:.3})",
-                r.image_to_text_top1, r.text_to_image_top1, r.chance
-            )
-        })
-        .unwrap_or_default();
-    writeln!(
+    let dev = s.best_dev.as_ref();
+    a.json.print(
         out,
-        "{}\tepochs {}\tbest epoch {} dev loss {:.4}\t{dev}\tparameters {}\tvocabulary {}\t{:.3} s/step\tdataset problems {}",
-        req.out.display(),
-        s.epochs_run,
-        s.best_epoch,
-        s.best_dev_loss,
-        s.parameters,
-        s.vocab_size,
-        s.seconds_per_step,
-        s.problems
-    )?;
-    Ok(())
+        &[
+            ("model", json!(req.out.display().to_string())),
+            ("epochs", json!(s.epochs_run)),
+            ("best_epoch", json!(s.best_epoch)),
+            ("best_dev_loss", json!(s.best_dev_loss)),
+            (
+                "dev_image_to_text_top1",
+                json!(dev.map(|r| r.image_to_text_top1)),
+            ),
+            (
+                "dev_text_to_image_top1",
+                json!(dev.map(|r| r.text_to_image_top1)),
+            ),
+            ("dev_chance", json!(dev.map(|r| r.chance))),
+            ("parameters", json!(s.parameters)),
+            ("vocabulary", json!(s.vocab_size)),
+            ("seconds_per_step", json!(s.seconds_per_step)),
+            ("dataset_problems", json!(s.problems)),
+        ],
+    )
 }

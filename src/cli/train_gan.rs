@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::json;
+
 use crate::gan::{train_gan, GanSettings, TrainGanRequest};
 
 fn d() -> GanSettings {
@@ -71,6 +73,8 @@ pub struct Args {
     /// No progress bars or log lines on stderr.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    json: super::JsonArg,
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -99,17 +103,17 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         command_line: std::env::args().collect(),
     };
     let s = train_gan(&req)?;
-    writeln!(
+    a.json.print(
         out,
-        "{}\tepochs {}\tG parameters {}\tD parameters {}\ttraining images {} (captions not parsed {})\tdev AUC {}\t{:.3} s/step",
-        req.out.display(),
-        s.epochs_run,
-        s.g_parameters,
-        s.d_parameters,
-        s.train_images,
-        s.unparsed,
-        s.last_dev_auc.map_or("-".into(), |a| format!("{a:.3}")),
-        s.seconds_per_step
-    )?;
-    Ok(())
+        &[
+            ("model", json!(req.out.display().to_string())),
+            ("epochs", json!(s.epochs_run)),
+            ("g_parameters", json!(s.g_parameters)),
+            ("d_parameters", json!(s.d_parameters)),
+            ("training_images", json!(s.train_images)),
+            ("captions_not_parsed", json!(s.unparsed)),
+            ("dev_auc", json!(s.last_dev_auc)),
+            ("seconds_per_step", json!(s.seconds_per_step)),
+        ],
+    )
 }

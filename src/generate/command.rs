@@ -18,8 +18,9 @@ use crate::input_err;
 use crate::models::biggan::BigGan;
 use crate::models::clip::Clip;
 
-/// Version of the `<slug>.json` layout; bumped on any incompatible change.
-pub const GENERATION_SCHEMA_VERSION: u32 = 1;
+/// Version of the `<slug>.json` layout; bumped on any incompatible change (2: `device` is the
+/// lower-case label of run records, `cpu` / `cuda:0`, where it was `Cpu` / `Cuda(..)`).
+pub const GENERATION_SCHEMA_VERSION: u32 = 2;
 
 /// Which generator draws, with its settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -232,7 +233,7 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
         seed,
         seed_source,
         models,
-        device: format!("{:?}", req.device),
+        device: crate::device::label(&req.device),
         threads: candle_core::utils::get_num_threads(),
         image: relative(&image_path, &req.out_dir),
         frames: out

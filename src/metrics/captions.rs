@@ -10,10 +10,77 @@ use super::bleu::{corpus_bleu, sentence_bleu, Smoothing};
 use crate::text::normalize;
 
 /// BLEU-1..4 unsmoothed and with method1 smoothing (nltk's `SmoothingFunction().method1`).
+///
+/// Written as `bleu1`..`bleu4` (unsmoothed) and `bleu1_method1`..`bleu4_method1`: the key names
+/// of `bleu --json`, `eval --json` and report.csv, so one figure has one name everywhere. Reads
+/// also the `{"unsmoothed": [..], "method1": [..]}` form of report schema 4 and records of run
+/// schema 2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "BleuKeys", from = "BleuForms")]
 pub struct BleuPair {
     pub unsmoothed: [f64; 4],
     pub method1: [f64; 4],
+}
+
+#[derive(Serialize, Deserialize)]
+struct BleuKeys {
+    bleu1: f64,
+    bleu2: f64,
+    bleu3: f64,
+    bleu4: f64,
+    bleu1_method1: f64,
+    bleu2_method1: f64,
+    bleu3_method1: f64,
+    bleu4_method1: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BleuForms {
+    Keys(BleuKeys),
+    Arrays {
+        unsmoothed: [f64; 4],
+        method1: [f64; 4],
+    },
+}
+
+impl From<BleuPair> for BleuKeys {
+    fn from(b: BleuPair) -> Self {
+        let ([bleu1, bleu2, bleu3, bleu4], [m1, m2, m3, m4]) = (b.unsmoothed, b.method1);
+        Self {
+            bleu1,
+            bleu2,
+            bleu3,
+            bleu4,
+            bleu1_method1: m1,
+            bleu2_method1: m2,
+            bleu3_method1: m3,
+            bleu4_method1: m4,
+        }
+    }
+}
+
+impl From<BleuForms> for BleuPair {
+    fn from(f: BleuForms) -> Self {
+        match f {
+            BleuForms::Keys(k) => Self {
+                unsmoothed: [k.bleu1, k.bleu2, k.bleu3, k.bleu4],
+                method1: [
+                    k.bleu1_method1,
+                    k.bleu2_method1,
+                    k.bleu3_method1,
+                    k.bleu4_method1,
+                ],
+            },
+            BleuForms::Arrays {
+                unsmoothed,
+                method1,
+            } => Self {
+                unsmoothed,
+                method1,
+            },
+        }
+    }
 }
 
 /// Sentence BLEU of a caption against the phrase, both normalised as the captioners'
@@ -53,6 +120,22 @@ pub fn diversity(captions: &[String]) -> (usize, String, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bleu_keys_are_the_flat_names_and_the_old_form_still_reads() {
+        let b = BleuPair {
+            unsmoothed: [0.5, 0.25, 0.125, 0.0625],
+            method1: [0.5, 0.3, 0.2, 0.1],
+        };
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["bleu1"], 0.5);
+        assert_eq!(v["bleu4"], 0.0625);
+        assert_eq!(v["bleu2_method1"], 0.3);
+        assert_eq!(v.as_object().unwrap().len(), 8);
+        assert_eq!(serde_json::from_value::<BleuPair>(v).unwrap(), b);
+        let old = serde_json::json!({"unsmoothed": b.unsmoothed, "method1": b.method1});
+        assert_eq!(serde_json::from_value::<BleuPair>(old).unwrap(), b);
+    }
 
     #[test]
     fn bleu_normalises_like_the_vocabulary() {

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::report::{text_table, REPORT_SCHEMA_VERSION};
 use crate::input_err;
+use crate::metrics::captions::BleuPair;
 use crate::provenance::Provenance;
 
 /// Version of `compare --json`'s object; bumped on any incompatible change.
@@ -82,15 +83,9 @@ struct PhotoIn {
 #[derive(Deserialize)]
 struct FiguresIn {
     images: usize,
-    bleu: BleuIn,
+    bleu: BleuPair,
     mean_clip_text_similarity: f64,
     distinct_captions: usize,
-}
-
-#[derive(Deserialize)]
-struct BleuIn {
-    unsmoothed: [f64; 4],
-    method1: [f64; 4],
 }
 
 #[derive(Deserialize)]
@@ -248,10 +243,9 @@ pub struct CorpusRow {
     pub images: ImageKind,
     /// Images captioned.
     pub n: usize,
-    /// Corpus BLEU-1..4 of the captions against their phrases (unsmoothed; `bleu_method1`:
-    /// smoothed with nltk's method1).
-    pub bleu: [f64; 4],
-    pub bleu_method1: [f64; 4],
+    /// Corpus BLEU-1..4 of the captions against their phrases, unsmoothed and with nltk's
+    /// method1 (`bleu1`..`bleu4`, `bleu1_method1`..`bleu4_method1`, as in report.json).
+    pub bleu: BleuPair,
     /// Mean CLIP similarity of caption and phrase.
     pub clip_text_similarity: f64,
     pub distinct_captions: usize,
@@ -392,8 +386,7 @@ pub fn compare(dirs: &[PathBuf]) -> anyhow::Result<Comparison> {
             captioner: captioner.to_owned(),
             images: kind,
             n: f.images,
-            bleu: f.bleu.unsmoothed,
-            bleu_method1: f.bleu.method1,
+            bleu: f.bleu.clone(),
             clip_text_similarity: f.mean_clip_text_similarity,
             distinct_captions: f.distinct_captions,
             clip_score: score,
@@ -483,7 +476,12 @@ fn opt(x: Option<f64>) -> String {
 
 /// A row's cells from BLEU-1 on, as the text table and the page show them.
 fn figure_cells(r: &CorpusRow) -> Vec<String> {
-    let mut cells: Vec<String> = r.bleu.iter().map(|b| format!("{b:.4}")).collect();
+    let mut cells: Vec<String> = r
+        .bleu
+        .unsmoothed
+        .iter()
+        .map(|b| format!("{b:.4}"))
+        .collect();
     cells.push(format!("{:.4}", r.clip_text_similarity));
     cells.push(format!("{}/{}", r.distinct_captions, r.n));
     cells.push(opt(r.clip_score));
@@ -659,10 +657,10 @@ code { font-size: 0.9em; }\n\
         // of the group do not all share it.
         let figures = |r: &CorpusRow| -> [Option<f64>; 6] {
             [
-                Some(r.bleu[0]),
-                Some(r.bleu[1]),
-                Some(r.bleu[2]),
-                Some(r.bleu[3]),
+                Some(r.bleu.unsmoothed[0]),
+                Some(r.bleu.unsmoothed[1]),
+                Some(r.bleu.unsmoothed[2]),
+                Some(r.bleu.unsmoothed[3]),
                 Some(r.clip_text_similarity),
                 r.clip_score,
             ]

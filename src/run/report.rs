@@ -25,8 +25,10 @@ use crate::text::normalize;
 /// phrase's stage keys and file digests; 3: several generators: `settings.generators`, one
 /// `phrases` entry per image, corpus figures per generator and once for the photos; 4: a
 /// generator's `generated_with_photo` figures are `null` when every phrase it drew has a photo,
-/// where they would repeat `generated`).
-pub const REPORT_SCHEMA_VERSION: u32 = 4;
+/// where they would repeat `generated`; 5: BLEU objects are `bleu1`..`bleu4` and
+/// `bleu1_method1`..`bleu4_method1`, the key names of every other output, where they were
+/// `unsmoothed` / `method1` arrays).
+pub const REPORT_SCHEMA_VERSION: u32 = 5;
 
 #[derive(Serialize)]
 pub struct Tool {

@@ -49,7 +49,10 @@ fn learns_beats_a_blind_baseline_and_reuses_features() {
     let cache = d.path().join("cache").display().to_string();
     let out = d.path().join("cap").display().to_string();
     let first = ok(&roundtrip(&train_args(&ds, &out, &cache, "12")));
-    assert!(first.contains("features computed 56 cached 0"), "{first}");
+    assert!(
+        first.contains("features computed 56\tfeatures cached 0"),
+        "{first}"
+    );
     for f in [
         "config.json",
         "vocab.json",
@@ -99,7 +102,10 @@ fn learns_beats_a_blind_baseline_and_reuses_features() {
     // A second training of the same encoder on the same images reads every feature from the cache.
     let out2 = d.path().join("cap2").display().to_string();
     let second = ok(&roundtrip(&train_args(&ds, &out2, &cache, "1")));
-    assert!(second.contains("features computed 0 cached 56"), "{second}");
+    assert!(
+        second.contains("features computed 0\tfeatures cached 56"),
+        "{second}"
+    );
 
     let caps = ok(&roundtrip(&[
         "caption",

@@ -270,8 +270,8 @@ fn run_logs_each_step_with_the_runs_progress_and_ends_with_a_summary() {
                 label.to_owned(),
                 what.to_owned(),
                 figures["images"].to_string(),
-                f(&figures["bleu"]["unsmoothed"][0]),
-                f(&figures["bleu"]["unsmoothed"][3]),
+                f(&figures["bleu"]["bleu1"]),
+                f(&figures["bleu"]["bleu4"]),
                 f(&figures["mean_clip_text_similarity"]),
                 format!("{}/{}", figures["distinct_captions"], figures["images"]),
             ];

@@ -485,7 +485,10 @@ fn damaged_and_old_format_feature_cache_entries_are_recomputed() {
     let cache = d.path().join("cache");
     let fresh = d.path().join("fresh");
     let first = ok(&roundtrip(&frozen_args(&ds, &fresh, &cache, "2")));
-    assert!(first.contains("features computed 56 cached 0"), "{first}");
+    assert!(
+        first.contains("features computed 56\tfeatures cached 0"),
+        "{first}"
+    );
     let (dir, files) = cache_entries(&cache);
     assert_eq!(files.len(), 56);
 
@@ -508,7 +511,10 @@ fn damaged_and_old_format_feature_cache_entries_are_recomputed() {
     let again = d.path().join("again");
     let o = roundtrip(&frozen_args(&ds, &again, &cache, "2"));
     let out = ok(&o);
-    assert!(out.contains("features computed 3 cached 53"), "{out}");
+    assert!(
+        out.contains("features computed 3\tfeatures cached 53"),
+        "{out}"
+    );
     let e = err(&o);
     for f in &files[..3] {
         assert!(
@@ -526,7 +532,10 @@ fn damaged_and_old_format_feature_cache_entries_are_recomputed() {
         &cache,
         "1",
     )));
-    assert!(third.contains("features computed 0 cached 56"), "{third}");
+    assert!(
+        third.contains("features computed 0\tfeatures cached 56"),
+        "{third}"
+    );
 
     // Entries of the first format (bare f32s under features/) are never read: a cache holding
     // only those, even of the right size, computes everything.
@@ -540,7 +549,10 @@ fn damaged_and_old_format_feature_cache_entries_are_recomputed() {
     }
     let old = d.path().join("old");
     let out = ok(&roundtrip(&frozen_args(&ds, &old, &old_cache, "2")));
-    assert!(out.contains("features computed 56 cached 0"), "{out}");
+    assert!(
+        out.contains("features computed 56\tfeatures cached 0"),
+        "{out}"
+    );
     assert!(bytes(&fresh, "model.safetensors") == bytes(&old, "model.safetensors"));
 }
 

@@ -33,7 +33,7 @@ fn golden_report_matches() {
     let dir = golden_run();
     let report = read_json(&dir.join("report.json"));
     let r: Report = serde_json::from_value(report.clone()).unwrap();
-    assert_eq!(r.schema_version, 4);
+    assert_eq!(r.schema_version, 5);
     let phrases: Vec<&str> = r.phrases.iter().map(|p| p.phrase.as_str()).collect();
     assert_eq!(
         phrases,

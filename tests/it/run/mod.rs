@@ -266,10 +266,40 @@ struct Caption {
     clip_text_similarity: f64,
 }
 
+/// report.json's BLEU object (`bleu1`..`bleu4`, `bleu1_method1`..`bleu4_method1`, nothing
+/// else), as arrays.
 #[derive(serde::Deserialize)]
+#[serde(from = "BleuKeys")]
 struct Bleu {
     unsmoothed: [f64; 4],
     method1: [f64; 4],
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BleuKeys {
+    bleu1: f64,
+    bleu2: f64,
+    bleu3: f64,
+    bleu4: f64,
+    bleu1_method1: f64,
+    bleu2_method1: f64,
+    bleu3_method1: f64,
+    bleu4_method1: f64,
+}
+
+impl From<BleuKeys> for Bleu {
+    fn from(k: BleuKeys) -> Self {
+        Self {
+            unsmoothed: [k.bleu1, k.bleu2, k.bleu3, k.bleu4],
+            method1: [
+                k.bleu1_method1,
+                k.bleu2_method1,
+                k.bleu3_method1,
+                k.bleu4_method1,
+            ],
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -98,10 +98,27 @@ fn generate_like_redraws_a_runs_image_byte_for_byte() {
             p.phrase
         );
         // The run's frame interval too: a frame at step 2 of 3.
-        let record = read_json(Path::new(fields[1]));
+        let record = read_json(Path::new(fields[1].strip_prefix("record ").unwrap()));
         assert_eq!(record["frames"].as_array().unwrap().len(), 1, "{record}");
         assert_eq!(record["settings"]["steps"], 3);
     }
+    // --json: one object with the line's keys; the record names the device in lower case.
+    let p = &r.phrases[0];
+    let v: serde_json::Value = serde_json::from_str(&ok(&redraw(
+        run,
+        &p.phrase,
+        d.path(),
+        &["--json", "--force"],
+    )))
+    .unwrap();
+    assert_eq!(
+        (&v["seed"], &v["run_image"]),
+        (&json!(p.seed), &json!("same")),
+        "{v}"
+    );
+    assert!(v["similarity"].as_f64().is_some(), "{v}");
+    let record = read_json(Path::new(v["record"].as_str().unwrap()));
+    assert_eq!(record["device"], "cpu", "{record}");
     // An option given overrides the run's value: another image, said so.
     let phrase = &r.phrases[0].phrase;
     let o = redraw(run, phrase, d.path(), &["--steps", "4", "--force"]);
@@ -198,6 +215,23 @@ fn report_rewrites_the_report_from_the_records() {
     for f in ["report.csv", "report.html", "report.md"] {
         assert!(run.join(f).is_file(), "{f}");
     }
+    // --json: the line's keys, the same values.
+    let v: serde_json::Value = serde_json::from_str(&ok(&roundtrip(&[
+        "report",
+        run.to_str().unwrap(),
+        "--quiet",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        (&v["phrases"], &v["images"], &v["unfinished"]),
+        (&json!(3), &json!(3), &json!(0)),
+        "{v}"
+    );
+    assert!(
+        v["report"].as_str().unwrap().ends_with("report.json"),
+        "{v}"
+    );
     assert!(!run.join(roundtrip::lock::LOCK_FILE).exists());
 
     // An image without its record: refused, or with --partial the others reported.
@@ -273,7 +307,7 @@ struct Row {
     captioner: String,
     images: String,
     n: usize,
-    bleu: [f64; 4],
+    bleu: Bleu,
     clip_text_similarity: f64,
     clip_score: Option<f64>,
 }
@@ -349,7 +383,10 @@ fn compare_puts_two_seeds_side_by_side() {
             (None, _) => corpus.photo.captioners[&row.captioner].as_ref(),
         }
         .unwrap();
-        assert_eq!((row.n, row.bleu), (figures.images, figures.bleu.unsmoothed));
+        assert_eq!(
+            (row.n, row.bleu.unsmoothed),
+            (figures.images, figures.bleu.unsmoothed)
+        );
         assert!((-1.0..=1.0).contains(&row.clip_text_similarity));
         assert!(row.clip_score.is_some());
     }
