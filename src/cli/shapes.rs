@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde_json::json;
 
 use crate::error::InputError;
 use crate::shapes::render::{check_size, encode};
@@ -29,6 +30,8 @@ pub enum Command {
         /// Replace a previous shapes dataset in --out.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        json: super::JsonArg,
     },
     /// Draw a "real photo" of a shapes phrase (PNG or JPEG, by the file name's extension).
     Render {
@@ -46,6 +49,8 @@ pub enum Command {
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        json: super::JsonArg,
     },
 }
 
@@ -57,6 +62,7 @@ pub fn execute(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
             size,
             seed,
             force,
+            json,
         } => {
             let opts = DatasetOptions {
                 images,
@@ -65,19 +71,20 @@ pub fn execute(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
                 force,
             };
             let s = shapes::write_dataset(&dir, &opts)?;
-            writeln!(
+            json.print(
                 out,
-                "{}\t{} images ({} one-shape, {} two-shape; train {}, dev {}, test {}), {} captions, {} px, seed {}",
-                dir.display(),
-                s.images,
-                s.one_shape,
-                s.two_shapes,
-                s.train,
-                s.dev,
-                s.test,
-                s.images * s.captions_per_image,
-                s.size,
-                s.seed
+                &[
+                    ("dataset", json!(dir.display().to_string())),
+                    ("images", json!(s.images)),
+                    ("one_shape", json!(s.one_shape)),
+                    ("two_shapes", json!(s.two_shapes)),
+                    ("train", json!(s.train)),
+                    ("dev", json!(s.dev)),
+                    ("test", json!(s.test)),
+                    ("captions", json!(s.images * s.captions_per_image)),
+                    ("size", json!(s.size)),
+                    ("seed", json!(s.seed)),
+                ],
             )?;
         }
         Command::Render {
@@ -86,6 +93,7 @@ pub fn execute(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
             size,
             seed,
             force,
+            json,
         } => {
             let scene = shapes::parse(&phrase).map_err(|e| InputError::new(e.to_string()))?;
             check_size(size)?;
@@ -104,7 +112,13 @@ pub fn execute(c: Command, out: &mut dyn Write) -> anyhow::Result<()> {
             let (drawn, image) = shapes::render_scene(&scene, size, &mut rng);
             let bytes = encode(&image, &file)?;
             crate::fsutil::write_atomic(&file, &bytes)?;
-            writeln!(out, "{}\t{drawn}", file.display())?;
+            json.print(
+                out,
+                &[
+                    ("image", json!(file.display().to_string())),
+                    ("drawn", json!(drawn.to_string())),
+                ],
+            )?;
         }
     }
     Ok(())

@@ -26,8 +26,19 @@ fn dataset_loads_with_every_split_and_caption() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("shapes");
     let stdout = ok(&dataset(&root, "11", &[]));
-    assert!(stdout.contains("40 images"), "{stdout}");
-    assert!(stdout.contains("train 32, dev 4, test 4"), "{stdout}");
+    assert!(stdout.contains("\timages 40\t"), "{stdout}");
+    assert!(stdout.contains("\ttrain 32\tdev 4\ttest 4\t"), "{stdout}");
+    let again = ok(&dataset(&root, "11", &["--force", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        (&v["images"], &v["train"], &v["test"]),
+        (
+            &serde_json::json!(40),
+            &serde_json::json!(32),
+            &serde_json::json!(4)
+        ),
+        "{v}"
+    );
 
     let ds = Dataset::load(&root).unwrap();
     assert_eq!(ds.layout, Layout::Original);
@@ -93,6 +104,7 @@ fn render_draws_grammar_phrases_and_names_unknown_words() {
     // Unspecified sizes were drawn and are reported.
     assert!(stdout.starts_with(png_s), "{stdout}");
     let drawn = stdout.trim_end().split('\t').nth(1).unwrap();
+    let drawn = drawn.strip_prefix("drawn ").unwrap();
     assert!(
         drawn.contains("red circle to the left of a") && drawn.ends_with("blue star"),
         "{drawn}"
