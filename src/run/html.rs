@@ -53,7 +53,7 @@ pub const STRIP: usize = 8;
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;font-size:15px}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.4em;vertical-align:top}\
 th{background:#f4f4f4;text-align:left}.phrases>tbody>tr>td:first-child{font-weight:600;max-width:14em}\
-img.generated,img.photo{width:192px;height:auto;image-rendering:auto;display:block}\
+img.generated,img.photo{width:192px;height:auto;image-rendering:auto;display:block;border:1px solid #bbb}\
 .num{text-align:right;font-variant-numeric:tabular-nums}small{color:#555;font-weight:400}\
 .scores{display:flex;flex-wrap:wrap;column-gap:.8em;margin:.35em 0;font-size:14px;font-variant-numeric:tabular-nums;max-width:250px}\
 .scores span,.bleu span{white-space:nowrap}\
@@ -240,18 +240,17 @@ fn chart(steps: &[StepPoint]) -> String {
         "<svg width=\"{w}\" height=\"{}\" viewBox=\"0 0 {w} {}\" role=\"img\"><title>CLIP similarity over {} steps: {:.3} to {:.3}</title>\
 <rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"#fafafa\" stroke=\"#ddd\"/>\
 <polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"1.5\" points=\"{}\"/>\
-<text x=\"2\" y=\"{}\" font-size=\"9\" fill=\"#666\">{:.3} → {:.3} (max {:.3}), {} steps</text></svg>",
-        h + 12.0,
-        h + 12.0,
+<text x=\"2\" y=\"{}\" font-size=\"12\" fill=\"#444\">{:.3} → {:.3}, max {:.3}</text></svg>",
+        h + 16.0,
+        h + 16.0,
         steps.len(),
         lo,
         hi,
         points.join(" "),
-        h + 10.0,
+        h + 13.0,
         steps[0].similarity,
         steps[steps.len() - 1].similarity,
         hi,
-        steps.len()
     )
 }
 
