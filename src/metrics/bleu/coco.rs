@@ -143,16 +143,19 @@ mod tests {
     }
 
     #[test]
-    fn identical_hypothesis_scores_one_up_to_the_constants() {
+    fn identical_hypothesis_scores_one_up_to_the_constants_and_a_brevity_penalty() {
         let (corpus, per) = coco_bleu(&[toks("a b c d e")], &[vec![toks("a b c d e")]]);
+        // Even equal lengths are a ratio (5 + 1e-15) / (5 + 1e-9) below 1: a brevity penalty.
+        let bp = (1.0 - (5.0 + SMALL) / (5.0 + TINY)).exp();
+        assert!(bp < 1.0);
         for (k, b) in corpus.iter().enumerate() {
-            // ((n + 1e-15) / (n + 1e-9)) per order, no brevity penalty.
+            // ((n + 1e-15) / (n + 1e-9)) per order.
             let mut p = 1.0f64;
             for j in 0..=k {
                 let n = (5 - j) as f64;
                 p *= (n + TINY) / (n + SMALL);
             }
-            close(*b, p.powf(1.0 / (k + 1) as f64));
+            close(*b, p.powf(1.0 / (k + 1) as f64) * bp);
             close(per[0][k], *b);
         }
     }
