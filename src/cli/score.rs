@@ -46,10 +46,8 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             let mut fields = vec![("line", serde_json::Value::from(i + 1))];
             fields.extend(s.fields());
             if a.json.json {
-                let map: serde_json::Map<String, serde_json::Value> = fields
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect();
+                let map: serde_json::Map<String, serde_json::Value> =
+                    fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
                 serde_json::to_writer(&mut *out, &map)?;
                 writeln!(out)?;
                 continue;

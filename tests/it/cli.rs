@@ -856,7 +856,11 @@ fn score_prints_every_caption_metric_as_pycocoevalcap_computes_it() {
         .collect();
     let want_cider = [2.532056496486769, 3.23747962575004, 1.2003134868674485];
     let want_rouge = [0.6963470319634703, 0.8333333333333334, 0.6256410256410255];
-    let want_coco4 = [0.00010745699313892367, 0.604275079227126, 1.2909944484291946e-08];
+    let want_coco4 = [
+        0.00010745699313892367,
+        0.604275079227126,
+        1.2909944484291946e-08,
+    ];
     for (i, p) in per.iter().enumerate() {
         assert_eq!(p["line"], i + 1);
         assert!((p["cider_d"].as_f64().unwrap() - want_cider[i]).abs() < 1e-12);
@@ -875,7 +879,10 @@ fn score_reads_files_as_bleu_does_and_names_bad_input() {
     // The same object but for the hypotheses' name.
     let a: ScoreJson = serde_json::from_slice(&files.stdout).unwrap();
     let b: ScoreJson = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((a.cider_d, a.rouge_l, a.bleu4), (b.cider_d, b.rouge_l, b.bleu4));
+    assert_eq!(
+        (a.cider_d, a.rouge_l, a.bleu4),
+        (b.cider_d, b.rouge_l, b.bleu4)
+    );
     assert_eq!((a.tokenize.as_str(), b.hyps.as_str()), ("caption", "-"));
 
     let d = tempfile::tempdir().unwrap();

@@ -39,7 +39,12 @@ struct Agreement {
 }
 
 impl Agreement {
-    fn check(&mut self, got: &roundtrip::metrics::scores::CaptionScores, want: &Values, what: &str) {
+    fn check(
+        &mut self,
+        got: &roundtrip::metrics::scores::CaptionScores,
+        want: &Values,
+        what: &str,
+    ) {
         let close = |g: f64, w: f64, name: &str| {
             assert!(
                 (g - w).abs() <= TOLERANCE,
@@ -47,7 +52,13 @@ impl Agreement {
             );
             (g - w).abs()
         };
-        for (n, (g, w)) in got.coco_bleu.unwrap().iter().zip(want.coco_bleu).enumerate() {
+        for (n, (g, w)) in got
+            .coco_bleu
+            .unwrap()
+            .iter()
+            .zip(want.coco_bleu)
+            .enumerate()
+        {
             let d = close(*g, w, &format!("BLEU-{}", n + 1));
             self.bleu = self.bleu.max(d);
         }
@@ -79,7 +90,11 @@ fn agrees_with_pycocoevalcap_on_random_corpora() {
             .iter()
             .map(|rs| rs.iter().map(|r| whitespace(r)).collect())
             .collect();
-        let got = score(&hyps, &refs, &[Metric::CocoBleu, Metric::CiderD, Metric::RougeL]);
+        let got = score(
+            &hyps,
+            &refs,
+            &[Metric::CocoBleu, Metric::CiderD, Metric::RougeL],
+        );
         agreement.check(&got.corpus, &case.corpus, &format!("case {i} corpus"));
         assert_eq!(got.sentences.len(), case.sentences.len());
         for (j, (g, w)) in got.sentences.iter().zip(&case.sentences).enumerate() {
@@ -91,8 +106,14 @@ fn agrees_with_pycocoevalcap_on_random_corpora() {
         empty += hyps.iter().filter(|h| h.is_empty()).count();
     }
     // The fixture must exercise real matches and the edge cases, not only zeros.
-    assert!(nonzero_cider >= 50, "{nonzero_cider} sentences with CIDEr-D > 0.1");
-    assert!(one_token >= 5 && empty >= 1, "{one_token} one-token, {empty} empty");
+    assert!(
+        nonzero_cider >= 50,
+        "{nonzero_cider} sentences with CIDEr-D > 0.1"
+    );
+    assert!(
+        one_token >= 5 && empty >= 1,
+        "{one_token} one-token, {empty} empty"
+    );
     eprintln!(
         "pycocoevalcap {}: {} cases, {sentences} sentences, {} values; max |diff| BLEU {:.1e}, \
          CIDEr-D {:.1e}, ROUGE-L {:.1e}",

@@ -167,7 +167,10 @@ mod tests {
         let bp = (1.0 - (2.0 + SMALL) / (1.0 + TINY)).exp();
         close(s[0], (1.0 + TINY) / (1.0 + SMALL) * bp);
         // BLEU-2 = sqrt(p1 * (1e-15 / 1e-9)) * bp.
-        close(s[1], ((1.0 + TINY) / (1.0 + SMALL) * (TINY / SMALL)).sqrt() * bp);
+        close(
+            s[1],
+            ((1.0 + TINY) / (1.0 + SMALL) * (TINY / SMALL)).sqrt() * bp,
+        );
     }
 
     #[test]

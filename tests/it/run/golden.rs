@@ -89,7 +89,11 @@ fn golden_report_matches() {
         assert!(c.generated.distinct_captions >= 1 && c.generated.most_common_count >= 1);
         assert!(photo.bleu.method1[0] >= 0.0 && c.generated.bleu.unsmoothed[0] <= 1.0);
         // The corpus ROUGE-L is the mean of the captions'; CIDEr-D is recomputed from them.
-        let gen: Vec<&Caption> = r.phrases.iter().map(|p| &p.captions[label].generated).collect();
+        let gen: Vec<&Caption> = r
+            .phrases
+            .iter()
+            .map(|p| &p.captions[label].generated)
+            .collect();
         let mean = gen.iter().map(|c| c.rouge_l).sum::<f64>() / gen.len() as f64;
         assert!((c.generated.rouge_l - mean).abs() < 1e-12);
         let hyps: Vec<Vec<String>> = gen
