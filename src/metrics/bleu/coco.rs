@@ -63,9 +63,9 @@ impl CocoBleuStats {
     pub fn scores(&self) -> [f64; MAX_ORDER] {
         let mut out = [0.0; MAX_ORDER];
         let mut product = 1.0f64;
-        for k in 0..MAX_ORDER {
+        for (k, b) in out.iter_mut().enumerate() {
             product *= (self.correct[k] as f64 + TINY) / (self.guess[k] as f64 + SMALL);
-            out[k] = product.powf(1.0 / (k + 1) as f64);
+            *b = product.powf(1.0 / (k + 1) as f64);
         }
         let ratio = (self.test_len as f64 + TINY) / (self.ref_len as f64 + SMALL);
         if ratio < 1.0 {
