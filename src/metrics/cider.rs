@@ -49,14 +49,12 @@ struct Interner<'a> {
 }
 
 impl<'a> Interner<'a> {
-    fn ids(&mut self, tokens: &'a [impl AsRef<str>]) -> Vec<u32> {
-        tokens
-            .iter()
-            .map(|t| {
-                let next = self.ids.len() as u32 + 1;
-                *self.ids.entry(t.as_ref()).or_insert(next)
-            })
-            .collect()
+    fn ids_into(&mut self, tokens: &'a [impl AsRef<str>], out: &mut Vec<u32>) {
+        out.clear();
+        for t in tokens {
+            let next = self.ids.len() as u32 + 1;
+            out.push(*self.ids.entry(t.as_ref()).or_insert(next));
+        }
     }
 }
 
@@ -122,41 +120,39 @@ pub fn cider_d<T: AsRef<str>, R: AsRef<[T]>>(
         references.len(),
         "one reference set per hypothesis"
     );
+    // Two passes over the references, so that no sentence's n-grams are kept: the document
+    // frequencies (the images among whose references an n-gram occurs), then the scores.
     let mut interner = Interner::default();
     let mut index = FxHashMap::default();
-    let hyp_grams: Vec<Grams> = hypotheses
-        .iter()
-        .map(|h| grams(&interner.ids(h), &mut index))
-        .collect();
-    let ref_grams: Vec<Vec<Grams>> = references
-        .iter()
-        .map(|rs| {
-            rs.iter()
-                .map(|r| grams(&interner.ids(r.as_ref()), &mut index))
-                .collect()
-        })
-        .collect();
-    // Document frequency: the images among whose references an n-gram occurs.
+    let mut ids = Vec::new();
     let mut df: FxHashMap<u128, u32> = FxHashMap::default();
     let mut last_image: FxHashMap<u128, usize> = FxHashMap::default();
-    for (i, refs) in ref_grams.iter().enumerate() {
-        for key in refs.iter().flat_map(|g| &g.keys) {
-            if last_image.insert(*key, i) != Some(i) {
-                *df.entry(*key).or_default() += 1;
+    for (i, refs) in references.iter().enumerate() {
+        for r in refs {
+            interner.ids_into(r.as_ref(), &mut ids);
+            for key in grams(&ids, &mut index).keys {
+                if last_image.insert(key, i) != Some(i) {
+                    *df.entry(key).or_default() += 1;
+                }
             }
         }
     }
+    drop(last_image);
     let log_images = (hypotheses.len() as f64).ln();
     let penalty_denominator = 2.0 * SIGMA * SIGMA;
     let mut ref_weight: FxHashMap<u128, f64> = FxHashMap::default();
-    let sentences: Vec<f64> = hyp_grams
+    let sentences: Vec<f64> = hypotheses
         .iter()
-        .zip(&ref_grams)
-        .map(|(hg, refs)| {
-            let hw = weigh(hg, &df, log_images);
+        .zip(references)
+        .map(|(h, refs)| {
+            interner.ids_into(h, &mut ids);
+            let hg = grams(&ids, &mut index);
+            let hw = weigh(&hg, &df, log_images);
             let mut score = [0.0f64; ORDERS];
-            for rg in refs {
-                let rw = weigh(rg, &df, log_images);
+            for r in refs {
+                interner.ids_into(r.as_ref(), &mut ids);
+                let rg = grams(&ids, &mut index);
+                let rw = weigh(&rg, &df, log_images);
                 ref_weight.clear();
                 ref_weight.extend(rg.keys.iter().copied().zip(rw.weight.iter().copied()));
                 let delta = hg.length as f64 - rg.length as f64;

@@ -63,7 +63,7 @@ img.generated,img.photo{width:192px;height:auto;image-rendering:auto;display:blo
 .frames{display:flex;flex-wrap:wrap;gap:4px;margin-top:.4em;max-width:248px}\
 .frames figure{margin:0;font-size:11px;color:#444;text-align:center;font-variant-numeric:tabular-nums}\
 img.frame{width:56px;height:auto;display:block;border:1px solid #ddd}.frames .more{font-size:12px;color:#444;align-self:center}\
-.changed{max-width:70em}.changed .default{color:#555}";
+.changed{max-width:70em}.changed .default{color:#555}.corpus th{white-space:nowrap}";
 
 /// The indices of the frames a strip of `n` shows.
 pub fn strip_indices(n: usize) -> Vec<usize> {
