@@ -1,6 +1,7 @@
 //! `roundtrip eval`: corpus BLEU-1..4 of a captioner on a dataset split, as the original
 //! experiment reported it (every reference caption of an image, normalised; startseq/endseq left
-//! out), plus caption diversity.
+//! out), plus the captioning community's figures against the same references (pycocoevalcap's
+//! BLEU-1..4, CIDEr-D with the split's document frequencies, ROUGE-L) and caption diversity.
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +12,8 @@ use super::feature_cache::{CacheStats, FeatureCache};
 use super::model::Captioner;
 use crate::dataset::{Dataset, Split};
 use crate::hub::Locator;
-use crate::metrics::bleu::{corpus_stats, Smoothing};
 use crate::metrics::captions::diversity;
+use crate::metrics::scores::{score, Metric};
 use crate::text::normalize;
 
 #[derive(Debug, Serialize)]
@@ -27,6 +28,15 @@ pub struct EvalReport {
     pub bleu2: f64,
     pub bleu3: f64,
     pub bleu4: f64,
+    /// pycocoevalcap's BLEU-1..4 of the same captions and references.
+    pub coco_bleu1: f64,
+    pub coco_bleu2: f64,
+    pub coco_bleu3: f64,
+    pub coco_bleu4: f64,
+    /// CIDEr-D (pycocoevalcap's `Cider`), document frequencies over the split's references.
+    pub cider_d: f64,
+    /// ROUGE-L (pycocoevalcap's `Rouge`), the mean over images.
+    pub rouge_l: f64,
     /// Distinct captions / images.
     pub diversity: f64,
     pub distinct_captions: usize,
@@ -111,7 +121,9 @@ pub fn evaluate(
         .iter()
         .map(|n| ds.captions[n].iter().map(|c| normalize(c)).collect())
         .collect();
-    let [bleu1, bleu2, bleu3, bleu4] = corpus_stats(&hyps, &refs).scores(Smoothing::None);
+    let figures = score(&hyps, &refs, &Metric::ALL).corpus;
+    let [bleu1, bleu2, bleu3, bleu4] = figures.bleu.unwrap_or_default();
+    let [coco_bleu1, coco_bleu2, coco_bleu3, coco_bleu4] = figures.coco_bleu.unwrap_or_default();
     let (distinct, top, top_n) = diversity(&captions);
     let report = EvalReport {
         captioner: dir.display().to_string(),
@@ -124,6 +136,12 @@ pub fn evaluate(
         bleu2,
         bleu3,
         bleu4,
+        coco_bleu1,
+        coco_bleu2,
+        coco_bleu3,
+        coco_bleu4,
+        cider_d: figures.cider_d.unwrap_or_default(),
+        rouge_l: figures.rouge_l.unwrap_or_default(),
         diversity: distinct as f64 / names.len() as f64,
         distinct_captions: distinct,
         most_common_caption: top,

@@ -62,6 +62,14 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     for (n, b) in [r.bleu1, r.bleu2, r.bleu3, r.bleu4].iter().enumerate() {
         writeln!(out, "BLEU-{}  {:.6}", n + 1, b)?;
     }
+    let coco = [r.coco_bleu1, r.coco_bleu2, r.coco_bleu3, r.coco_bleu4];
+    writeln!(
+        out,
+        "COCO BLEU-1..4  {}",
+        coco.map(|b| format!("{b:.6}")).join(" ")
+    )?;
+    writeln!(out, "CIDEr-D  {:.6}", r.cider_d)?;
+    writeln!(out, "ROUGE-L  {:.6}", r.rouge_l)?;
     writeln!(
         out,
         "diversity {:.3} ({} distinct captions); most common ({}x): {}",

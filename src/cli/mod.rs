@@ -19,6 +19,7 @@ mod presets;
 mod prompts;
 mod report;
 mod run;
+mod score;
 mod shapes;
 mod train;
 mod train_clip;
@@ -65,6 +66,9 @@ Environment:
 enum Command {
     /// Corpus BLEU-1..4 of line-aligned hypotheses against reference streams (nltk semantics).
     Bleu(bleu::Args),
+    /// Caption metrics of line-aligned hypotheses against reference streams: nltk's BLEU-1..4,
+    /// and pycocoevalcap's BLEU-1..4, CIDEr-D and ROUGE-L.
+    Score(score::Args),
     /// The round trip for every phrase of a prompts file: generate, caption, score, report.
     Run(run::Args),
     /// Put the shard folders of one run back together into one run folder and report.
@@ -174,6 +178,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     crate::stderr::heartbeat_interval()?;
     match cli.command {
         Command::Bleu(a) => bleu::execute(a, out),
+        Command::Score(a) => score::execute(a, out),
         Command::Run(a) => run::execute(a, out),
         Command::Merge(a) => merge::execute(a, out),
         Command::Report(a) => report::execute(a, out),

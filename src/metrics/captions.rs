@@ -1,12 +1,13 @@
-//! Caption metrics of the round trip: BLEU of a caption against its phrase (both normalised as
-//! the captioners' vocabulary is), corpus BLEU of captions against reference sets, and caption
-//! diversity. `run`'s records and report and `eval` use these.
+//! Caption metrics of the round trip: BLEU and ROUGE-L of a caption against its phrase (both
+//! normalised as the captioners' vocabulary is), corpus BLEU of captions against reference sets,
+//! and caption diversity. `run`'s records and report and `eval` use these.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::bleu::{corpus_bleu, sentence_bleu, Smoothing};
+use super::rouge::rouge_l;
 use crate::text::normalize;
 
 /// BLEU-1..4 unsmoothed and with method1 smoothing (nltk's `SmoothingFunction().method1`).
@@ -92,6 +93,12 @@ pub fn caption_bleu(phrase: &str, caption: &str) -> BleuPair {
         unsmoothed: sentence_bleu(&hyp, &refs, Smoothing::None),
         method1: sentence_bleu(&hyp, &refs, Smoothing::Method1),
     }
+}
+
+/// ROUGE-L (pycocoevalcap's) of a caption, normalised as the captioners' vocabulary is, against
+/// the phrase's normalised tokens (a record's `reference_tokens`).
+pub fn caption_rouge_l(reference_tokens: &[String], caption: &str) -> f64 {
+    rouge_l(&normalize(caption), std::slice::from_ref(&reference_tokens))
 }
 
 /// Corpus BLEU of tokenised hypotheses against their reference sets, unsmoothed and method1.

@@ -84,6 +84,11 @@ struct PhotoIn {
 struct FiguresIn {
     images: usize,
     bleu: BleuPair,
+    /// Absent from reports before schema 6.
+    #[serde(default)]
+    cider_d: Option<f64>,
+    #[serde(default)]
+    rouge_l: Option<f64>,
     mean_clip_text_similarity: f64,
     distinct_captions: usize,
 }
@@ -246,6 +251,11 @@ pub struct CorpusRow {
     /// Corpus BLEU-1..4 of the captions against their phrases, unsmoothed and with nltk's
     /// method1 (`bleu1`..`bleu4`, `bleu1_method1`..`bleu4_method1`, as in report.json).
     pub bleu: BleuPair,
+    /// CIDEr-D and ROUGE-L of the captions against their phrases (pycocoevalcap's), as in
+    /// report.json; `null` for a report written before schema 6 (`roundtrip report` writes it
+    /// again with them).
+    pub cider_d: Option<f64>,
+    pub rouge_l: Option<f64>,
     /// Mean CLIP similarity of caption and phrase.
     pub clip_text_similarity: f64,
     pub distinct_captions: usize,
@@ -387,6 +397,8 @@ pub fn compare(dirs: &[PathBuf]) -> anyhow::Result<Comparison> {
             images: kind,
             n: f.images,
             bleu: f.bleu.clone(),
+            cider_d: f.cider_d,
+            rouge_l: f.rouge_l,
             clip_text_similarity: f.mean_clip_text_similarity,
             distinct_captions: f.distinct_captions,
             clip_score: score,
@@ -482,17 +494,21 @@ fn figure_cells(r: &CorpusRow) -> Vec<String> {
         .iter()
         .map(|b| format!("{b:.4}"))
         .collect();
+    cells.push(opt(r.cider_d));
+    cells.push(opt(r.rouge_l));
     cells.push(format!("{:.4}", r.clip_text_similarity));
     cells.push(format!("{}/{}", r.distinct_captions, r.n));
     cells.push(opt(r.clip_score));
     cells
 }
 
-const FIGURE_HEADS: [&str; 7] = [
+const FIGURE_HEADS: [&str; 9] = [
     "BLEU-1",
     "BLEU-2",
     "BLEU-3",
     "BLEU-4",
+    "CIDEr-D",
+    "ROUGE-L",
     "CLIP text",
     "distinct",
     "CLIPScore",
@@ -555,7 +571,7 @@ pub fn text(c: &Comparison) -> String {
     }
 
     s.push_str(
-        "\ncorpus (BLEU of each caption against its phrase, unsmoothed; CLIP text: caption-phrase similarity; CLIPScore: image-phrase)\n",
+        "\ncorpus (BLEU of each caption against its phrase, unsmoothed, CIDEr-D and ROUGE-L; CLIP text: caption-phrase similarity; CLIPScore: image-phrase)\n",
     );
     let mut rows = vec![["generator", "captioner", "images", "run", "n"]
         .iter()
@@ -642,7 +658,7 @@ code { font-size: 0.9em; }\n\
         }
         s.push_str("</table>\n");
     }
-    s.push_str("<h2>Corpus figures</h2>\n<p>Corpus BLEU of each caption against its phrase (unsmoothed), mean CLIP similarity of caption and phrase (CLIP text), distinct captions, mean CLIPScore of the images; the best of each group in bold.</p>\n<table>\n<tr><th>generator</th><th>captioner</th><th>images</th><th>run</th><th>n</th>");
+    s.push_str("<h2>Corpus figures</h2>\n<p>Corpus BLEU of each caption against its phrase (unsmoothed), CIDEr-D and ROUGE-L, mean CLIP similarity of caption and phrase (CLIP text), distinct captions, mean CLIPScore of the images; the best of each group in bold.</p>\n<table>\n<tr><th>generator</th><th>captioner</th><th>images</th><th>run</th><th>n</th>");
     for h in FIGURE_HEADS {
         let _ = write!(s, "<th>{h}</th>");
     }
@@ -653,19 +669,21 @@ code { font-size: 0.9em; }\n\
         let k = key(&c.corpus[start]);
         let end = start + c.corpus[start..].iter().take_while(|r| key(r) == k).count();
         let group = &c.corpus[start..end];
-        // Per figure column (BLEU-1..4, CLIP text, CLIPScore): the best value, where the runs
-        // of the group do not all share it.
-        let figures = |r: &CorpusRow| -> [Option<f64>; 6] {
+        // Per figure column (BLEU-1..4, CIDEr-D, ROUGE-L, CLIP text, CLIPScore): the best
+        // value, where the runs of the group do not all share it.
+        let figures = |r: &CorpusRow| -> [Option<f64>; 8] {
             [
                 Some(r.bleu.unsmoothed[0]),
                 Some(r.bleu.unsmoothed[1]),
                 Some(r.bleu.unsmoothed[2]),
                 Some(r.bleu.unsmoothed[3]),
+                r.cider_d,
+                r.rouge_l,
                 Some(r.clip_text_similarity),
                 r.clip_score,
             ]
         };
-        let best: Vec<Option<f64>> = (0..6)
+        let best: Vec<Option<f64>> = (0..8)
             .map(|j| {
                 let vals: Vec<f64> = group.iter().filter_map(|r| figures(r)[j]).collect();
                 let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -685,11 +703,12 @@ code { font-size: 0.9em; }\n\
             );
             let cells = figure_cells(r);
             let f = figures(r);
-            // Cells 0..4 are BLEU and CLIP text (figures 0..4), 5 distinct, 6 CLIPScore (5).
+            // Cells 0..6 are BLEU, CIDEr-D, ROUGE-L and CLIP text (figures 0..6), 7 distinct,
+            // 8 CLIPScore (7).
             for (j, cell) in cells.iter().enumerate() {
                 let fig = match j {
-                    0..=4 => Some(j),
-                    6 => Some(5),
+                    0..=6 => Some(j),
+                    8 => Some(7),
                     _ => None,
                 };
                 let bold = fig.is_some_and(|k| best[k].is_some() && f[k] == best[k]);

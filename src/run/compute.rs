@@ -26,7 +26,7 @@ use crate::fsutil::{write_atomic, write_json};
 use crate::generate::clip::text_embedding;
 use crate::generate::{drive, BigGanGenerator, Generator, GeneratorKind, SirenGenerator};
 use crate::imageops::{png_bytes, tensor_to_rgb};
-use crate::metrics::captions::caption_bleu;
+use crate::metrics::captions::{caption_bleu, caption_rouge_l};
 
 /// The records of a run's images (one per phrase and generator drawing it), in plan order, and
 /// what was done to them.
@@ -412,6 +412,7 @@ pub fn bring_up_to_date(
             let scored = |i: usize| ScoredCaption {
                 caption: got[i].clone(),
                 bleu: caption_bleu(job.phrase, &got[i]),
+                rouge_l: Some(caption_rouge_l(&rec.reference_tokens, &got[i])),
                 clip_text_similarity: sims[i],
             };
             captions.insert(

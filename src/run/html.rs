@@ -63,7 +63,7 @@ img.generated,img.photo{width:192px;height:auto;image-rendering:auto;display:blo
 .frames{display:flex;flex-wrap:wrap;gap:4px;margin-top:.4em;max-width:248px}\
 .frames figure{margin:0;font-size:11px;color:#444;text-align:center;font-variant-numeric:tabular-nums}\
 img.frame{width:56px;height:auto;display:block;border:1px solid #ddd}.frames .more{font-size:12px;color:#444;align-self:center}\
-.changed{max-width:70em}.changed .default{color:#555}";
+.changed{max-width:70em}.changed .default{color:#555}.corpus th{white-space:nowrap}";
 
 /// The indices of the frames a strip of `n` shows.
 pub fn strip_indices(n: usize) -> Vec<usize> {
@@ -260,12 +260,13 @@ fn caption_cell(c: Option<&ScoredCaption>) -> String {
         Some(c) => {
             let b = c.bleu.unsmoothed;
             format!(
-                "<td>{}<div class=\"bleu\"><span>BLEU-1..4 <b>{:.2}</b> {:.2} {:.2} {:.2}</span><span>CLIP text <b>{:.3}</b></span></div></td>",
+                "<td>{}<div class=\"bleu\"><span>BLEU-1..4 <b>{:.2}</b> {:.2} {:.2} {:.2}</span><span>ROUGE-L <b>{}</b></span><span>CLIP text <b>{:.3}</b></span></div></td>",
                 text(&c.caption),
                 b[0],
                 b[1],
                 b[2],
                 b[3],
+                c.rouge_l.map_or("–".into(), |x| format!("{x:.2}")),
                 c.clip_text_similarity
             )
         }
@@ -282,7 +283,7 @@ fn figures_row(s: &mut String, label: &str, what: &str, f: &Option<Figures>) {
         text(what),
         f.images
     );
-    for x in b {
+    for x in b.into_iter().chain([f.cider_d, f.rouge_l]) {
         let _ = write!(s, "<td class=\"num\">{x:.4}</td>");
     }
     let _ = writeln!(
@@ -463,8 +464,8 @@ pub fn render(r: &Report, layout: &Layout, images: GalleryImages) -> anyhow::Res
     s.push_str("</ul>\n");
     let _ = writeln!(
         s,
-        "<h2>Corpus</h2><p>Corpus BLEU of each caption against its phrase (unsmoothed), mean CLIP text similarity of caption and phrase, and caption diversity, per captioner on each generator's images and on the real photos.{}</p>\
-<table class=\"corpus\"><thead><tr><th>captioner</th><th>images</th><th>n</th><th>BLEU-1</th><th>BLEU-2</th><th>BLEU-3</th><th>BLEU-4</th><th>CLIP text sim</th><th>distinct (ratio)</th><th>most repeated caption</th></tr></thead><tbody>",
+        "<h2>Corpus</h2><p>Corpus BLEU of each caption against its phrase (unsmoothed), CIDEr-D (document frequencies over these phrases) and ROUGE-L as pycocoevalcap computes them, mean CLIP text similarity of caption and phrase, and caption diversity, per captioner on each generator's images and on the real photos.{}</p>\
+<table class=\"corpus\"><thead><tr><th>captioner</th><th>images</th><th>n</th><th>BLEU-1</th><th>BLEU-2</th><th>BLEU-3</th><th>BLEU-4</th><th>CIDEr-D</th><th>ROUGE-L</th><th>CLIP text sim</th><th>distinct (ratio)</th><th>most repeated caption</th></tr></thead><tbody>",
         if any_all_with_photo(c) {
             " A generator's “(phrases with a photo)” row is left out where every phrase it drew has a photo: its own row is then like for like with the photos'."
         } else {

@@ -20,7 +20,7 @@ use super::manifest::{Layout, Manifest};
 use super::RUN_SCHEMA_VERSION;
 use crate::fingerprint::sha256_hex;
 use crate::generate::GeneratorKind;
-use crate::metrics::captions::BleuPair;
+use crate::metrics::captions::{caption_rouge_l, BleuPair};
 
 /// The real photo of a phrase, as copied into the run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +37,11 @@ pub struct PhotoRecord {
 pub struct ScoredCaption {
     pub caption: String,
     pub bleu: BleuPair,
+    /// ROUGE-L of the caption against the phrase ([`caption_rouge_l`]). Records written before
+    /// it was recorded lack it: [`read_record`] computes it from the caption and the record's
+    /// `reference_tokens`, so a record read back always has it.
+    #[serde(default)]
+    pub rouge_l: Option<f64>,
     /// Cosine similarity of CLIP's text embeddings of phrase and caption.
     pub clip_text_similarity: f32,
 }
@@ -156,6 +161,21 @@ fn cpu_label() -> String {
     "cpu".into()
 }
 
+impl PhraseRecord {
+    /// Computes the scores an older record lacks from what it holds (each caption's ROUGE-L
+    /// from the caption and `reference_tokens`); a figure it has is kept as recorded.
+    pub fn fill_missing_scores(&mut self) {
+        let reference = &self.reference_tokens;
+        for result in self.captions.values_mut() {
+            for c in std::iter::once(&mut result.generated).chain(result.photo.as_mut()) {
+                if c.rouge_l.is_none() {
+                    c.rouge_l = Some(caption_rouge_l(reference, &c.caption));
+                }
+            }
+        }
+    }
+}
+
 /// The content fingerprint of model `name` (`clip`, `biggan`, `captioner:LABEL`) in a manifest.
 fn fingerprint(m: &Manifest, name: &str) -> anyhow::Result<String> {
     m.models
@@ -229,11 +249,15 @@ pub enum ReadRecord {
 }
 
 /// Reads a record; a file that does not parse (truncated, edited, or from an older version) is
-/// [`ReadRecord::Unreadable`], to be recomputed.
+/// [`ReadRecord::Unreadable`], to be recomputed. The scores a record of an earlier version of
+/// this schema lacks are filled in ([`PhraseRecord::fill_missing_scores`]).
 pub fn read_record(path: &Path) -> ReadRecord {
     match std::fs::read(path) {
         Ok(bytes) => match serde_json::from_slice::<PhraseRecord>(&bytes) {
-            Ok(r) if r.schema_version == RUN_SCHEMA_VERSION => ReadRecord::Found(Box::new(r)),
+            Ok(mut r) if r.schema_version == RUN_SCHEMA_VERSION => {
+                r.fill_missing_scores();
+                ReadRecord::Found(Box::new(r))
+            }
             Ok(r) => ReadRecord::Unreadable(format!(
                 "schema version {}, this roundtrip writes {RUN_SCHEMA_VERSION}",
                 r.schema_version

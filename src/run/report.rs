@@ -19,6 +19,7 @@ use crate::diff::all_differences;
 use crate::fsutil::{write_atomic, write_json};
 use crate::generate::GeneratorKind;
 use crate::metrics::captions::{corpus_bleu_pair, diversity, BleuPair};
+use crate::metrics::scores::{score, Metric};
 use crate::text::normalize;
 
 /// Version of `report.json`; bumped on any incompatible change (2: model fingerprints, each
@@ -27,8 +28,10 @@ use crate::text::normalize;
 /// generator's `generated_with_photo` figures are `null` when every phrase it drew has a photo,
 /// where they would repeat `generated`; 5: BLEU objects are `bleu1`..`bleu4` and
 /// `bleu1_method1`..`bleu4_method1`, the key names of every other output, where they were
-/// `unsmoothed` / `method1` arrays).
-pub const REPORT_SCHEMA_VERSION: u32 = 5;
+/// `unsmoothed` / `method1` arrays;
+/// 6: the captioning community's figures: corpus `cider_d` and `rouge_l` per captioner and
+/// images, and each caption's `rouge_l`).
+pub const REPORT_SCHEMA_VERSION: u32 = 6;
 
 #[derive(Serialize)]
 pub struct Tool {
@@ -208,6 +211,11 @@ pub struct Figures {
     pub images: usize,
     /// Corpus BLEU-1..4 (nltk `corpus_bleu`), each phrase the single reference of its caption.
     pub bleu: BleuPair,
+    /// CIDEr-D (pycocoevalcap's), each phrase the single reference of its caption: the document
+    /// frequencies are those of these phrases.
+    pub cider_d: f64,
+    /// ROUGE-L (pycocoevalcap's): the mean of the captions' `rouge_l`.
+    pub rouge_l: f64,
     pub mean_clip_text_similarity: f64,
     pub distinct_captions: usize,
     /// Distinct captions / images.
@@ -227,9 +235,12 @@ fn figures(pairs: &[(&PhraseRecord, &ScoredCaption)]) -> Option<Figures> {
         .collect();
     let captions: Vec<String> = pairs.iter().map(|(_, c)| c.caption.clone()).collect();
     let (distinct, top, top_n) = diversity(&captions);
+    let coco = score(&hyps, &refs, &[Metric::CiderD, Metric::RougeL]).corpus;
     Some(Figures {
         images: pairs.len(),
         bleu: corpus_bleu_pair(&hyps, &refs),
+        cider_d: coco.cider_d.unwrap_or_default(),
+        rouge_l: coco.rouge_l.unwrap_or_default(),
         mean_clip_text_similarity: mean(pairs.iter().map(|(_, c)| c.clip_text_similarity))
             .unwrap_or(0.0),
         distinct_captions: distinct,
@@ -609,13 +620,15 @@ fn md_figures(s: &mut String, label: &str, what: &str, f: &Option<Figures>) {
     let b = f.bleu.unsmoothed;
     let _ = writeln!(
         s,
-        "| {} | {what} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} ({:.2}) | {} (x{}) |",
+        "| {} | {what} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} ({:.2}) | {} (x{}) |",
         md(label),
         f.images,
         b[0],
         b[1],
         b[2],
         b[3],
+        f.cider_d,
+        f.rouge_l,
         f.mean_clip_text_similarity,
         f.distinct_captions,
         f.diversity,
@@ -662,7 +675,7 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\nCorpus BLEU of each caption against its phrase (unsmoothed; method1 in report.json).{}\n",
+        "\nCorpus BLEU of each caption against its phrase (unsmoothed; method1 in report.json), CIDEr-D (document frequencies over these phrases) and ROUGE-L, as pycocoevalcap computes them.{}\n",
         if any_all_with_photo(c) {
             " A generator's \"(phrases with a photo)\" row is left out where every phrase it drew has a photo: its own row is then like for like with the photos'."
         } else {
@@ -671,9 +684,9 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| captioner | images | n | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CLIP text sim | distinct | most repeated caption |"
+        "| captioner | images | n | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | ROUGE-L | CLIP text sim | distinct | most repeated caption |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for spec in &r.settings.captioners {
         for g in columns {
             let Some(gc) = c
@@ -744,7 +757,12 @@ pub fn markdown(r: &Report) -> String {
         for spec in &r.settings.captioners {
             let cell = |c: Option<&ScoredCaption>| {
                 c.map_or("–".into(), |c| {
-                    format!("{} (B1 {:.2})", md(&c.caption), c.bleu.unsmoothed[0])
+                    format!(
+                        "{} (B1 {:.2}, ROUGE-L {})",
+                        md(&c.caption),
+                        c.bleu.unsmoothed[0],
+                        c.rouge_l.map_or("–".into(), |x| format!("{x:.2}"))
+                    )
                 })
             };
             let res = p.captions.get(&spec.label);

@@ -11,7 +11,7 @@ use super::record::{PhraseRecord, ScoredCaption};
 use super::report::Report;
 
 /// The columns, in order (documented in the README's run section).
-pub const COLUMNS: [&str; 19] = [
+pub const COLUMNS: [&str; 20] = [
     "line",
     "phrase",
     "generator",
@@ -28,6 +28,7 @@ pub const COLUMNS: [&str; 19] = [
     "bleu2_method1",
     "bleu3_method1",
     "bleu4_method1",
+    "rouge_l",
     "clip_text_similarity",
     "clip_score",
     "final_similarity",
@@ -59,6 +60,7 @@ fn fields(line: usize, p: &PhraseRecord, row: Row) -> Vec<String> {
     ];
     v.extend(c.bleu.unsmoothed.iter().map(|x| x.to_string()));
     v.extend(c.bleu.method1.iter().map(|x| x.to_string()));
+    v.push(c.rouge_l.map_or(String::new(), |x| x.to_string()));
     v.push(c.clip_text_similarity.to_string());
     v.push(num(row.clip_score));
     v.push(num(row.final_similarity));

@@ -38,6 +38,9 @@ fn train_args<'a>(ds: &'a str, out: &'a str, cache: &'a str, epochs: &'a str) ->
 struct Eval {
     bleu1: f64,
     bleu4: f64,
+    coco_bleu4: f64,
+    cider_d: f64,
+    rouge_l: f64,
     images: usize,
     diversity: f64,
 }
@@ -98,6 +101,21 @@ fn learns_beats_a_blind_baseline_and_reuses_features() {
     );
     assert!(e.bleu4 > 0.3, "BLEU-4 {}", e.bleu4);
     assert!(e.diversity > 0.25, "diversity {}", e.diversity);
+    // The COCO figures against the same references beat the blind captions' too.
+    let blind_coco =
+        roundtrip::metrics::scores::score(&blind, &refs, &roundtrip::metrics::scores::Metric::ALL)
+            .corpus;
+    assert!(e.coco_bleu4 > blind_coco.coco_bleu.unwrap()[3] + 0.2);
+    assert!(
+        e.cider_d > blind_coco.cider_d.unwrap() + 0.5,
+        "CIDEr-D {}",
+        e.cider_d
+    );
+    assert!(
+        e.rouge_l > blind_coco.rouge_l.unwrap() + 0.1,
+        "ROUGE-L {}",
+        e.rouge_l
+    );
 
     // A second training of the same encoder on the same images reads every feature from the cache.
     let out2 = d.path().join("cap2").display().to_string();

@@ -736,3 +736,171 @@ fn caption_refuses_beam_zero_and_beams_beyond_the_memory() {
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(out.contains("a-big-blue-square-on-the-left.png\t"), "{out}");
 }
+
+/// The `score --json` object as a script would read it: every key, nothing else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreJson {
+    hyps: String,
+    sentences: usize,
+    reference_streams: usize,
+    tokenize: String,
+    bleu1: Option<f64>,
+    bleu2: Option<f64>,
+    bleu3: Option<f64>,
+    bleu4: Option<f64>,
+    coco_bleu1: Option<f64>,
+    coco_bleu2: Option<f64>,
+    coco_bleu3: Option<f64>,
+    coco_bleu4: Option<f64>,
+    cider_d: Option<f64>,
+    rouge_l: Option<f64>,
+}
+
+#[test]
+fn score_prints_every_caption_metric_as_pycocoevalcap_computes_it() {
+    let paths = [
+        data("bleu/hyps.txt"),
+        data("bleu/refs1.txt"),
+        data("bleu/refs2.txt"),
+        data("bleu/refs3.txt"),
+    ];
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec!["score".to_string()];
+        v.extend(paths.iter().cloned());
+        v.extend(["--tokenize".into(), "whitespace".into()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let o = roundtrip().args(args(&["--json"])).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let s: ScoreJson = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (s.hyps.as_str(), s.sentences, s.reference_streams),
+        (paths[0].as_str(), 3, 3)
+    );
+    assert_eq!(s.tokenize, "whitespace");
+    // pycocoevalcap 1.2's Bleu(4), Cider() and Rouge() of these files, split on whitespace.
+    let close = |got: Option<f64>, want: f64| {
+        let g = got.unwrap();
+        assert!((g - want).abs() <= 1e-12, "{g} vs pycocoevalcap {want}");
+    };
+    close(s.coco_bleu1, 0.9444444443919753);
+    close(s.coco_bleu2, 0.7934920475673811);
+    close(s.coco_bleu3, 0.5942756934303216);
+    close(s.coco_bleu4, 0.3907782180974759);
+    close(s.cider_d, 2.323283203034752);
+    close(s.rouge_l, 0.718440463645943);
+    // nltk's BLEU: `bleu`'s.
+    let b = run(&[
+        "bleu",
+        &paths[0],
+        &paths[1],
+        &paths[2],
+        &paths[3],
+        "--tokenize",
+        "whitespace",
+        "--json",
+    ]);
+    let b: BleuJson = serde_json::from_slice(&b.stdout).unwrap();
+    assert_eq!(
+        [s.bleu1, s.bleu2, s.bleu3, s.bleu4].map(Option::unwrap),
+        [b.bleu1, b.bleu2, b.bleu3, b.bleu4]
+    );
+
+    // The line: the hypotheses' file, then `key value` pairs; metrics left out are left out.
+    let o = roundtrip()
+        .args(args(&["--metrics", "cider-d,rouge-l"]))
+        .output()
+        .unwrap();
+    let line = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "{}\tsentences 3\treference streams 3\ttokenize whitespace\tcider d 2.3233\trouge l 0.7184\n",
+            paths[0]
+        )
+    );
+    let o = roundtrip()
+        .args(args(&["--metrics", "rouge-l", "--json"]))
+        .output()
+        .unwrap();
+    let s: ScoreJson = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s.bleu1.is_none() && s.coco_bleu4.is_none() && s.cider_d.is_none());
+    close(s.rouge_l, 0.718440463645943);
+
+    // Per sentence: a header, one line each; with --json the full values, CIDEr-D with the
+    // corpus' document frequencies (pycocoevalcap's per-image scores).
+    let o = roundtrip().args(args(&["--sentences"])).output().unwrap();
+    let text = String::from_utf8(o.stdout).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        rows[0],
+        "line\tbleu1\tbleu2\tbleu3\tbleu4\tcoco_bleu1\tcoco_bleu2\tcoco_bleu3\tcoco_bleu4\tcider_d\trouge_l"
+    );
+    assert_eq!(
+        rows[1],
+        "1\t1.0000\t0.8944\t0.7368\t0.0000\t1.0000\t0.8944\t0.7368\t0.0001\t2.5321\t0.6963"
+    );
+    assert_eq!(rows.len(), 4);
+    let o = roundtrip()
+        .args(args(&["--sentences", "--json"]))
+        .output()
+        .unwrap();
+    let per: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want_cider = [2.532056496486769, 3.23747962575004, 1.2003134868674485];
+    let want_rouge = [0.6963470319634703, 0.8333333333333334, 0.6256410256410255];
+    let want_coco4 = [
+        0.00010745699313892367,
+        0.604275079227126,
+        1.2909944484291946e-08,
+    ];
+    for (i, p) in per.iter().enumerate() {
+        assert_eq!(p["line"], i + 1);
+        assert!((p["cider_d"].as_f64().unwrap() - want_cider[i]).abs() < 1e-12);
+        assert!((p["rouge_l"].as_f64().unwrap() - want_rouge[i]).abs() < 1e-12);
+        assert!((p["coco_bleu4"].as_f64().unwrap() - want_coco4[i]).abs() < 1e-15);
+    }
+}
+
+#[test]
+fn score_reads_files_as_bleu_does_and_names_bad_input() {
+    let (h, r1) = (data("bleu/hyps.txt"), data("bleu/refs1.txt"));
+    let files = run(&["score", &h, &r1, "--json"]);
+    assert!(files.status.success(), "{}", stderr(&files));
+    let o = run_with_stdin(&["score", "-", &r1, "--json"], &std::fs::read(&h).unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same object but for the hypotheses' name.
+    let a: ScoreJson = serde_json::from_slice(&files.stdout).unwrap();
+    let b: ScoreJson = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (a.cider_d, a.rouge_l, a.bleu4),
+        (b.cider_d, b.rouge_l, b.bleu4)
+    );
+    assert_eq!((a.tokenize.as_str(), b.hyps.as_str()), ("caption", "-"));
+
+    let d = tempfile::tempdir().unwrap();
+    let hf = tmp_file(d.path(), "h.txt", b"a dog\na cat\n");
+    let gap = tmp_file(d.path(), "gap.txt", b"a dog\n\n");
+    for (args, want) in [
+        (
+            vec!["score", &hf, &gap],
+            "h.txt:2: hypothesis has no reference",
+        ),
+        (
+            vec!["score", &hf, &hf, "--metrics", "bleu,meteor"],
+            "unknown metric `meteor`",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{want:?} not in {}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
+}

@@ -9,6 +9,7 @@ mod captioner;
 mod cli;
 mod clip_parity;
 mod clip_train;
+mod coco_metrics;
 mod common;
 mod decoder_parity;
 mod download;

@@ -5,7 +5,11 @@
 //! hypothesis lengths and closest reference lengths (ties to the shorter) are summed over the
 //! corpus before the brevity penalty and the geometric mean are taken. Where nltk's unsmoothed
 //! score underflows to ~1e-78 (a zero higher-order precision) this returns exactly 0.0.
+//!
+//! `coco` is BLEU in the flavour of pycocoevalcap (the COCO caption server's scorer), from the
+//! same counts.
 
+pub mod coco;
 pub mod files;
 
 use std::fmt;

@@ -60,7 +60,7 @@ fn two_generators_draw_each_phrase_side_by_side_and_a_pinned_line_once() {
 
     let report = read_json(&out.join("report.json"));
     let r: Report = serde_json::from_value(report.clone()).unwrap();
-    assert_eq!(r.schema_version, 5);
+    assert_eq!(r.schema_version, 6);
     let got: Vec<(usize, &str, &str)> = r
         .phrases
         .iter()

@@ -33,7 +33,7 @@ fn golden_report_matches() {
     let dir = golden_run();
     let report = read_json(&dir.join("report.json"));
     let r: Report = serde_json::from_value(report.clone()).unwrap();
-    assert_eq!(r.schema_version, 5);
+    assert_eq!(r.schema_version, 6);
     let phrases: Vec<&str> = r.phrases.iter().map(|p| p.phrase.as_str()).collect();
     assert_eq!(
         phrases,
@@ -64,6 +64,9 @@ fn golden_report_matches() {
                 let b = roundtrip::metrics::captions::caption_bleu(&p.phrase, &cap.caption);
                 assert_eq!(b.unsmoothed, cap.bleu.unsmoothed);
                 assert_eq!(b.method1, cap.bleu.method1);
+                let tokens = roundtrip::text::normalize(&p.phrase);
+                let rouge = roundtrip::metrics::captions::caption_rouge_l(&tokens, &cap.caption);
+                assert_eq!(rouge, cap.rouge_l);
                 assert!((-1.0..=1.0).contains(&cap.clip_text_similarity));
             }
         }
@@ -85,6 +88,26 @@ fn golden_report_matches() {
         );
         assert!(c.generated.distinct_captions >= 1 && c.generated.most_common_count >= 1);
         assert!(photo.bleu.method1[0] >= 0.0 && c.generated.bleu.unsmoothed[0] <= 1.0);
+        // The corpus ROUGE-L is the mean of the captions'; CIDEr-D is recomputed from them.
+        let gen: Vec<&Caption> = r
+            .phrases
+            .iter()
+            .map(|p| &p.captions[label].generated)
+            .collect();
+        let mean = gen.iter().map(|c| c.rouge_l).sum::<f64>() / gen.len() as f64;
+        assert!((c.generated.rouge_l - mean).abs() < 1e-12);
+        let hyps: Vec<Vec<String>> = gen
+            .iter()
+            .map(|c| roundtrip::text::normalize(&c.caption))
+            .collect();
+        let refs: Vec<Vec<Vec<String>>> = r
+            .phrases
+            .iter()
+            .map(|p| vec![roundtrip::text::normalize(&p.phrase)])
+            .collect();
+        let cider = roundtrip::metrics::cider::cider_d(&hyps, &refs).corpus;
+        assert_eq!(c.generated.cider_d, cider);
+        assert!(photo.cider_d >= 0.0 && (0.0..=1.0).contains(&photo.rouge_l));
     }
 
     let got = golden_form(report);
@@ -216,6 +239,7 @@ struct CsvRow {
     bleu2_method1: f64,
     bleu3_method1: f64,
     bleu4_method1: f64,
+    rouge_l: f64,
     clip_text_similarity: f64,
     clip_score: Option<f64>,
     final_similarity: Option<f64>,
@@ -225,7 +249,7 @@ struct CsvRow {
 fn read_csv(dir: &Path) -> Vec<CsvRow> {
     let mut r = csv::Reader::from_path(dir.join("report.csv")).unwrap();
     let heads: Vec<String> = r.headers().unwrap().iter().map(str::to_owned).collect();
-    assert_eq!(heads.len(), 19, "{heads:?}");
+    assert_eq!(heads.len(), 20, "{heads:?}");
     r.deserialize().map(|row| row.unwrap()).collect()
 }
 
@@ -274,6 +298,7 @@ fn the_csv_has_a_row_per_phrase_generator_captioner_and_image_kind() {
         ];
         assert_eq!((bleu, method1), (c.bleu.unsmoothed, c.bleu.method1));
         assert_eq!(row.clip_text_similarity, c.clip_text_similarity);
+        assert_eq!(row.rouge_l, c.rouge_l);
         if kind == "generated" {
             assert_eq!(row.image, p.image);
             assert_eq!(row.seed, Some(p.seed));

@@ -263,6 +263,8 @@ struct Captions {
 struct Caption {
     caption: String,
     bleu: Bleu,
+    /// Against the phrase (schema 6).
+    rouge_l: f64,
     clip_text_similarity: f64,
 }
 
@@ -333,6 +335,9 @@ struct PhotoCorpus {
 struct Figures {
     images: usize,
     bleu: Bleu,
+    /// Schema 6.
+    cider_d: f64,
+    rouge_l: f64,
     distinct_captions: usize,
     most_common_count: usize,
 }

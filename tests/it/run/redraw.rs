@@ -262,6 +262,62 @@ fn report_rewrites_the_report_from_the_records() {
     );
 }
 
+/// Removes every `key` from a JSON value, at any depth.
+fn strip_key(v: &mut Value, key: &str) {
+    match v {
+        Value::Object(m) => {
+            m.remove(key);
+            m.values_mut().for_each(|x| strip_key(x, key));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| strip_key(x, key)),
+        _ => {}
+    }
+}
+
+#[test]
+fn a_folder_from_before_report_schema_6_is_compared_and_reported_again() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    copy_dir(&seed_runs()[0], &run);
+    let new = read_json(&run.join("report.json"));
+    // What schema 5 wrote: no ROUGE-L in the records, no CIDEr-D or ROUGE-L in the report.
+    for e in std::fs::read_dir(run.join("phrases")).unwrap() {
+        let path = e.unwrap().path();
+        let mut rec = read_json(&path);
+        strip_key(&mut rec, "rouge_l");
+        std::fs::write(&path, serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
+    }
+    let mut old = new.clone();
+    strip_key(&mut old, "rouge_l");
+    strip_key(&mut old, "cider_d");
+    old["schema_version"] = json!(5);
+    std::fs::write(
+        run.join("report.json"),
+        serde_json::to_vec_pretty(&old).unwrap(),
+    )
+    .unwrap();
+    // compare reads it, the new figures absent.
+    let c: Comparison = serde_json::from_str(&ok(&roundtrip(&[
+        "compare",
+        run.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert!(!c.corpus.is_empty());
+    assert!(c
+        .corpus
+        .iter()
+        .all(|r| r.cider_d.is_none() && r.rouge_l.is_none()));
+    let text = ok(&roundtrip(&["compare", run.to_str().unwrap()]));
+    assert!(text.contains("CIDEr-D"), "{text}");
+    // report computes them from the records' captions: the report a new run writes.
+    ok(&roundtrip(&["report", run.to_str().unwrap(), "--quiet"]));
+    assert_eq!(
+        without_timings(read_json(&run.join("report.json"))),
+        without_timings(new)
+    );
+}
+
 /// `compare --json` as a script reads it.
 #[derive(serde::Deserialize)]
 struct Comparison {
@@ -308,6 +364,9 @@ struct Row {
     images: String,
     n: usize,
     bleu: Bleu,
+    /// `null` only for a report before schema 6.
+    cider_d: Option<f64>,
+    rouge_l: Option<f64>,
     clip_text_similarity: f64,
     clip_score: Option<f64>,
 }
@@ -386,6 +445,10 @@ fn compare_puts_two_seeds_side_by_side() {
         assert_eq!(
             (row.n, row.bleu.unsmoothed),
             (figures.images, figures.bleu.unsmoothed)
+        );
+        assert_eq!(
+            (row.cider_d, row.rouge_l),
+            (Some(figures.cider_d), Some(figures.rouge_l))
         );
         assert!((-1.0..=1.0).contains(&row.clip_text_similarity));
         assert!(row.clip_score.is_some());
