@@ -337,6 +337,7 @@ struct Figures {
     most_common_count: usize,
 }
 
+mod blip;
 mod embedded;
 mod generators;
 mod golden;
