@@ -85,6 +85,34 @@ pub fn clip_features(
     })
 }
 
+/// BLIP's vision embedding of each image: the image tower's pooled output.
+pub fn blip_features(
+    blip: &crate::captioner::blip::BlipCaptioner,
+    images: &[PathBuf],
+    device: &Device,
+) -> anyhow::Result<FeaturesOutput> {
+    let mut items = Vec::new();
+    for chunk in images.chunks(8) {
+        let imgs = chunk
+            .iter()
+            .map(|p| crate::imageops::open_rgb(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let feats: Vec<Vec<f32>> = blip.image_features(&imgs, device)?.to_vec2()?;
+        for (p, f) in chunk.iter().zip(feats) {
+            items.push(Item {
+                input: p.display().to_string(),
+                kind: "image",
+                features: f,
+            });
+        }
+    }
+    Ok(FeaturesOutput {
+        model: blip.record.clone(),
+        items,
+        clip_score: None,
+    })
+}
+
 /// Raw features of images from a captioner's encoder (VGG16 fc2 or Xception pool).
 pub fn encoder_features(
     encoder: &crate::captioner::encoder::LoadedEncoder,

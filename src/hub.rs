@@ -344,7 +344,7 @@ impl std::fmt::Display for FileNeed {
 }
 
 /// The kinds of model the tool loads (`kind` in models/presets.json).
-pub const KINDS: [&str; 4] = ["clip", "biggan", "vgg16", "xception"];
+pub const KINDS: [&str; 5] = ["clip", "biggan", "vgg16", "xception", "blip"];
 
 /// The files a model of `kind` is loaded from (what its loader asks the locator for); `None`
 /// for an unknown kind.
@@ -356,6 +356,13 @@ pub fn kind_files(kind: &str) -> Option<Vec<FileNeed>> {
         "biggan" => Some(vec![
             FileNeed::one("config.json"),
             FileNeed(vec!["pytorch_model.bin".into(), "model.safetensors".into()]),
+        ]),
+        // tokenizer_config.json is read when there is one (its clean_up_tokenization_spaces).
+        "blip" => Some(vec![
+            FileNeed::one("config.json"),
+            FileNeed(vec!["model.safetensors".into(), "pytorch_model.bin".into()]),
+            FileNeed::one("tokenizer.json"),
+            FileNeed::one("preprocessor_config.json"),
         ]),
         _ => None,
     }
@@ -982,7 +989,7 @@ mod tests {
     fn preset_registry_parses_and_names_are_unique() {
         let names: std::collections::HashSet<_> = presets().iter().map(|p| &p.name).collect();
         assert_eq!(names.len(), presets().len());
-        for kind in ["clip", "vgg16", "xception", "biggan"] {
+        for kind in KINDS {
             assert!(
                 presets().iter().any(|p| p.kind == kind),
                 "no preset of kind {kind}"

@@ -1,15 +1,19 @@
 //! `roundtrip eval`: corpus BLEU-1..4 of a captioner on a dataset split, as the original
 //! experiment reported it (every reference caption of an image, normalised; startseq/endseq left
 //! out), plus the captioning community's figures against the same references (pycocoevalcap's
-//! BLEU-1..4, CIDEr-D with the split's document frequencies, ROUGE-L) and caption diversity.
+//! BLEU-1..4, CIDEr-D with the split's document frequencies, ROUGE-L) and caption diversity. An
+//! LSTM captioner's encoder features go through the feature cache; a BLIP captioner
+//! ([`super::blip`], zero-shot on any dataset) computes its image embeddings every time (577 x 768
+//! floats an image: not worth caching).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use serde::Serialize;
 
+use super::any::AnyCaptioner;
+use super::blip::BlipDecoding;
 use super::feature_cache::{CacheStats, FeatureCache};
-use super::model::Captioner;
 use crate::dataset::{Dataset, Split};
 use crate::hub::Locator;
 use crate::metrics::captions::diversity;
@@ -19,6 +23,9 @@ use crate::text::normalize;
 #[derive(Debug, Serialize)]
 pub struct EvalReport {
     pub captioner: String,
+    /// `lstm` or `blip`.
+    pub kind: &'static str,
+    /// The LSTM captioner's encoder record, or BLIP's model record with its decoding settings.
     pub encoder: serde_json::Value,
     pub dataset: String,
     pub split: Split,
@@ -45,6 +52,7 @@ pub struct EvalReport {
     pub dataset_problems: usize,
     /// Images the dataset's splits list but that have no file (left out, named on stderr).
     pub missing_images: usize,
+    /// Encoder features computed and read from the cache (BLIP: all computed).
     pub features: CacheStats,
 }
 
@@ -77,8 +85,12 @@ fn first_few(names: &[String], n: usize) -> String {
     s
 }
 
+/// Evaluates the captioner `reference` (an LSTM captioner folder, or a BLIP model with
+/// `decoding`) on a split of `dataset`.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
-    dir: &Path,
+    reference: &str,
+    decoding: Option<BlipDecoding>,
     dataset: &Path,
     split: Split,
     beam: usize,
@@ -88,8 +100,8 @@ pub fn evaluate(
 ) -> anyhow::Result<(EvalReport, Vec<(String, String)>)> {
     crate::resources::check_beam_width(beam)?;
     let locator = Locator::from_env();
-    let captioner = Captioner::load(dir, &locator, device)?;
-    crate::resources::check_beam(beam, captioner.decoder.config().vocab_size)?;
+    let captioner = AnyCaptioner::load(reference, "--captioner", decoding, &locator, device)?;
+    captioner.check_beam(beam)?;
     let ds = Dataset::load(dataset)?;
     let names = ds.split(split).to_vec();
     let missing = missing_images(&ds);
@@ -111,11 +123,30 @@ pub fn evaluate(
         ));
     }
     let paths: Vec<PathBuf> = names.iter().map(|n| ds.image_path(n)).collect();
-    let bar = crate::stderr::bar(paths.len() as u64, "features", quiet);
-    let cache = FeatureCache::new(cache_dir, &captioner.encoder);
-    let (feats, stats) = cache.features(&captioner.encoder, &paths, 16, device, &bar)?;
-    bar.finish_and_clear();
-    let captions = captioner.caption_features(&feats, beam)?;
+    let (captions, stats, encoder) = match &captioner {
+        AnyCaptioner::Lstm(c) => {
+            let bar = crate::stderr::bar(paths.len() as u64, "features", quiet);
+            let cache = FeatureCache::new(cache_dir, &c.encoder);
+            let (feats, stats) = cache.features(&c.encoder, &paths, 16, device, &bar)?;
+            bar.finish_and_clear();
+            let captions = c.caption_features(&feats, beam)?;
+            (captions, stats, c.config.encoder.record.clone())
+        }
+        AnyCaptioner::Blip(c) => {
+            let bar = crate::stderr::bar(paths.len() as u64, "captions", quiet);
+            let mut captions = Vec::with_capacity(paths.len());
+            for chunk in paths.chunks(8) {
+                captions.extend(c.caption_images(chunk, beam, device)?);
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+            let stats = CacheStats {
+                computed: paths.len(),
+                cached: 0,
+            };
+            (captions, stats, c.describe())
+        }
+    };
     let hyps: Vec<Vec<String>> = captions.iter().map(|c| normalize(c)).collect();
     let refs: Vec<Vec<Vec<String>>> = names
         .iter()
@@ -126,8 +157,9 @@ pub fn evaluate(
     let [coco_bleu1, coco_bleu2, coco_bleu3, coco_bleu4] = figures.coco_bleu.unwrap_or_default();
     let (distinct, top, top_n) = diversity(&captions);
     let report = EvalReport {
-        captioner: dir.display().to_string(),
-        encoder: captioner.config.encoder.record.clone(),
+        captioner: reference.to_owned(),
+        kind: captioner.kind(),
+        encoder,
         dataset: dataset.display().to_string(),
         split,
         beam,

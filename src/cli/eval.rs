@@ -1,4 +1,4 @@
-//! `roundtrip eval --captioner MODEL_DIR --dataset DIR [--split test] [--beam K] [--json]`
+//! `roundtrip eval --captioner REF --dataset DIR [--split test] [--beam K] [--prompt TEXT] [--max-length N] [--json]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,9 +11,11 @@ use crate::dataset::Split;
 pub struct Args {
     #[command(flatten)]
     device: super::DeviceArg,
-    /// Captioner folder (written by `roundtrip train`).
-    #[arg(long)]
-    captioner: PathBuf,
+    /// Captioner: a folder written by `roundtrip train`, `models/shapes/NAME (embedded)`, or a BLIP
+    /// model (zero-shot): the preset blip-base or blip-large, its hub id, or a folder in
+    /// transformers' layout.
+    #[arg(long, value_name = "REF")]
+    captioner: String,
     /// Dataset folder in a Flickr8k layout (original, Kaggle or Karpathy).
     #[arg(long)]
     dataset: PathBuf,
@@ -23,14 +25,16 @@ pub struct Args {
     /// Beam width (1: greedy, as the original).
     #[arg(long, default_value_t = 1)]
     beam: usize,
+    #[command(flatten)]
+    blip: super::BlipArgs,
     /// Print one JSON object (scores, diversity, settings) instead of the text summary.
     #[arg(long)]
     json: bool,
     /// Also print each image's caption (text output).
     #[arg(long)]
     captions: bool,
-    /// Encoder feature cache folder [default: $ROUNDTRIP_CACHE, else $XDG_CACHE_HOME/roundtrip,
-    /// else ~/.cache/roundtrip].
+    /// Encoder feature cache folder of LSTM captioners [default: $ROUNDTRIP_CACHE, else
+    /// $XDG_CACHE_HOME/roundtrip, else ~/.cache/roundtrip].
     #[arg(long)]
     cache: Option<PathBuf>,
     /// No progress bars or log lines on stderr.
@@ -42,6 +46,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let cache = a.cache.unwrap_or_else(default_cache_dir);
     let (r, captions) = evaluate(
         &a.captioner,
+        a.blip.decoding(),
         &a.dataset,
         a.split,
         a.beam,

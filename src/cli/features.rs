@@ -1,4 +1,4 @@
-//! `roundtrip features --encoder clip --weights REF [--text PHRASE]... [IMAGE]...`
+//! `roundtrip features --encoder clip|vgg16|xception|blip --weights REF [--text PHRASE]... [IMAGE]...`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::captioner::encoder::{load_encoder_option, EncoderKind};
-use crate::features::{clip_features, encoder_features};
+use crate::features::{blip_features, clip_features, encoder_features};
 use crate::hub::{Locator, ModelRef};
 use crate::models::clip::Clip;
 
@@ -15,6 +15,9 @@ enum Encoder {
     Clip,
     Vgg16,
     Xception,
+    /// BLIP's image tower: its pooled output (the class token after `post_layernorm`, as
+    /// transformers' `BlipVisionModel.pooler_output`).
+    Blip,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,7 +28,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "clip")]
     encoder: Encoder,
     /// Weights: preset name, hub id `org/name[@rev]`, or a folder in the hub's layout [default:
-    /// the encoder's preset: clip-vit-b32, vgg16 or xception].
+    /// the encoder's preset: clip-vit-b32, vgg16, xception or blip-large].
     #[arg(long)]
     weights: Option<String>,
     /// A text to embed (repeatable).
@@ -53,6 +56,23 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             let clip =
                 Clip::load(&model, &device).with_context(|| format!("loading CLIP `{weights}`"))?;
             clip_features(&clip, &a.texts, &a.images, &device)?
+        }
+        Encoder::Blip => {
+            if !a.texts.is_empty() {
+                return Err(crate::input_err!(
+                    "--text needs --encoder clip: BLIP's vision embeddings are of images only"
+                ));
+            }
+            let weights = a.weights.unwrap_or_else(|| "blip-large".into());
+            let c = crate::captioner::blip::BlipCaptioner::load_reference(
+                &weights,
+                "--weights",
+                Default::default(),
+                &locator,
+                &device,
+            )
+            .with_context(|| format!("loading BLIP `{weights}`"))?;
+            blip_features(&c, &a.images, &device)?
         }
         Encoder::Vgg16 | Encoder::Xception => {
             let kind = if matches!(a.encoder, Encoder::Vgg16) {

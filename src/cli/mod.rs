@@ -124,6 +124,34 @@ impl DeviceArg {
     }
 }
 
+/// BLIP's decoding settings, shared by `caption` and `eval`.
+#[derive(Debug, clap::Args)]
+struct BlipArgs {
+    /// BLIP only: a text the caption continues (conditional captioning, as the model card's "a
+    /// picture of"; the caption then starts with it) [default: none: unconditional captioning].
+    #[arg(long, value_name = "TEXT")]
+    prompt: Option<String>,
+    /// BLIP only: most tokens per caption, [DEC] and the prompt's included (transformers'
+    /// `max_length`) [default: 20, transformers' default].
+    #[arg(long, value_name = "N")]
+    max_length: Option<usize>,
+}
+
+impl BlipArgs {
+    /// The settings, when any was given.
+    fn decoding(&self) -> Option<crate::captioner::blip::BlipDecoding> {
+        if self.prompt.is_none() && self.max_length.is_none() {
+            return None;
+        }
+        Some(crate::captioner::blip::BlipDecoding {
+            prompt: self.prompt.clone(),
+            max_length: self
+                .max_length
+                .unwrap_or(crate::captioner::blip::DEFAULT_MAX_LENGTH),
+        })
+    }
+}
+
 /// `--json`, shared by the commands that print a result line.
 #[derive(Debug, clap::Args)]
 struct JsonArg {

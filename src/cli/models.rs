@@ -19,21 +19,23 @@ pub enum Command {
         json: bool,
     },
     /// Download into the shared Hugging Face cache every hub model a run preset needs (`real`:
-    /// CLIP, BigGAN-deep 128 and the captioners' encoders; `shapes`: nothing, it is embedded),
+    /// CLIP, BigGAN-deep 128 and the captioners' encoders; `real-blip`: CLIP, BigGAN-deep 128 and
+    /// BLIP-large; `shapes`: nothing, it is embedded),
     /// or a model preset or hub id `org/name[@rev]`, at the revisions pinned in
     /// models/presets.json; files already cached are kept. Progress on stderr; one line per
     /// model on stdout.
     #[command(visible_alias = "fetch")]
     Download {
-        /// Run presets (real, shapes), model presets (clip-vit-b32, vgg16, xception,
-        /// biggan-deep-128) or hub ids `org/name[@rev]` [default with --prompts: real].
+        /// Run presets (real, shapes, real-blip), model presets (clip-vit-b32, vgg16, xception,
+        /// biggan-deep-128, blip-base, blip-large) or hub ids `org/name[@rev]` [default with
+        /// --prompts: real].
         names: Vec<String>,
         /// Only what this prompts file's lines need with the presets named: BigGAN only when a
         /// line starts with `[biggan]` [default: everything the presets can use].
         #[arg(long, value_name = "FILE")]
         prompts: Option<PathBuf>,
         /// For a hub id that is no preset: the kind of model it is (clip, biggan, vgg16,
-        /// xception), which says which files to download [default: none; a preset's files are
+        /// xception, blip), which says which files to download [default: none; a preset's files are
         /// known, another hub id needs --kind or --file].
         #[arg(long)]
         kind: Option<String>,

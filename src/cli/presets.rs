@@ -131,7 +131,8 @@ mod tests {
             [
                 "--steps",
                 &Preset::Real.defaults().siren.steps.to_string(),
-                &Preset::Shapes.defaults().siren.steps.to_string()
+                &Preset::Shapes.defaults().siren.steps.to_string(),
+                &Preset::RealBlip.defaults().siren.steps.to_string()
             ]
         );
 

@@ -23,6 +23,9 @@ pub(super) enum PresetArg {
     Real,
     /// The offline shapes world: the tiny models of models/shapes/, embedded in the binary.
     Shapes,
+    /// The original experiment with the pretrained BLIP-large captioner instead of the Flickr8k
+    /// ones: only `roundtrip models download real-blip` needed.
+    RealBlip,
 }
 
 impl PresetArg {
@@ -30,6 +33,7 @@ impl PresetArg {
         match self {
             Self::Real => Preset::Real,
             Self::Shapes => Preset::Shapes,
+            Self::RealBlip => Preset::RealBlip,
         }
     }
 }
@@ -98,10 +102,12 @@ pub struct Args {
     siren: SirenArgs,
     #[command(flatten)]
     biggan: BigGanArgs,
-    /// Captioner folders as LABEL=FOLDER[,LABEL=FOLDER...] (folders written by `roundtrip train`,
-    /// or `models/shapes/NAME (embedded)`) [default: the preset's;
+    /// Captioners as LABEL=CAPTIONER[,LABEL=CAPTIONER...]: folders written by `roundtrip train`,
+    /// `models/shapes/NAME (embedded)`, or BLIP models (blip-base, blip-large, their hub ids, or a
+    /// folder in transformers' layout; unconditional, max_length 20) [default: the preset's;
     /// real: vgg16=models/captioners/vgg16,xception=models/captioners/xception,
-    /// shapes: vgg16=models/shapes/vgg16 (embedded),xception=models/shapes/xception (embedded)].
+    /// shapes: vgg16=models/shapes/vgg16 (embedded),xception=models/shapes/xception (embedded),
+    /// real-blip: blip=blip-large].
     #[arg(long, help_heading = "Captioning")]
     captioners: Option<String>,
     /// Beam width of the captioners (1: greedy).
@@ -164,10 +170,7 @@ impl GalleryArg {
 }
 
 pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let preset = match a.preset {
-        PresetArg::Real => Preset::Real,
-        PresetArg::Shapes => Preset::Shapes,
-    };
+    let preset = a.preset.preset();
     let d = preset.defaults();
     let generators = match &a.generators {
         Some(list) => parse_generators(list)?,

@@ -7,6 +7,8 @@
 //! - [`clip`]: CLIP, text and image towers (guidance and CLIPScore), with a taped image backward.
 //! - [`vgg16`], [`xception`]: the captioners' frozen image encoders.
 //! - [`lstm_decoder`]: the captioners' decoder.
+//! - [`blip`]: BLIP, the pretrained image captioner (image tower, text decoder, decoding, image
+//!   processor).
 //! - [`trainable`]: trainable twins of the two encoders (`train --train-encoder`).
 //!
 //! The hand-written CPU kernels that models run on the CPU are in [`crate::kernels`]; weights
@@ -14,6 +16,7 @@
 //! [`crate::imageops::resize`].
 
 pub mod biggan;
+pub mod blip;
 pub mod clip;
 pub mod lstm_decoder;
 pub mod siren;

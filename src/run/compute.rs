@@ -111,7 +111,7 @@ pub fn compute_all(
     let captioners: Vec<(&str, &dyn ImageCaptioner)> = models
         .captioners
         .iter()
-        .map(|(l, c)| (l.as_str(), c as &dyn ImageCaptioner))
+        .map(|(l, c)| (l.as_str(), c.as_ref()))
         .collect();
     let stage_models = StageModels {
         layout,

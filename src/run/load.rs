@@ -7,7 +7,8 @@ use anyhow::Context;
 use candle_core::Device;
 
 use super::settings::RunSettings;
-use super::stages::LstmCaptioner;
+use super::stages::{BlipRunCaptioner, ImageCaptioner, LstmCaptioner};
+use crate::captioner::blip::{is_blip_reference, BlipCaptioner, BlipDecoding};
 use crate::captioner::model::{read_config, Captioner};
 use crate::hub::{Locator, ModelRef};
 use crate::input_err;
@@ -26,6 +27,20 @@ pub fn preflight(settings: &RunSettings, locator: &Locator) -> anyhow::Result<()
         }
     }
     for c in &settings.captioners {
+        let spec = c.dir.display().to_string();
+        if is_blip_reference(&spec) {
+            let vocab = blip_vocab(locator, &spec)
+                .map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
+            crate::resources::check_beam(settings.beam, vocab)?;
+            if 2 * settings.beam > vocab {
+                return Err(input_err!(
+                    "--beam {} is too wide for BLIP's vocabulary of {vocab} tokens (--captioners {})",
+                    settings.beam,
+                    c.label
+                ));
+            }
+            continue;
+        }
         let cfg = read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
         crate::resources::check_beam(settings.beam, cfg.decoder.vocab_size)?;
     }
@@ -40,14 +55,25 @@ pub fn preflight(settings: &RunSettings, locator: &Locator) -> anyhow::Result<()
     Ok(())
 }
 
+/// The vocabulary size in a BLIP model's config.json (in its folder or the hub cache).
+fn blip_vocab(locator: &Locator, spec: &str) -> anyhow::Result<usize> {
+    let model = locator.open(&ModelRef::parse(spec)?)?;
+    let path = model.file("config.json")?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| input_err!("cannot read {}: {e}", path.display()))?;
+    let cfg = crate::models::blip::Config::from_json(&text)
+        .map_err(|e| input_err!("{}: {e:#}", path.display()))?;
+    Ok(cfg.text_config.vocab_size)
+}
+
 /// Every model of a run, loaded once.
 pub struct Models {
     /// Guides generation and computes CLIPScore and text similarity.
     pub clip: Clip,
     /// Loaded when the settings hold BigGAN's (a phrase of the prompts file draws with it).
     pub biggan: Option<BigGan>,
-    /// By label, in `--captioners` order.
-    pub captioners: Vec<(String, LstmCaptioner)>,
+    /// By label, in `--captioners` order: LSTM or BLIP captioners.
+    pub captioners: Vec<(String, Box<dyn ImageCaptioner>)>,
     /// What `run.json` records of each (`clip`, `biggan`, `captioner:LABEL`), with its content
     /// fingerprint.
     pub records: BTreeMap<String, serde_json::Value>,
@@ -80,6 +106,28 @@ pub fn load(settings: &RunSettings, locator: &Locator, device: &Device) -> anyho
     }
     let mut captioners = Vec::new();
     for c in &settings.captioners {
+        let spec = c.dir.display().to_string();
+        if is_blip_reference(&spec) {
+            let option = format!("--captioners {}", c.label);
+            let loaded = BlipCaptioner::load_reference(
+                &spec,
+                &option,
+                BlipDecoding::default(),
+                locator,
+                device,
+            )
+            .map_err(|e| input_err!("{option}: cannot load the BLIP model `{spec}`: {e:#}"))?;
+            records.insert(format!("captioner:{}", c.label), loaded.describe());
+            captioners.push((
+                c.label.clone(),
+                Box::new(BlipRunCaptioner {
+                    captioner: loaded,
+                    beam: settings.beam,
+                    device: device.clone(),
+                }) as Box<dyn ImageCaptioner>,
+            ));
+            continue;
+        }
         let loaded = Captioner::load(&c.dir, locator, device).map_err(|e| {
             input_err!(
                 "--captioners {}: cannot load the captioner in {}: {e:#}",
@@ -101,11 +149,11 @@ pub fn load(settings: &RunSettings, locator: &Locator, device: &Device) -> anyho
         );
         captioners.push((
             c.label.clone(),
-            LstmCaptioner {
+            Box::new(LstmCaptioner {
                 captioner: loaded,
                 beam: settings.beam,
                 device: device.clone(),
-            },
+            }),
         ));
     }
     Ok(Models {

@@ -1,7 +1,8 @@
 //! Run presets: which models and generator settings `roundtrip run` uses when none are given.
 //!
 //! `real` is the original experiment (CLIP ViT-B/32 from the hub, captioners trained on Flickr8k
-//! with `roundtrip train`); `shapes` is the offline shapes world whose tiny models ship under
+//! with `roundtrip train`); `real-blip` the same with the pretrained BLIP-large captioner from the
+//! hub instead (nothing to train: `roundtrip models download real-blip` is all it needs); `shapes` is the offline shapes world whose tiny models ship under
 //! `models/shapes/` and are embedded in the binary ([`crate::embedded`]): its model references,
 //! `models/shapes/<name> (embedded)`, mean those folders as they were when the binary was built,
 //! from any working directory and whatever `models/shapes/` folder it holds (pass the folder, e.g.
@@ -23,6 +24,7 @@ pub const DEFAULT_BIGGAN: &str = "biggan-deep-128";
 pub enum Preset {
     Real,
     Shapes,
+    RealBlip,
 }
 
 /// What a preset fills in.
@@ -43,12 +45,13 @@ pub struct BigGanDefaults {
 
 impl Preset {
     /// Every preset, in the order `roundtrip presets` lists them.
-    pub const ALL: [Preset; 2] = [Preset::Real, Preset::Shapes];
+    pub const ALL: [Preset; 3] = [Preset::Real, Preset::Shapes, Preset::RealBlip];
 
     pub fn name(self) -> &'static str {
         match self {
             Preset::Real => "real",
             Preset::Shapes => "shapes",
+            Preset::RealBlip => "real-blip",
         }
     }
 
@@ -60,6 +63,9 @@ impl Preset {
             }
             Preset::Shapes => {
                 "the offline shapes world: the tiny models of models/shapes/, embedded in the binary (works from any directory)"
+            }
+            Preset::RealBlip => {
+                "the original experiment with the pretrained BLIP-large captioner from the hub instead of the Flickr8k captioners: `roundtrip models download real-blip`, nothing to train"
             }
         }
     }
@@ -91,6 +97,16 @@ impl Preset {
             Preset::Real => &[("vgg16", "vgg16"), ("xception", "xception")],
             // Trained end to end; the encoders are inside the embedded folders.
             Preset::Shapes => &[],
+            // Pretrained captioners, no encoder of their own ([`Self::captioner_models`]).
+            Preset::RealBlip => &[],
+        }
+    }
+
+    /// Its pretrained captioners that come from the hub, as (label, model preset).
+    pub fn captioner_models(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Preset::Real | Preset::Shapes => &[],
+            Preset::RealBlip => &[("blip", "blip-large")],
         }
     }
 
@@ -104,6 +120,15 @@ impl Preset {
             Preset::Real => PresetDefaults {
                 clip: "clip-vit-b32",
                 captioners: "vgg16=models/captioners/vgg16,xception=models/captioners/xception",
+                siren: SirenSettings::default(),
+                biggan: BigGanDefaults {
+                    model: None,
+                    settings: BigGanSettings::default(),
+                },
+            },
+            Preset::RealBlip => PresetDefaults {
+                clip: "clip-vit-b32",
+                captioners: "blip=blip-large",
                 siren: SirenSettings::default(),
                 biggan: BigGanDefaults {
                     model: None,

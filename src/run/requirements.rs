@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::preset::Preset;
 use super::settings::{CaptionerSpec, RunSettings};
+use crate::captioner::blip::is_blip_reference;
 use crate::captioner::model::{read_config, resolve_encoder_reference};
 use crate::generate::GeneratorKind;
 use crate::hub::{needed_files, shell_word, FileNeed, Files, LocateError, Locator, ModelRef};
@@ -167,10 +168,15 @@ fn train_steps(label: &str, dir: &Path) -> Option<String> {
     ))
 }
 
-/// Checks a captioner folder (config.json, vocab.json, model.safetensors) and its encoder.
+/// Checks a captioner folder (config.json, vocab.json, model.safetensors) and its encoder, or a
+/// BLIP model (its folder's files, or a hub model's files in the cache).
 pub fn check_captioner(c: &CaptionerSpec, locator: &Locator, missing: &mut Vec<Missing>) {
     let what = format!("--captioners {}", c.label);
     let dir_text = c.dir.display().to_string();
+    if is_blip_reference(&dir_text) {
+        check_model(&what, &dir_text, "blip", locator, missing);
+        return;
+    }
     if let Some(found) = crate::embedded::lookup(&dir_text) {
         if let Err(e) = found {
             missing.push(Missing {
@@ -190,8 +196,8 @@ pub fn check_captioner(c: &CaptionerSpec, locator: &Locator, missing: &mut Vec<M
             .map(|t| format!(" ({t})"))
             .unwrap_or_default();
         format!(
-            "{why} as README section \"{QUICK_START}\" shows{how}, or pass a trained captioner with --captioners {}=DIR",
-            c.label
+            "{why} as README section \"{QUICK_START}\" shows{how}, or pass a trained captioner with --captioners {}=DIR (or a pretrained BLIP: --captioners {}=blip-large)",
+            c.label, c.label
         )
     };
     if !c.dir.exists() {
@@ -365,8 +371,8 @@ fn uses_biggan(generators: &[GeneratorKind], prompts: Option<&PromptFile>) -> bo
 }
 
 /// The hub models a run of `preset` needs, with its defaults: its CLIP, BigGAN (when `prompts`
-/// is `None`, or a line of it or `generators` draws with BigGAN), and the encoders its
-/// captioners are trained on (`roundtrip train` needs them too). Embedded and folder models are
+/// is `None`, or a line of it or `generators` draws with BigGAN), the encoders its
+/// captioners are trained on (`roundtrip train` needs them too) and its pretrained captioners. Embedded and folder models are
 /// left out: nothing to download. Each as (role, reference, kind).
 pub fn preset_models(
     preset: Preset,
@@ -385,6 +391,9 @@ pub fn preset_models(
             encoder.to_owned(),
             encoder,
         ));
+    }
+    for &(label, model) in preset.captioner_models() {
+        out.push((format!("--captioners {label}"), model.to_owned(), "blip"));
     }
     out.retain(|(_, spec, _)| {
         matches!(
@@ -548,5 +557,10 @@ mod tests {
         let pinned = PromptFile::parse(Path::new("p.txt"), b"a cat\n[biggan] a macaw\n").unwrap();
         assert_eq!(specs(&siren, Some(&pinned)).len(), 4);
         assert!(preset_models(Preset::Shapes, &siren, None).is_empty());
+        let blip: Vec<String> = preset_models(Preset::RealBlip, &siren, Some(&plain))
+            .into_iter()
+            .map(|(_, s, _)| s)
+            .collect();
+        assert_eq!(blip, ["clip-vit-b32", "blip-large"]);
     }
 }

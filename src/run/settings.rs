@@ -9,10 +9,13 @@ use crate::error::InputError;
 use crate::generate::{BigGanSettings, GeneratorKind, SirenSettings};
 use crate::prompts::PromptFile;
 
-/// Which captioner folder each label uses (`--captioners vgg16=DIR,xception=DIR`).
+/// Which captioner each label uses (`--captioners vgg16=DIR,xception=DIR,blip=blip-large`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaptionerSpec {
     pub label: String,
+    /// A trained captioner's folder (or `models/shapes/NAME (embedded)`), or a BLIP model
+    /// reference: a preset (`blip-large`), its hub id, or a folder in transformers' layout
+    /// ([`crate::captioner::blip::is_blip_reference`]).
     pub dir: PathBuf,
 }
 
@@ -22,7 +25,7 @@ pub fn parse_captioners(spec: &str) -> Result<Vec<CaptionerSpec>, InputError> {
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (label, dir) = part.split_once('=').ok_or_else(|| {
             InputError::new(format!(
-                "--captioners: `{part}` is not LABEL=FOLDER (e.g. vgg16=models/captioners/vgg16)"
+                "--captioners: `{part}` is not LABEL=CAPTIONER (e.g. vgg16=models/captioners/vgg16 or blip=blip-large)"
             ))
         })?;
         let label = label.trim();
@@ -47,7 +50,7 @@ pub fn parse_captioners(spec: &str) -> Result<Vec<CaptionerSpec>, InputError> {
     }
     if out.is_empty() {
         return Err(InputError::new(
-            "--captioners is empty: expected LABEL=FOLDER[,LABEL=FOLDER...]",
+            "--captioners is empty: expected LABEL=CAPTIONER[,LABEL=CAPTIONER...]",
         ));
     }
     Ok(out)

@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::captioner::blip::BlipCaptioner;
 use crate::captioner::model::Captioner;
 use crate::generate::clip::text_embedding;
 use crate::metrics::clip_score::{clip_score_matrix, cosine_with};
@@ -32,6 +33,20 @@ impl ImageCaptioner for LstmCaptioner {
             .encoder
             .encode_rgb(images, &self.device)?;
         self.captioner.caption_features(&feats, self.beam)
+    }
+}
+
+/// A pretrained BLIP captioner decoding greedily (beam 1) or with a beam, as transformers'
+/// `generate` with the captioner's prompt and max_length.
+pub struct BlipRunCaptioner {
+    pub captioner: BlipCaptioner,
+    pub beam: usize,
+    pub device: Device,
+}
+
+impl ImageCaptioner for BlipRunCaptioner {
+    fn caption(&self, images: &[image::RgbImage]) -> anyhow::Result<Vec<String>> {
+        self.captioner.caption_rgb(images, self.beam, &self.device)
     }
 }
 

@@ -96,6 +96,31 @@ pub fn load_weights_file(path: &Path) -> anyhow::Result<HashMap<String, Tensor>>
     }
 }
 
+/// The weights file of a model folder or hub repository: `model.safetensors` if the model has it
+/// locally, else `pytorch_model.bin` (fetched when needed), else `model.safetensors` fetched; a
+/// folder with neither is an input error naming both and `what` (`BigGAN weights`).
+pub(crate) fn weights_file(
+    model: &crate::hub::Model,
+    what: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    const ST: &str = "model.safetensors";
+    const BIN: &str = "pytorch_model.bin";
+    if model.has_local_file(ST) {
+        return Ok(model.file(ST)?);
+    }
+    match model.file(BIN) {
+        Ok(p) => Ok(p),
+        Err(bin_err) => match model.file(ST) {
+            Ok(p) => Ok(p),
+            Err(crate::hub::LocateError::MissingInFolder { folder, .. }) => Err(input_err!(
+                "model folder {} has neither {ST} nor {BIN}: expected {what} in one of them",
+                folder.display()
+            )),
+            Err(_) => Err(bin_err.into()),
+        },
+    }
+}
+
 /// Seeded random weights for any model: builds it once to learn its tensor names and shapes,
 /// then fills each tensor from N(0, std) drawn on the host (candle's CPU RNG cannot be seeded).
 /// Used for benchmarks and tests that need full-size geometry without a checkpoint.

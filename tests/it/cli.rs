@@ -320,7 +320,8 @@ fn presets_and_help_are_printed_with_exit_0() {
         [
             "--steps",
             &real.siren.steps.to_string(),
-            &shapes.siren.steps.to_string()
+            &shapes.siren.steps.to_string(),
+            &Preset::RealBlip.defaults().siren.steps.to_string()
         ]
     );
     assert!(

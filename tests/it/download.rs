@@ -20,6 +20,15 @@ const BIGGAN_REPO: &str = "osanseviero/BigGAN-deep-128";
 const BIGGAN_REV: &str = "c98e5e826ec6dc3dabaa01b7703d86c34fad5342";
 const CLIP_COMMIT: &str = "1111111111111111111111111111111111111111";
 const TIMM_COMMIT: &str = "2222222222222222222222222222222222222222";
+const BLIP_REPO: &str = "Salesforce/blip-image-captioning-large";
+const BLIP_REV: &str = "353689b859fcf0523410b1806dace5fb46ecdf41";
+const BLIP_FILES: [&str; 5] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+];
 
 /// The files of one repository at one revision, served under the revision as it appears in
 /// URLs (`refs%2Fpr%2F15`).
@@ -44,8 +53,8 @@ fn fixture_files(dir: &str, names: &[&str]) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// The presets' repositories with the tiny fixtures: CLIP, BigGAN-deep 128 (the pinned commit)
-/// and the two timm encoders (main).
+/// The presets' repositories with the tiny fixtures: CLIP, BigGAN-deep 128 (the pinned commit),
+/// the two timm encoders (main) and BLIP-large (the pinned commit).
 fn hub_repos() -> BTreeMap<(String, String), Served> {
     let mut m = BTreeMap::new();
     let mut add = |repo: &str, rev: &str, commit, dir, names: &[&str]| {
@@ -85,6 +94,7 @@ fn hub_repos() -> BTreeMap<(String, String), Served> {
         "xception_tiny",
         &["config.json", "model.safetensors"],
     );
+    add(BLIP_REPO, BLIP_REV, BLIP_REV, "blip_tiny", &BLIP_FILES);
     m
 }
 
@@ -395,6 +405,71 @@ fn download_real_takes_what_a_prompts_file_needs() {
     let o = out(&mut roundtrip(h, None), &["models", "download", "shapes"]);
     assert_eq!(ok(&o), "");
     assert!(stderr(&o).contains("embedded"), "{}", stderr(&o));
+}
+
+/// `real-blip` needs CLIP and BLIP-large only (no captioner to train); once downloaded, the
+/// preset captions offline exactly as the fixture folder does.
+#[test]
+fn download_real_blip_fetches_clip_and_blip_large_then_captions_offline() {
+    assert_eq!(
+        roundtrip::hub::preset("blip-large")
+            .unwrap()
+            .revision
+            .as_deref(),
+        Some(BLIP_REV)
+    );
+    let hub = FakeHub::start(hub_repos());
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let p = h.join("p.txt");
+    std::fs::write(&p, "a cat\n").unwrap();
+    let text = ok(&out(
+        &mut roundtrip(h, Some(&hub)),
+        &[
+            "models",
+            "download",
+            "real-blip",
+            "--prompts",
+            p.to_str().unwrap(),
+            "--quiet",
+        ],
+    ));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("clip-vit-b32\t"), "{text}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "blip-large\t{BLIP_REPO}@{BLIP_REV}\tdownloaded 5 ("
+        )),
+        "{text}"
+    );
+    let snap = snapshot(h, BLIP_REPO, BLIP_REV);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blip_tiny");
+    for f in BLIP_FILES {
+        assert_eq!(
+            std::fs::read(snap.join(f)).unwrap(),
+            std::fs::read(fixtures.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let image = fixtures.join("image_a.png");
+    let image = image.to_str().unwrap();
+    let by_preset = ok(&out(
+        roundtrip(h, None).env("HF_HUB_OFFLINE", "1"),
+        &["caption", "--captioner", "blip-large", "--beam", "3", image],
+    ));
+    let by_folder = ok(&out(
+        &mut roundtrip(h, None),
+        &[
+            "caption",
+            "--captioner",
+            fixtures.to_str().unwrap(),
+            "--beam",
+            "3",
+            image,
+        ],
+    ));
+    assert_eq!(by_preset, by_folder);
 }
 
 fn ok_bytes(o: &Output) -> Vec<u8> {

@@ -5,6 +5,8 @@ mod biggan_generate;
 mod biggan_parity;
 mod bleu_nltk;
 mod bleu_props;
+mod blip_commands;
+mod blip_parity;
 mod captioner;
 mod cli;
 mod clip_parity;

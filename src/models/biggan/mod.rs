@@ -221,7 +221,7 @@ impl BigGan {
     /// [`crate::weights::pth`]'s allow-list). Errors name the file and the tensor.
     pub fn load(model: &crate::hub::Model, device: &Device) -> anyhow::Result<Self> {
         let config_path = model.file("config.json")?;
-        let weights = weights_file(model)?;
+        let weights = crate::weights::weights_file(model, "BigGAN weights")?;
         Self::load_files(&config_path, &weights, device)
     }
 
@@ -247,27 +247,6 @@ impl BigGan {
         device: &Device,
     ) -> Result<Self> {
         Self::new(VarBuilder::from_tensors(tensors, DType::F32, device), cfg)
-    }
-}
-
-/// `model.safetensors` if the model has it locally, else `pytorch_model.bin` (fetched when
-/// needed), else `model.safetensors` fetched; a folder with neither is an input error naming both.
-fn weights_file(model: &crate::hub::Model) -> anyhow::Result<std::path::PathBuf> {
-    const ST: &str = "model.safetensors";
-    const BIN: &str = "pytorch_model.bin";
-    if model.has_local_file(ST) {
-        return Ok(model.file(ST)?);
-    }
-    match model.file(BIN) {
-        Ok(p) => Ok(p),
-        Err(bin_err) => match model.file(ST) {
-            Ok(p) => Ok(p),
-            Err(crate::hub::LocateError::MissingInFolder { folder, .. }) => Err(input_err!(
-                "model folder {} has neither {ST} nor {BIN}: expected BigGAN weights in one of them",
-                folder.display()
-            )),
-            Err(_) => Err(bin_err.into()),
-        },
     }
 }
 

@@ -34,9 +34,9 @@ impl HiddenAct {
 /// `Var`) goes through [`FrozenMatmul`], whose backward skips the weight gradient that candle's
 /// matmul always computes: that is about half of the image tower's backward work.
 #[derive(Debug, Clone)]
-pub(super) struct Linear {
-    pub(super) weight: Tensor,
-    pub(super) bias: Option<Tensor>,
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
     /// A frozen CPU weight with more inputs than outputs (CLIP's fc2) also as a contiguous
     /// [in, out] copy, used when no gradient is tracked: gemm then packs it and runs ~1.3x
     /// faster than on the strided `weight^T` view (one row of the view spans `in` floats).
@@ -44,7 +44,7 @@ pub(super) struct Linear {
 }
 
 impl Linear {
-    pub(super) fn new(
+    pub(crate) fn new(
         vb: VarBuilder,
         in_dim: usize,
         out_dim: usize,
@@ -59,7 +59,7 @@ impl Linear {
         Ok(Self::from_parts(weight, bias))
     }
 
-    fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+    pub(crate) fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
         let (out_dim, in_dim) = weight.dims2().unwrap_or((0, 0));
         let weight_t = (in_dim > out_dim
             && !weight.track_op()
@@ -74,7 +74,7 @@ impl Linear {
         }
     }
 
-    pub(super) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let dims = xs.dims();
         let (&in_dim, lead) = dims
             .split_last()
@@ -102,7 +102,7 @@ impl Linear {
 }
 
 /// `x [rows, in] @ w^T` for `w [out, in]`, skipping the weight gradient when `w` is frozen.
-pub(super) fn matmul_wt(xs: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn matmul_wt(xs: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     if w.track_op() {
         xs.matmul(&w.t()?)
     } else {
@@ -184,11 +184,11 @@ impl candle_core::CustomOp2 for FrozenMatmul {
 /// LayerNorm from basic ops (mean, sub, sqr, sqrt, div, affine), which all have a backward; with
 /// frozen f32 weights on the CPU, one fused kernel each way instead ([`FusedLayerNorm`]).
 #[derive(Clone)]
-pub(super) struct LayerNorm {
-    pub(super) weight: Tensor,
-    pub(super) bias: Tensor,
-    pub(super) eps: f64,
-    pub(super) fused: Option<FusedLayerNorm>,
+pub(crate) struct LayerNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
+    pub(crate) fused: Option<FusedLayerNorm>,
 }
 
 impl std::fmt::Debug for LayerNorm {
@@ -203,7 +203,7 @@ impl std::fmt::Debug for LayerNorm {
 }
 
 impl LayerNorm {
-    pub(super) fn new(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Self> {
         let weight = vb.get(dim, "weight")?;
         let bias = vb.get(dim, "bias")?;
         let frozen_f32 =
@@ -225,7 +225,7 @@ impl LayerNorm {
         })
     }
 
-    pub(super) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         if let Some(op) = &self.fused {
             if xs.dtype() == DType::F32 && crate::kernels::native_kernels(xs.device()) {
                 return xs.contiguous()?.apply_op1(op.clone());

@@ -24,7 +24,7 @@
 //! from the hub ([`Clip`], [`load_weights`]).
 
 mod config;
-mod layers;
+pub(crate) mod layers;
 mod preprocess;
 mod tape;
 mod text;

@@ -342,6 +342,7 @@ struct Figures {
     most_common_count: usize,
 }
 
+mod blip;
 mod embedded;
 mod generators;
 mod golden;
