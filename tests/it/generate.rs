@@ -88,7 +88,7 @@ fn similarity_rises_and_outputs_are_recorded() {
     let r = record(d.path());
     assert_eq!(
         (r.schema_version, r.phrase.as_str(), r.generator.as_str()),
-        (1, PHRASE, "siren")
+        (2, PHRASE, "siren")
     );
     assert_eq!((r.seed, r.seed_source.as_str()), (3, "given"));
     assert_eq!(
