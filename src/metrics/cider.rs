@@ -89,7 +89,7 @@ struct Weighted {
     norm: [f64; ORDERS],
 }
 
-fn weigh(g: &Grams, df: &FxHashMap<u128, u32>, log_images: f64) -> Weighted {
+fn weigh(g: &Grams, df: &FxHashMap<u128, (u32, u32)>, log_images: f64) -> Weighted {
     let mut norm = [0.0; ORDERS];
     let weight = g
         .keys
@@ -97,7 +97,7 @@ fn weigh(g: &Grams, df: &FxHashMap<u128, u32>, log_images: f64) -> Weighted {
         .zip(&g.order)
         .zip(&g.count)
         .map(|((key, &order), &count)| {
-            let d = df.get(key).copied().unwrap_or(0).max(1) as f64;
+            let d = df.get(key).map_or(0, |&(count, _)| count).max(1) as f64;
             let w = count as f64 * (log_images - d.ln());
             norm[order as usize - 1] += w * w;
             w
@@ -125,19 +125,21 @@ pub fn cider_d<T: AsRef<str>, R: AsRef<[T]>>(
     let mut interner = Interner::default();
     let mut index = FxHashMap::default();
     let mut ids = Vec::new();
-    let mut df: FxHashMap<u128, u32> = FxHashMap::default();
-    let mut last_image: FxHashMap<u128, usize> = FxHashMap::default();
+    // Per n-gram: (document frequency, the last image counted + 1).
+    let mut df: FxHashMap<u128, (u32, u32)> = FxHashMap::default();
     for (i, refs) in references.iter().enumerate() {
+        let image = i as u32 + 1;
         for r in refs {
             interner.ids_into(r.as_ref(), &mut ids);
             for key in grams(&ids, &mut index).keys {
-                if last_image.insert(key, i) != Some(i) {
-                    *df.entry(key).or_default() += 1;
+                let (count, last) = df.entry(key).or_default();
+                if *last != image {
+                    *count += 1;
+                    *last = image;
                 }
             }
         }
     }
-    drop(last_image);
     let log_images = (hypotheses.len() as f64).ln();
     let penalty_denominator = 2.0 * SIGMA * SIGMA;
     let mut ref_weight: FxHashMap<u128, f64> = FxHashMap::default();
