@@ -192,7 +192,7 @@ fn bad_input_fails_before_any_work() {
     let e = fails(&run(&write("words.txt", b"a cat\n!!!\n"), o, &[]));
     assert!(e.contains("words.txt:2") && e.contains("no word"), "{e}");
     let e = fails(&run(&good, o, &["--captioners", "vgg16"]));
-    assert!(e.contains("LABEL=FOLDER"), "{e}");
+    assert!(e.contains("LABEL=CAPTIONER"), "{e}");
     let e = fails(&run(&good, o, &["--shard", "3/2"]));
     assert!(e.contains("K/N"), "{e}");
     let e = fails(&run(&good, o, &["--steps", "0"]));
