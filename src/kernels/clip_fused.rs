@@ -1,6 +1,5 @@
 //! Fused, differentiable f32 CPU kernels for CLIP's LayerNorm, QuickGELU and attention (BLIP's
-//! image tower runs on the same LayerNorm and attention, plus the exact GELU, [`FusedGelu`],
-//! forward only).
+//! image tower uses the LayerNorm too, and its own forward-only kernels, [`super::blip_fused`]).
 //!
 //! Written with basic candle ops, a LayerNorm is ~9 tensor passes forward and ~20 backward
 //! (each allocating, plus a zero-filled accumulator per gradient); QuickGELU is 3 and ~8. In
@@ -138,7 +137,7 @@ pub struct FusedQuickGelu;
 /// so that it vectorises (libm's `expf` is a scalar call). Arguments are clamped to
 /// [-87.3, 88.3], where 2^n stays a normal float; sigmoid only needs the clamped range.
 #[inline(always)]
-fn exp_poly(x: f32) -> f32 {
+pub(crate) fn exp_poly(x: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
@@ -190,46 +189,6 @@ impl FusedQuickGelu {
     pub fn grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
         x.contiguous()?
             .apply_op2_no_bwd(&g.contiguous()?, &QuickGeluGrad)
-    }
-}
-
-/// The exact GELU, `x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))` (transformers' `"gelu"`, BLIP's
-/// activation), f32, forward only (BLIP is run, never trained, here). candle's `gelu_erf` calls a
-/// scalar f64 erf per element on one thread, which at BLIP-base's 8 x 577 x 3072 activations per
-/// layer costs about as much as the layer's matrix products; this is one branch-free parallel pass.
-/// `1 + erf(z)` is taken as `2 - erfc(|z|)` for z >= 0 and `erfc(|z|)` for z < 0 (no cancellation
-/// in the negative tail), erfc from Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7) with
-/// [`exp_poly`]: within 2e-7 x max(1, |x|) of the f64 formula.
-pub struct FusedGelu;
-
-#[inline(always)]
-fn gelu_erf(x: f32) -> f32 {
-    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_72) * t
-        + 0.254_829_6)
-        * t;
-    let erfc = poly * exp_poly(-z * z);
-    let one_plus_erf = if x >= 0.0 { 2.0 - erfc } else { erfc };
-    0.5 * x * one_plus_erf
-}
-
-impl CustomOp1 for FusedGelu {
-    fn name(&self) -> &'static str {
-        "fused-gelu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(4096)
-            .zip(x.par_chunks(4096))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = gelu_erf(x);
-                }
-            });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 }
 
@@ -552,29 +511,6 @@ mod tests {
                     .unwrap()
             },
         );
-    }
-
-    #[test]
-    fn gelu_is_within_2e7_of_the_f64_formula() {
-        let xs: Vec<f32> = (0..=400_000)
-            .map(|i| -20.0 + 40.0 * i as f32 / 400_000.0)
-            .collect();
-        let t = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap();
-        let got: Vec<f32> = t.apply_op1(FusedGelu).unwrap().to_vec1().unwrap();
-        let want: Vec<f64> = t
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .gelu_erf()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let mut worst = 0f64;
-        for ((x, g), w) in xs.iter().zip(&got).zip(&want) {
-            worst = worst.max((*g as f64 - w).abs() / (x.abs() as f64).max(1.0));
-        }
-        assert!(worst < 2e-7, "max error {worst:e}");
-        assert_eq!(gelu_erf(0.0), 0.0);
-        assert!(gelu_erf(-30.0).abs() < 1e-30 && gelu_erf(30.0) == 30.0);
     }
 
     #[test]

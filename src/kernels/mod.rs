@@ -3,7 +3,8 @@
 //!
 //! Every model has two code paths. On the CPU, the hot spots run as kernels written here, each
 //! one parallel pass (or a few) over contiguous f32 data instead of a chain of allocating candle
-//! ops: CLIP's fused LayerNorm, QuickGELU and attention ([`clip_fused`]), SIREN's sine layers
+//! ops: CLIP's fused LayerNorm, QuickGELU and attention ([`clip_fused`]), BLIP's GELU and
+//! attention ([`blip_fused`]), SIREN's sine layers
 //! ([`sine`]), and the frozen encoders' channels-last convolutions, pools and bias/ReLU
 //! transforms ([`nhwc`]). On CUDA or Metal, or on the CPU inside [`with_portable_ops`], the same
 //! functions run as plain candle ops that every backend implements; [`native_kernels`] decides.
@@ -12,6 +13,7 @@
 //! Also here: the helpers the kernels share ([`gemm_1t`], a single-threaded strided GEMM;
 //! `f32_slice`, a custom op's CPU operand; `par_rows`, banded work over candle's threads).
 
+pub mod blip_fused;
 pub mod clip_fused;
 pub mod nhwc;
 pub mod sine;

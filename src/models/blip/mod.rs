@@ -9,8 +9,8 @@
 //! reordered and shrunk (beam search, finished images dropped), the cross-attention keys and
 //! values computed once per image instead of at every step, greedy and beam decoding exactly as
 //! transformers' `generate` ([`generate`]), the image processor ([`ImageProcessor`]), and on the
-//! CPU the fused f32 kernels of [`crate::kernels::clip_fused`] for the image tower's attention,
-//! LayerNorm and GELU. Outputs match transformers 5 to ~1e-6 relative in f32, with identical
+//! CPU fused f32 kernels for the image tower's attention and GELU
+//! ([`crate::kernels::blip_fused`]) and LayerNorm (CLIP's, [`crate::kernels::clip_fused`]). Outputs match transformers 5 to ~1e-6 relative in f32, with identical
 //! generated ids (tests/it/blip_parity.rs).
 //!
 //! Files: `config` (config.json), `vision` (the image tower), `text` (the decoder and its cache),
@@ -47,7 +47,7 @@ impl Act {
                 if xs.dtype() == DType::F32 && crate::kernels::native_kernels(xs.device()) =>
             {
                 xs.contiguous()?
-                    .apply_op1_no_bwd(&crate::kernels::clip_fused::FusedGelu)
+                    .apply_op1_no_bwd(&crate::kernels::blip_fused::FusedGelu)
             }
             Activation::Gelu => xs.gelu_erf(),
             Activation::GeluTanh => xs.gelu(),

@@ -91,6 +91,28 @@ impl Cache {
     }
 }
 
+/// `l(xs)`, for the few rows of a decoding step (an image's beams, at most 64 rows) on the CPU
+/// as `W x^T`: gemm then streams the weight as it is stored instead of packing all of it for
+/// every product (`x W^T` packs the whole weight per call: most of a step's time at batch 8).
+fn linear(l: &Linear, xs: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = xs.dims();
+    let (&k, lead) = dims
+        .split_last()
+        .ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+    let rows: usize = lead.iter().product();
+    if rows > 64 || xs.dtype() != DType::F32 || !crate::kernels::native_kernels(xs.device()) {
+        return l.forward(xs);
+    }
+    let y = l.weight.matmul(&xs.reshape((rows, k))?.t()?)?.t()?;
+    let y = match &l.bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y.contiguous()?,
+    };
+    let mut out = lead.to_vec();
+    out.push(l.weight.dim(0)?);
+    y.reshape(out)
+}
+
 /// [N, T, H * hd] -> [N, H, T, hd].
 fn heads(xs: &Tensor, h: usize) -> candle_core::Result<Tensor> {
     let (n, t, d) = xs.dims3()?;
@@ -307,7 +329,7 @@ impl TextDecoder {
         let g = cache.group;
         for (l, layer) in self.layers.iter().enumerate() {
             // Causal self-attention over the cached and the new positions.
-            let qkv = layer.self_qkv.forward(&xs)?;
+            let qkv = linear(&layer.self_qkv, &xs)?;
             let q = heads(&qkv.narrow(D::Minus1, 0, d)?, h)?;
             let k = heads(&qkv.narrow(D::Minus1, d, d)?, h)?;
             let v = heads(&qkv.narrow(D::Minus1, 2 * d, d)?, h)?;
@@ -319,22 +341,21 @@ impl TextDecoder {
             cache.self_kv[l] = Some((k, v));
             xs = layer
                 .self_ln
-                .forward(&(layer.self_out.forward(&ctx)? + &xs)?)?;
+                .forward(&(linear(&layer.self_out, &ctx)? + &xs)?)?;
             // Cross-attention: an image's g rows x t positions are the queries of one product.
             let (ck, cv) = &cache.cross_kv[l];
-            let q = layer
-                .cross_query
-                .forward(&xs)?
+            let q = linear(&layer.cross_query, &xs)?
                 .reshape((images, g * t, h, d / h))?
                 .transpose(1, 2)?
                 .contiguous()?;
             let ctx = Self::attend(&q, ck, cv, None)?.reshape((n, t, d))?;
             xs = layer
                 .cross_ln
-                .forward(&(layer.cross_out.forward(&ctx)? + &xs)?)?;
-            let ff = layer
-                .output
-                .forward(&self.act.forward(&layer.intermediate.forward(&xs)?)?)?;
+                .forward(&(linear(&layer.cross_out, &ctx)? + &xs)?)?;
+            let ff = linear(
+                &layer.output,
+                &self.act.forward(&linear(&layer.intermediate, &xs)?)?,
+            )?;
             xs = layer.output_ln.forward(&(ff + &xs)?)?;
         }
         cache.len += t;
@@ -343,8 +364,8 @@ impl TextDecoder {
 
     /// The LM head: hidden states [.., D] -> logits [.., V].
     pub(super) fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.act.forward(&self.transform.forward(hidden)?)?;
-        self.lm_head.forward(&self.transform_ln.forward(&h)?)
+        let h = self.act.forward(&linear(&self.transform, hidden)?)?;
+        linear(&self.lm_head, &self.transform_ln.forward(&h)?)
     }
 
     /// Logits [N, V] of the last of the new positions `ids` [N, T].

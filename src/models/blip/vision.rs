@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use super::config::VisionConfig;
 use super::Act;
-use crate::kernels::clip_fused::FusedAttention;
+use crate::kernels::blip_fused::FastAttention;
 use crate::models::clip::layers::{matmul_wt, LayerNorm, Linear};
 
 /// `BlipVisionModel`'s outputs.
@@ -56,12 +56,11 @@ impl VisionLayer {
     fn attention(&self, qkv: &Tensor) -> candle_core::Result<Tensor> {
         let (b, n, three_d) = qkv.dims3()?;
         if qkv.dtype() == DType::F32 && crate::kernels::native_kernels(qkv.device()) {
-            let op = FusedAttention {
+            let op = FastAttention {
                 heads: self.heads,
-                queries: n,
                 scale: self.scale as f32,
             };
-            return qkv.contiguous()?.apply_op1(op);
+            return qkv.contiguous()?.apply_op1_no_bwd(&op);
         }
         let d = three_d / 3;
         let qkv = qkv
