@@ -313,10 +313,10 @@ fn blip_decoding_settings_are_part_of_the_fingerprint_and_checked() {
 /// A VarBuilder backend that records every tensor asked for and hands out a broadcast zero of
 /// the shape (no memory), so that a full-size model can be built in a test.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Requested>>>);
+struct Recorder(Arc<Mutex<Requested>>);
 
-/// A tensor's name and shape.
-type Requested = (String, Vec<usize>);
+/// Each tensor asked for: its name and shape.
+type Requested = Vec<(String, Vec<usize>)>;
 
 impl candle_nn::var_builder::SimpleBackend for Recorder {
     fn get(
