@@ -71,30 +71,41 @@ pub struct BlipCaptioner {
 }
 
 /// Whether a captioner reference names a BLIP model rather than a trained LSTM captioner folder:
-/// a preset of kind `blip` (or its repository id, with or without `@revision`), or a folder whose
-/// config.json is a BLIP config (`model_type` "blip"). Anything else is taken for an LSTM
-/// captioner folder (whose checks then name what is wrong).
+/// a preset of kind `blip` (or its repository id, with or without `@revision`), a folder whose
+/// config.json is a BLIP config (`model_type` "blip"), or another hub id whose config.json in the
+/// hub cache is one (after `roundtrip models download ORG/NAME --kind blip`; the network is never
+/// asked). Anything else is taken for an LSTM captioner folder (whose checks then name what is
+/// wrong).
 pub fn is_blip_reference(reference: &str) -> bool {
     if crate::embedded::lookup(reference).is_some() {
         return false;
     }
+    let is_blip_config = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("model_type").and_then(|t| t.as_str()) == Some("blip"))
+    };
     let path = std::path::Path::new(reference);
     if path.is_dir() {
-        let Ok(text) = std::fs::read_to_string(path.join("config.json")) else {
-            return false;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return false;
-        };
-        return v.get("model_type").and_then(|t| t.as_str()) == Some("blip");
+        return is_blip_config(&path.join("config.json"));
     }
-    match ModelRef::parse(reference) {
-        Ok(r) => r
-            .preset
-            .as_deref()
-            .and_then(crate::hub::preset)
-            .is_some_and(|p| p.kind == "blip"),
-        Err(_) => false,
+    let Ok(r) = ModelRef::parse(reference) else {
+        return false;
+    };
+    if let Some(p) = r.preset.as_deref().and_then(crate::hub::preset) {
+        return p.kind == "blip";
+    }
+    match &r.source {
+        crate::hub::ModelSource::Hub { repo, revision } => {
+            let cache = crate::hub::HubSettings::from_env().cache_dir;
+            let config = crate::hub::FileNeed::one("config.json");
+            crate::hub::cache_status(&cache, repo, revision, &[config])
+                .present
+                .first()
+                .is_some_and(|(_, p)| is_blip_config(p))
+        }
+        _ => false,
     }
 }
 

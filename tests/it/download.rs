@@ -95,6 +95,14 @@ fn hub_repos() -> BTreeMap<(String, String), Served> {
         &["config.json", "model.safetensors"],
     );
     add(BLIP_REPO, BLIP_REV, BLIP_REV, "blip_tiny", &BLIP_FILES);
+    // A BLIP captioner that is no preset (a fine-tuned one, say).
+    add(
+        "someone/tiny-blip",
+        "main",
+        TIMM_COMMIT,
+        "blip_tiny",
+        &BLIP_FILES,
+    );
     m
 }
 
@@ -470,6 +478,32 @@ fn download_real_blip_fetches_clip_and_blip_large_then_captions_offline() {
         ],
     ));
     assert_eq!(by_preset, by_folder);
+
+    // Another BLIP repository: downloaded by its kind, then taken as a captioner by its hub id.
+    let text = ok(&out(
+        &mut roundtrip(h, Some(&hub)),
+        &[
+            "models",
+            "download",
+            "someone/tiny-blip",
+            "--kind",
+            "blip",
+            "--quiet",
+        ],
+    ));
+    assert!(text.starts_with("someone/tiny-blip\t"), "{text}");
+    let by_id = ok(&out(
+        roundtrip(h, None).env("HF_HUB_OFFLINE", "1"),
+        &[
+            "caption",
+            "--captioner",
+            "someone/tiny-blip",
+            "--beam",
+            "3",
+            image,
+        ],
+    ));
+    assert_eq!(by_id, by_folder);
 }
 
 fn ok_bytes(o: &Output) -> Vec<u8> {
