@@ -85,27 +85,33 @@ pub fn clip_features(
     })
 }
 
+/// One item per image file, its features from `encode` of each batch.
+fn image_items(
+    images: &[PathBuf],
+    encode: impl Fn(&[image::RgbImage]) -> anyhow::Result<Vec<Vec<f32>>>,
+) -> anyhow::Result<Vec<Item>> {
+    crate::imageops::map_image_batches(images, |paths, imgs| {
+        Ok(paths
+            .iter()
+            .zip(encode(imgs)?)
+            .map(|(p, features)| Item {
+                input: p.display().to_string(),
+                kind: "image",
+                features,
+            })
+            .collect())
+    })
+}
+
 /// BLIP's vision embedding of each image: the image tower's pooled output.
 pub fn blip_features(
     blip: &crate::captioner::blip::BlipCaptioner,
     images: &[PathBuf],
     device: &Device,
 ) -> anyhow::Result<FeaturesOutput> {
-    let mut items = Vec::new();
-    for chunk in images.chunks(8) {
-        let imgs = chunk
-            .iter()
-            .map(|p| crate::imageops::open_rgb(p))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let feats: Vec<Vec<f32>> = blip.image_features(&imgs, device)?.to_vec2()?;
-        for (p, f) in chunk.iter().zip(feats) {
-            items.push(Item {
-                input: p.display().to_string(),
-                kind: "image",
-                features: f,
-            });
-        }
-    }
+    let items = image_items(images, |imgs| {
+        Ok(blip.image_features(imgs, device)?.to_vec2()?)
+    })?;
     Ok(FeaturesOutput {
         model: blip.record.clone(),
         items,
@@ -119,21 +125,9 @@ pub fn encoder_features(
     images: &[PathBuf],
     device: &Device,
 ) -> anyhow::Result<FeaturesOutput> {
-    let mut items = Vec::new();
-    for chunk in images.chunks(8) {
-        let imgs = chunk
-            .iter()
-            .map(|p| crate::imageops::open_rgb(p))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let feats: Vec<Vec<f32>> = encoder.encoder.encode_rgb(&imgs, device)?.to_vec2()?;
-        for (p, f) in chunk.iter().zip(feats) {
-            items.push(Item {
-                input: p.display().to_string(),
-                kind: "image",
-                features: f,
-            });
-        }
-    }
+    let items = image_items(images, |imgs| {
+        Ok(encoder.encoder.encode_rgb(imgs, device)?.to_vec2()?)
+    })?;
     Ok(FeaturesOutput {
         model: encoder.record.clone(),
         items,

@@ -305,15 +305,7 @@ impl BlipCaptioner {
         beam: usize,
         device: &Device,
     ) -> anyhow::Result<Vec<String>> {
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(8) {
-            let imgs = chunk
-                .iter()
-                .map(|p| crate::imageops::open_rgb(p))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            out.extend(self.caption_rgb(&imgs, beam, device)?);
-        }
-        Ok(out)
+        crate::imageops::map_image_batches(images, |_, imgs| self.caption_rgb(imgs, beam, device))
     }
 
     /// The vision embedding of each image: the image tower's pooled output [B, D] (the class

@@ -135,7 +135,7 @@ pub fn evaluate(
         AnyCaptioner::Blip(c) => {
             let bar = crate::stderr::bar(paths.len() as u64, "captions", quiet);
             let mut captions = Vec::with_capacity(paths.len());
-            for chunk in paths.chunks(8) {
+            for chunk in paths.chunks(crate::imageops::IMAGE_BATCH) {
                 captions.extend(c.caption_images(chunk, beam, device)?);
                 bar.inc(chunk.len() as u64);
             }

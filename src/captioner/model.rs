@@ -247,16 +247,10 @@ impl Captioner {
         beam: usize,
         device: &Device,
     ) -> anyhow::Result<Vec<String>> {
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(8) {
-            let imgs = chunk
-                .iter()
-                .map(|p| crate::imageops::open_rgb(p))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let feats = self.encoder.encoder.encode_rgb(&imgs, device)?;
-            out.extend(self.caption_features(&feats, beam)?);
-        }
-        Ok(out)
+        crate::imageops::map_image_batches(images, |_, imgs| {
+            let feats = self.encoder.encoder.encode_rgb(imgs, device)?;
+            self.caption_features(&feats, beam)
+        })
     }
 }
 

@@ -23,6 +23,26 @@ pub fn open_rgb(path: &Path) -> anyhow::Result<image::RgbImage> {
     decode_rgb(path, &bytes)
 }
 
+/// Image files read in batches of `IMAGE_BATCH` (so that a long list never sits in memory
+/// decoded), each batch given to `f` with its paths; the batches' results, in order.
+pub fn map_image_batches<T>(
+    paths: &[std::path::PathBuf],
+    mut f: impl FnMut(&[std::path::PathBuf], &[image::RgbImage]) -> anyhow::Result<Vec<T>>,
+) -> anyhow::Result<Vec<T>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(IMAGE_BATCH) {
+        let imgs = chunk
+            .iter()
+            .map(|p| open_rgb(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        out.extend(f(chunk, &imgs)?);
+    }
+    Ok(out)
+}
+
+/// Images decoded and encoded together by the captioning and feature commands.
+pub const IMAGE_BATCH: usize = 8;
+
 /// Loads an image file as [3, H, W] f32 in [0, 1].
 pub fn load_image(path: &Path, device: &Device) -> anyhow::Result<Tensor> {
     rgb_to_tensor(&open_rgb(path)?, device)
