@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::InputError;
 use crate::hub::{Locator, Model, ModelRecord, ModelRef};
@@ -34,7 +34,7 @@ pub const PREPROCESSOR: &str = "preprocessor_config.json";
 pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
 /// How a BLIP captioner decodes, besides the beam width: what keys its captions with the model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlipDecoding {
     /// A text the caption continues (conditional captioning, e.g. "a picture of"; the caption
     /// then starts with it, as transformers decodes it); `None`: unconditional.

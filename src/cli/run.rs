@@ -104,7 +104,7 @@ pub struct Args {
     biggan: BigGanArgs,
     /// Captioners as LABEL=CAPTIONER[,LABEL=CAPTIONER...]: folders written by `roundtrip train`,
     /// `models/shapes/NAME (embedded)`, or BLIP models (blip-base, blip-large, their hub ids, or a
-    /// folder in transformers' layout; unconditional, max_length 20) [default: the preset's;
+    /// folder in transformers' layout; --prompt and --max-length set their decoding) [default: the preset's;
     /// real: vgg16=models/captioners/vgg16,xception=models/captioners/xception,
     /// shapes: vgg16=models/shapes/vgg16 (embedded),xception=models/shapes/xception (embedded),
     /// real-blip: blip=blip-large].
@@ -113,6 +113,8 @@ pub struct Args {
     /// Beam width of the captioners (1: greedy).
     #[arg(long, default_value_t = DEFAULT_BEAM, help_heading = "Captioning")]
     beam: usize,
+    #[command(flatten, next_help_heading = "Captioning")]
+    blip: super::BlipArgs,
     /// Run folder: report.json, report.csv, report.html, report.md, run.json, images/, photos/,
     /// phrases/.
     #[arg(long, help_heading = "Output")]
@@ -199,6 +201,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         beam: a.beam,
         clip: a.clip.unwrap_or_else(|| d.clip.to_owned()),
         captioners: parse_captioners(a.captioners.as_deref().unwrap_or(d.captioners))?,
+        blip: a.blip.decoding(),
     };
     let req = RunRequest {
         prompts: a.prompts,

@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use super::settings::RunSettings;
 use super::stages::{BlipRunCaptioner, ImageCaptioner, LstmCaptioner};
-use crate::captioner::blip::{is_blip_reference, BlipCaptioner, BlipDecoding};
+use crate::captioner::blip::{is_blip_reference, BlipCaptioner};
 use crate::captioner::model::{read_config, Captioner};
 use crate::hub::{Locator, ModelRef};
 use crate::input_err;
@@ -26,9 +26,11 @@ pub fn preflight(settings: &RunSettings, locator: &Locator) -> anyhow::Result<()
             return Err(e.into());
         }
     }
+    let mut any_blip = false;
     for c in &settings.captioners {
         let spec = c.dir.display().to_string();
         if is_blip_reference(&spec) {
+            any_blip = true;
             let vocab = blip_vocab(locator, &spec)
                 .map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
             crate::resources::check_beam(settings.beam, vocab)?;
@@ -43,6 +45,20 @@ pub fn preflight(settings: &RunSettings, locator: &Locator) -> anyhow::Result<()
         }
         let cfg = read_config(&c.dir).map_err(|e| input_err!("--captioners {}: {e:#}", c.label))?;
         crate::resources::check_beam(settings.beam, cfg.decoder.vocab_size)?;
+    }
+    if let (Some(d), false) = (&settings.blip, any_blip) {
+        return Err(input_err!(
+            "--prompt / --max-length (prompt {:?}, max_length {}) set how BLIP captioners decode, \
+             but none of --captioners ({}) is a BLIP model",
+            d.prompt.as_deref().unwrap_or(""),
+            d.max_length,
+            settings
+                .captioners
+                .iter()
+                .map(|c| format!("{}={}", c.label, c.dir.display()))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     if let Some(c) = crate::generate::clip_config(locator, &settings.clip) {
         settings.siren.validate_memory(&c)?;
@@ -112,7 +128,7 @@ pub fn load(settings: &RunSettings, locator: &Locator, device: &Device) -> anyho
             let loaded = BlipCaptioner::load_reference(
                 &spec,
                 &option,
-                BlipDecoding::default(),
+                settings.blip.clone().unwrap_or_default(),
                 locator,
                 device,
             )

@@ -87,6 +87,7 @@ impl Preset {
             clip: d.clip.to_owned(),
             // The presets' own lists, which parse.
             captioners: parse_captioners(d.captioners).unwrap_or_default(),
+            blip: None,
         }
     }
 

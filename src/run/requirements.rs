@@ -421,6 +421,7 @@ mod tests {
             beam: 1,
             clip: clip.to_owned(),
             captioners: super::super::parse_captioners(captioners).unwrap(),
+            blip: None,
         }
     }
 

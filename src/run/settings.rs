@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::captioner::blip::BlipDecoding;
 use crate::error::InputError;
 use crate::generate::{BigGanSettings, GeneratorKind, SirenSettings};
 use crate::prompts::PromptFile;
@@ -116,6 +117,11 @@ pub struct RunSettings {
     /// CLIP reference as given (guides generation and computes CLIPScore and text similarity).
     pub clip: String,
     pub captioners: Vec<CaptionerSpec>,
+    /// How the BLIP captioners decode (`--prompt`, `--max-length`); `None`: the model card's
+    /// call (unconditional, max_length 20). Absent from run.json when `None`, so that runs
+    /// written before the option resume unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blip: Option<BlipDecoding>,
 }
 
 impl RunSettings {
@@ -241,6 +247,7 @@ mod tests {
             beam: 1,
             clip: "clip-vit-b32".into(),
             captioners: parse_captioners("vgg16=x").unwrap(),
+            blip: None,
         };
         assert_eq!(settings_difference(&a, &a.clone()), None);
         let mut b = a.clone();

@@ -151,4 +151,56 @@ fn real_blip_preset_lists_its_hub_models_then_runs_offline_with_blip_captions() 
         (0, 4),
         "{beam}"
     );
+
+    // --prompt / --max-length: recorded, recaptioned as the captioner itself does with them.
+    let prompted = [
+        "--beam",
+        "3",
+        "--prompt",
+        "a picture of",
+        "--max-length",
+        "12",
+    ];
+    let p = ok(&run_blip(&cache, &out, &prompted));
+    assert_eq!((count(&p, "computed"), count(&p, "updated")), (0, 4), "{p}");
+    let run_json: Value = read_json(&out.join("run.json"));
+    let rec = &run_json["models"]["captioner:blip"];
+    assert_eq!(
+        (&rec["prompt"], &rec["max_length"]),
+        (&Value::from("a picture of"), &Value::from(12))
+    );
+    assert_eq!(
+        run_json["settings"]["blip"]["prompt"], "a picture of",
+        "{run_json}"
+    );
+    let decoding = BlipDecoding {
+        prompt: Some("a picture of".into()),
+        max_length: 12,
+    };
+    let blip = BlipCaptioner::load(&model, decoding, &Device::Cpu).unwrap();
+    let report: Report =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    for p in &report.phrases {
+        let img = roundtrip::imageops::open_rgb(&out.join(&p.image)).unwrap();
+        let want = blip.caption_rgb(&[img], 3, &Device::Cpu).unwrap();
+        assert_eq!(
+            p.captions["blip"].generated.caption, want[0],
+            "{}",
+            p.phrase
+        );
+        assert!(want[0].starts_with("a picture of"), "{}", want[0]);
+    }
+    let again = ok(&run_blip(&cache, &out, &prompted));
+    assert_eq!(count(&again, "reused"), 4, "{again}");
+
+    // A prompt without any BLIP captioner is refused before anything is written.
+    let none = tmp.path().join("no-blip");
+    let lstm = format!("vgg16={}/models/shapes/vgg16", env!("CARGO_MANIFEST_DIR"));
+    let o = run_blip(
+        &cache,
+        &none,
+        &["--captioners", &lstm, "--prompt", "a picture of"],
+    );
+    fails_with(&o, &["--prompt", "none of --captioners"]);
+    assert!(!none.exists());
 }
