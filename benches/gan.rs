@@ -85,8 +85,9 @@ fn round(nets: &mut GanNets, data: &Data, s: &GanSettings, rng: &mut ChaCha8Rng,
     let pick = |rng: &mut ChaCha8Rng| -> Vec<usize> {
         (0..b).map(|_| rng.random_range(0..POOL)).collect()
     };
-    let draws =
-        |n: usize, rng: &mut ChaCha8Rng| s.diffaug.then(|| Draws::draw(n, s.image_size, rng));
+    let draws = |n: usize, rng: &mut ChaCha8Rng| {
+        (!s.diffaug.is_none()).then(|| Draws::draw(n, s.image_size, s.diffaug, rng))
+    };
     for _ in 0..s.d_steps {
         let (real, yr) = data.batch(&pick(rng), dev);
         let zf = z(rng).unwrap();

@@ -64,8 +64,17 @@ pub struct Args {
     /// Samples per truncation for the standing statistics.
     #[arg(long, default_value_t = d().standing_samples)]
     standing_samples: usize,
-    /// Turn DiffAugment (colour, translation, cutout on real and fake images) off.
-    #[arg(long)]
+    /// DiffAugment's operations on real and fake images before D: `none`, or a comma-separated
+    /// subset of color, translation, cutout (the shapes world: translation; colour is half of
+    /// its classes and the cutout can erase the only shape).
+    #[arg(
+        long,
+        default_value = "color,translation,cutout",
+        value_name = "POLICY"
+    )]
+    diffaug: crate::gan::diffaug::Policy,
+    /// Turn DiffAugment off (the same as `--diffaug none`).
+    #[arg(long, conflicts_with = "diffaug")]
     no_diffaug: bool,
     /// Continue an interrupted training from its last finished epoch.
     #[arg(long)]
@@ -96,7 +105,11 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             d_depth: a.d_depth,
             n_stats: a.n_stats,
             standing_samples: a.standing_samples,
-            diffaug: !a.no_diffaug,
+            diffaug: if a.no_diffaug {
+                crate::gan::diffaug::Policy::NONE
+            } else {
+                a.diffaug
+            },
         },
         resume: a.resume,
         quiet: a.quiet,

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::diffaug::Policy;
 use super::DConfig;
 use crate::input_err;
 use crate::models::biggan::{Config, Layer};
@@ -33,8 +34,9 @@ pub struct GanSettings {
     pub n_stats: usize,
     /// Samples per truncation for the standing statistics.
     pub standing_samples: usize,
-    /// DiffAugment (colour, translation, cutout) on real and fake images before D.
-    pub diffaug: bool,
+    /// DiffAugment's operations on real and fake images before D (training.json: the list, or
+    /// `true` for all in trainings recorded before the policy could be chosen).
+    pub diffaug: Policy,
 }
 
 impl Default for GanSettings {
@@ -54,7 +56,7 @@ impl Default for GanSettings {
             d_depth: 1,
             n_stats: 51,
             standing_samples: 256,
-            diffaug: true,
+            diffaug: Policy::ALL,
         }
     }
 }
