@@ -58,6 +58,10 @@ pub struct Args {
     /// DBlocks per discriminator stage (BigGAN-deep: 2).
     #[arg(long, default_value_t = d().d_depth)]
     d_depth: usize,
+    /// Give the discriminator two coordinate channels beside the pixels (CoordConv), so that it
+    /// sees where shapes are (its head sums over positions).
+    #[arg(long)]
+    d_coords: bool,
     /// Truncations of the standing statistics (0, 1/(n-1), ..., 1; the published models: 51).
     #[arg(long, default_value_t = d().n_stats)]
     n_stats: usize,
@@ -103,6 +107,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             g_ch: a.g_ch,
             d_ch: a.d_ch,
             d_depth: a.d_depth,
+            d_coords: a.d_coords,
             n_stats: a.n_stats,
             standing_samples: a.standing_samples,
             diffaug: if a.no_diffaug {

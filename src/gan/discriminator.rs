@@ -1,6 +1,8 @@
 //! BigGAN-deep's discriminator (BigGAN-PyTorch's `BigGANdeep.py`, `Discriminator`), with spectral
 //! norm on every layer and a projection head (Miyato and Koyama 2018):
-//! - `input_conv` 3x3, 3 -> ch;
+//! - `input_conv` 3x3, 3 -> ch (3 + 2 -> ch with `coords`: CoordConv's x and y maps, Liu et al.
+//!   2018, beside the pixels, so that D sees where a shape is: the head sums over positions, and
+//!   in the shapes world a position is part of the phrase);
 //! - per stage k (one per halving of the image down to 4 x 4): `depth` DBlocks, the first taking
 //!   ch 2^k -> ch 2^(k+1) channels and downsampling; a DBlock is ReLU-conv1 1x1 (-> out / 4),
 //!   ReLU-conv2 3x3, ReLU-conv3 3x3, ReLU, [2 x 2 average pool], conv4 1x1 (-> out), plus the
@@ -32,6 +34,9 @@ pub struct DConfig {
     /// DBlocks per stage (BigGAN-deep: 2).
     pub depth: usize,
     pub num_classes: usize,
+    /// Two coordinate channels (x, then y, each from -1 to 1) beside the image's three.
+    #[serde(default)]
+    pub coords: bool,
 }
 
 impl DConfig {
@@ -85,11 +90,34 @@ pub struct Discriminator {
     embed: SnWeight,
 }
 
+/// x [C, B, H, W] -> [2, B, H, W]: the column's and the row's coordinate, each from -1 to 1.
+fn coordinate_maps(x: &Tensor) -> Result<Tensor> {
+    let (_, b, h, w) = x.dims4()?;
+    let line = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                if n > 1 {
+                    -1.0 + 2.0 * i as f32 / (n - 1) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    let dev = x.device();
+    let xs = Tensor::from_vec(line(w), (1, 1, 1, w), dev)?.broadcast_as((1, b, h, w))?;
+    let ys = Tensor::from_vec(line(h), (1, 1, h, 1), dev)?.broadcast_as((1, b, h, w))?;
+    Tensor::cat(&[&xs, &ys], 0)?
+        .to_dtype(x.dtype())?
+        .contiguous()
+}
+
 impl Discriminator {
     pub fn new(cfg: &DConfig, rng: ChaCha8Rng, device: &candle_core::Device) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let mut st = Store::new(rng, device);
-        let input_conv = SnConv::new(&mut st, "input_conv", 3, cfg.ch, 3, true)?;
+        let cin = if cfg.coords { 5 } else { 3 };
+        let input_conv = SnConv::new(&mut st, "input_conv", cin, cfg.ch, 3, true)?;
         let mut blocks = Vec::new();
         for (i, (cin, cout, down)) in cfg.blocks().into_iter().enumerate() {
             let p = format!("blocks.{i}");
@@ -129,7 +157,12 @@ impl Discriminator {
 
     /// x [3, B, S, S] (CBHW, in [-1, 1]), y [B, num_classes] -> scores [B].
     pub fn forward(&mut self, x: &Tensor, y: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut h = self.input_conv.forward(x, mode)?;
+        let mut h = if self.cfg.coords {
+            let x = Tensor::cat(&[x, &coordinate_maps(x)?], 0)?;
+            self.input_conv.forward(&x, mode)?
+        } else {
+            self.input_conv.forward(x, mode)?
+        };
         for blk in &mut self.blocks {
             let x0 = h.clone();
             let mut t = h;

@@ -30,6 +30,10 @@ pub struct GanSettings {
     pub d_ch: usize,
     /// DBlocks per discriminator stage.
     pub d_depth: usize,
+    /// Coordinate channels beside the discriminator's input (CoordConv); absent in trainings
+    /// recorded before the option: off.
+    #[serde(default)]
+    pub d_coords: bool,
     /// Rows of standing statistics (truncations 0, 1/(n-1), ..., 1; the published models: 51).
     pub n_stats: usize,
     /// Samples per truncation for the standing statistics.
@@ -54,6 +58,7 @@ impl Default for GanSettings {
             g_ch: 16,
             d_ch: 32,
             d_depth: 1,
+            d_coords: false,
             n_stats: 51,
             standing_samples: 256,
             diffaug: Policy::ALL,
@@ -182,6 +187,7 @@ impl GanSettings {
             image_size: self.image_size,
             depth: self.d_depth,
             num_classes: NUM_CLASSES,
+            coords: self.d_coords,
         }
     }
 }

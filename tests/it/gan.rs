@@ -16,9 +16,9 @@ use crate::common::{fails_with, kill_at_first_checkpoint, ok, roundtrip};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn load(name: &str) -> HashMap<String, Tensor> {
+fn load(fixture: &str, name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(
-        format!("{ROOT}/tests/fixtures/gan_d_tiny/{name}"),
+        format!("{ROOT}/tests/fixtures/{fixture}/{name}"),
         &Device::Cpu,
     )
     .unwrap()
@@ -40,13 +40,27 @@ fn rel(name: &str, a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn discriminator_matches_pytorch_in_value_gradient_and_power_iteration() {
-    let w = load("weights.safetensors");
-    let r = load("reference.safetensors");
+    discriminator_matches("gan_d_tiny", false);
+}
+
+#[test]
+fn discriminator_with_coordinate_channels_matches_pytorch() {
+    discriminator_matches("gan_d_tiny_coords", true);
+}
+
+fn discriminator_matches(fixture: &str, coords: bool) {
+    let w = load(fixture, "weights.safetensors");
+    let r = load(fixture, "reference.safetensors");
+    assert_eq!(
+        w["input_conv.weight_orig"].dims()[1],
+        if coords { 5 } else { 3 }
+    );
     let cfg = DConfig {
         ch: 4,
         image_size: 16,
         depth: 2,
         num_classes: 5,
+        coords,
     };
     let mut d = Discriminator::new(
         &cfg,
