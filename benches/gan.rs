@@ -15,7 +15,6 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use roundtrip::gan::diffaug::Draws;
 use roundtrip::gan::{normals, GanNets, GanSettings};
 use roundtrip::shapes::classes::NUM_CLASSES;
 
@@ -85,9 +84,7 @@ fn round(nets: &mut GanNets, data: &Data, s: &GanSettings, rng: &mut ChaCha8Rng,
     let pick = |rng: &mut ChaCha8Rng| -> Vec<usize> {
         (0..b).map(|_| rng.random_range(0..POOL)).collect()
     };
-    let draws = |n: usize, rng: &mut ChaCha8Rng| {
-        (!s.diffaug.is_none()).then(|| Draws::draw(n, s.image_size, s.diffaug, rng))
-    };
+    let draws = |n: usize, rng: &mut ChaCha8Rng| s.diffaug.draws(n, s.image_size, rng);
     for _ in 0..s.d_steps {
         let (real, yr) = data.batch(&pick(rng), dev);
         let zf = z(rng).unwrap();

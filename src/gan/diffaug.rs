@@ -38,6 +38,11 @@ impl Policy {
     pub fn is_none(self) -> bool {
         self == Self::NONE
     }
+
+    /// The draws of `batch` images of side `size`; `None` (nothing drawn) when no operation runs.
+    pub fn draws(self, batch: usize, size: usize, rng: &mut impl Rng) -> Option<Draws> {
+        (!self.is_none()).then(|| Draws::draw(batch, size, self, rng))
+    }
 }
 
 impl Default for Policy {

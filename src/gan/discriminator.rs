@@ -88,28 +88,20 @@ pub struct Discriminator {
     blocks: Vec<DBlock>,
     linear: SnLinear,
     embed: SnWeight,
+    /// [`coordinate_maps`] when `cfg.coords`.
+    coords: Option<Tensor>,
 }
 
-/// x [C, B, H, W] -> [2, B, H, W]: the column's and the row's coordinate, each from -1 to 1.
-fn coordinate_maps(x: &Tensor) -> Result<Tensor> {
-    let (_, b, h, w) = x.dims4()?;
-    let line = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                if n > 1 {
-                    -1.0 + 2.0 * i as f32 / (n - 1) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect()
-    };
-    let dev = x.device();
-    let xs = Tensor::from_vec(line(w), (1, 1, 1, w), dev)?.broadcast_as((1, b, h, w))?;
-    let ys = Tensor::from_vec(line(h), (1, 1, h, 1), dev)?.broadcast_as((1, b, h, w))?;
-    Tensor::cat(&[&xs, &ys], 0)?
-        .to_dtype(x.dtype())?
-        .contiguous()
+/// [2, 1, S, S]: the column's and the row's coordinate, each from -1 to 1 (built once; each
+/// forward broadcasts it over the batch).
+fn coordinate_maps(size: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let line: Vec<f32> = (0..size)
+        .map(|i| -1.0 + 2.0 * i as f32 / (size - 1) as f32)
+        .collect();
+    let xs = Tensor::from_vec(line.clone(), (1, 1, 1, size), device)?;
+    let ys = Tensor::from_vec(line, (1, 1, size, 1), device)?;
+    let shape = (1, 1, size, size);
+    Tensor::cat(&[&xs.broadcast_as(shape)?, &ys.broadcast_as(shape)?], 0)
 }
 
 impl Discriminator {
@@ -145,7 +137,13 @@ impl Discriminator {
         let c = cfg.out_channels();
         let linear = SnLinear::new(&mut st, "linear", c, 1, true)?;
         let embed = st.sn("embed", &[cfg.num_classes, c])?;
+        let coords = if cfg.coords {
+            Some(coordinate_maps(cfg.image_size, device)?)
+        } else {
+            None
+        };
         Ok(Self {
+            coords,
             store: st,
             cfg: cfg.clone(),
             input_conv,
@@ -157,11 +155,13 @@ impl Discriminator {
 
     /// x [3, B, S, S] (CBHW, in [-1, 1]), y [B, num_classes] -> scores [B].
     pub fn forward(&mut self, x: &Tensor, y: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut h = if self.cfg.coords {
-            let x = Tensor::cat(&[x, &coordinate_maps(x)?], 0)?;
-            self.input_conv.forward(&x, mode)?
-        } else {
-            self.input_conv.forward(x, mode)?
+        let mut h = match &self.coords {
+            Some(c) => {
+                let (_, b, h, w) = x.dims4()?;
+                let c = c.broadcast_as((2, b, h, w))?.to_dtype(x.dtype())?;
+                self.input_conv.forward(&Tensor::cat(&[x, &c], 0)?, mode)?
+            }
+            None => self.input_conv.forward(x, mode)?,
         };
         for blk in &mut self.blocks {
             let x0 = h.clone();

@@ -497,7 +497,7 @@ impl GanTrainer<'_> {
 
     /// DiffAugment's draws for `b` images, when it is on.
     fn draws(&self, b: usize, rng: &mut ChaCha8Rng) -> Option<Draws> {
-        (!self.s.diffaug.is_none()).then(|| Draws::draw(b, self.s.image_size, self.s.diffaug, rng))
+        self.s.diffaug.draws(b, self.s.image_size, rng)
     }
 
     /// One D step on a real batch; the hinge loss.

@@ -278,21 +278,16 @@ mod tests {
             .unwrap()
             .reshape((b, n, heads * hd))
             .unwrap();
-        let diff = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale_max = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let diff = max_abs(&(got - &want).unwrap());
+        let scale_max = max_abs(&want);
         assert!(diff / scale_max < 1e-5, "{diff} / {scale_max}");
     }
 }
