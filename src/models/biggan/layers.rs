@@ -3,10 +3,11 @@
 //! conditional BatchNorm with per-truncation statistics, nearest x2 upsampling and 2 x 2 max
 //! pooling as differentiable reshapes, the GenBlock and the self-attention block.
 
-use candle_core::{IndexOp, Result, Tensor, D};
+use candle_core::{DType, IndexOp, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::{Config, Layer};
+use crate::models::trainable::ops;
 
 /// Spectral-norm weight in eval mode: weight_orig / (u . (W_mat v)), W_mat = [out, rest].
 fn sn_weight(vb: &VarBuilder, shape: &[usize]) -> Result<Tensor> {
@@ -98,6 +99,18 @@ impl SnConv {
             let wm = self.weight.reshape((cout, cin))?;
             wm.broadcast_matmul(&x.reshape((b, cin, h * w))?)?
                 .reshape((b, cout, h, w))?
+        } else if b == 1 && x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
+            // One image on its way to a gradient (big-sleep's latents): [1, C, H, W] is CBHW, and
+            // the CBHW convolution's input gradient (col2im) is several times faster than
+            // candle's transposed convolution.
+            let cout = self.weight.dim(0)?;
+            ops::conv2d(
+                &x.reshape((cin, 1, h, w))?,
+                &self.weight,
+                1,
+                self.kernel / 2,
+            )?
+            .reshape((1, cout, h, w))?
         } else {
             x.conv2d(&self.weight, self.kernel / 2, 1, 1, 1)?
         };

@@ -91,7 +91,12 @@ impl CustomOp3 for Conv {
         let o = self.out.0;
         let g = grad.contiguous()?.reshape((o, n))?;
         let w2 = w.detach().reshape((o, ckk))?;
-        let dw = g.matmul(&cols.t()?)?.reshape(w.dims())?;
+        // Frozen weights (big-sleep's generator) need no gradient.
+        let dw = if w.track_op() {
+            Some(g.matmul(&cols.t()?)?.reshape(w.dims())?)
+        } else {
+            None
+        };
         let dx = if x.track_op() {
             let dcols = w2.t()?.matmul(&g)?;
             Some(match self.im2col {
@@ -104,7 +109,7 @@ impl CustomOp3 for Conv {
         } else {
             None
         };
-        Ok((dx, Some(dw), None))
+        Ok((dx, dw, None))
     }
 }
 
