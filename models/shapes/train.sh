@@ -9,7 +9,7 @@
 # again); the model folders are then copied to models/shapes/ without checkpoint.safetensors
 # (only --resume needs it). Each shipped folder gets command.txt (how it was trained) and
 # eval.json (its quality on a fresh dataset). About 2.5 hours on a 2-core machine for the
-# captioners and the CLIP, and about 5 more for the BigGAN.
+# captioners and the CLIP, and about 2 more for the BigGAN (14 epochs).
 set -eu
 WORK=${1:-target/shapes-work}
 BIN=${ROUNDTRIP:-target/release/roundtrip}
@@ -45,8 +45,11 @@ echo "roundtrip train-clip --dataset TRAIN --out models/shapes/clip $clip_args" 
 # blur the classes, half of which is the colour, and its cutout erases shapes), and coordinate
 # channels beside D's input (its head sums over positions; a position is part of a phrase).
 # About 3 s per step on 2 otherwise idle cores (2026-11-30), 150 steps per epoch: 7.5 minutes an
-# epoch, 40 epochs in about 5 hours; rerunning the script resumes it.
-gan_args="--image-size 64 --batch-size 32 --g-ch 16 --d-ch 32 --d-depth 1 --z-dim 64 --epochs 40 --seed 2 --d-steps 1 --lr-g 2e-4 --lr-d 2e-4 --diffaug translation --d-coords"
+# epoch; rerunning the script resumes it. The shipped model is the snapshot after GAN_EPOCHS
+# epochs of a training still under way (docs/shapes-world.md): raising GAN_EPOCHS continues the
+# same training from its checkpoint (nothing in a step depends on the number of epochs).
+GAN_EPOCHS=${GAN_EPOCHS:-14}
+gan_args="--image-size 64 --batch-size 32 --g-ch 16 --d-ch 32 --d-depth 1 --z-dim 64 --epochs $GAN_EPOCHS --seed 2 --d-steps 1 --lr-g 2e-4 --lr-d 2e-4 --diffaug translation --d-coords"
 # shellcheck disable=SC2086
 "$BIN" train-gan --dataset "$WORK/train" --out "$WORK/biggan" $gan_args $(resume "$WORK/biggan")
 echo "roundtrip train-gan --dataset TRAIN --out models/shapes/biggan $gan_args" > "$WORK/biggan/command.txt"

@@ -386,6 +386,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         .as_ref()
         .map(|l| l.generator)
         .or(a.generator)
+        .or_else(|| preset.generators.first().copied())
         .unwrap_or(GeneratorKind::Siren);
     let settings = match generator {
         GeneratorKind::Siren => {

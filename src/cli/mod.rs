@@ -397,7 +397,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("heading {h} missing or out of order"));
             at += found + 1;
         }
-        assert_eq!(help.matches("\n  roundtrip run ").count(), 2, "{help}");
+        assert_eq!(help.matches("\n  roundtrip run ").count(), 3, "{help}");
         assert!(help.contains("`roundtrip presets`"));
     }
 }

@@ -41,8 +41,11 @@ impl PresetArg {
 /// `run --help`'s examples.
 const EXAMPLES: &str = "\
 Examples:
-  # The offline shapes world, each phrase drawn by both generators side by side:
-  roundtrip run prompts/shapes.txt --preset shapes --generators siren,biggan --out runs/shapes
+  # The offline shapes world, each phrase drawn by both generators side by side (the preset's
+  # --generators siren,biggan):
+  roundtrip run prompts/shapes.txt --preset shapes --out runs/shapes
+  # ... by SIREN alone:
+  roundtrip run prompts/shapes.txt --preset shapes --generator siren --out runs/shapes-siren
 
   # The original experiment split over three machines; on the second:
   roundtrip run prompts/seed.txt --shard 2/3 --out runs/seed-2
@@ -74,20 +77,15 @@ pub struct Args {
     clip: Option<String>,
     /// The generator of lines without a `[siren]` / `[biggan]` prefix (the one-generator form of
     /// --generators); --steps, --size, --cutouts and --lr set its settings (lines of the other
-    /// generator keep that one's defaults).
-    #[arg(
-        long,
-        value_enum,
-        default_value_t = DEFAULT_GENERATOR,
-        help_heading = "Generation"
-    )]
-    generator: GeneratorKind,
+    /// generator keep that one's defaults) [default: the preset's --generators].
+    #[arg(long, value_enum, help_heading = "Generation")]
+    generator: Option<GeneratorKind>,
     /// Draw every line without a `[siren]` / `[biggan]` prefix with each of these generators
     /// (comma-separated, e.g. siren,biggan) and compare them side by side; a prefixed line is
     /// still drawn only with its own. The first listed takes --steps, --size, --cutouts and --lr
     /// and keeps the one-generator seeds and file names (so adding a generator at the end keeps
     /// the images already drawn); each other image gets a seed of its own. [default: the
-    /// --generator]
+    /// preset's; shapes: siren,biggan; real, real-blip: siren]
     #[arg(
         long,
         conflicts_with = "generator",
@@ -176,10 +174,13 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let d = preset.defaults();
     let generators = match &a.generators {
         Some(list) => parse_generators(list)?,
-        None => vec![a.generator],
+        None => a
+            .generator
+            .map_or_else(|| d.generators.to_vec(), |g| vec![g]),
     };
     // The shared flags set the first generator's settings; the other keeps its defaults.
-    let (siren, biggan) = match generators.first().copied().unwrap_or(a.generator) {
+    // An empty list is refused by the run's validation.
+    let (siren, biggan) = match generators.first().copied().unwrap_or(DEFAULT_GENERATOR) {
         GeneratorKind::Siren => {
             let (settings, model) = a.biggan.settings(&SirenArgs::none(), &d.biggan)?;
             (

@@ -12,7 +12,7 @@ use crate::generate::{BigGanSettings, GeneratorKind, Resize, SirenSettings};
 use crate::run::{parse_captioners, BigGanRunSettings, RunSettings};
 
 /// `run`'s defaults that no preset changes: the run seed, a progress frame every 50 steps,
-/// greedy decoding, SIREN drawing every line.
+/// greedy decoding; SIREN drawing every line unless the preset lists more generators.
 pub const DEFAULT_SEED: u64 = 0;
 pub const DEFAULT_SAVE_EVERY: usize = 50;
 pub const DEFAULT_BEAM: usize = 1;
@@ -30,6 +30,8 @@ pub enum Preset {
 /// What a preset fills in.
 #[derive(Debug, Clone)]
 pub struct PresetDefaults {
+    /// What lines without a `[generator]` prefix are drawn with (`run --generators`).
+    pub generators: &'static [GeneratorKind],
     pub clip: &'static str,
     pub captioners: &'static str,
     pub siren: SirenSettings,
@@ -75,7 +77,7 @@ impl Preset {
     pub fn run_settings(self, with_biggan: bool) -> RunSettings {
         let d = self.defaults();
         RunSettings {
-            generators: vec![DEFAULT_GENERATOR],
+            generators: d.generators.to_vec(),
             siren: d.siren,
             biggan: with_biggan.then(|| BigGanRunSettings {
                 model: d.biggan.model.unwrap_or(DEFAULT_BIGGAN).to_owned(),
@@ -119,6 +121,7 @@ impl Preset {
     pub fn defaults(self) -> PresetDefaults {
         match self {
             Preset::Real => PresetDefaults {
+                generators: &[DEFAULT_GENERATOR],
                 clip: "clip-vit-b32",
                 captioners: "vgg16=models/captioners/vgg16,xception=models/captioners/xception",
                 siren: SirenSettings::default(),
@@ -128,6 +131,7 @@ impl Preset {
                 },
             },
             Preset::RealBlip => PresetDefaults {
+                generators: &[DEFAULT_GENERATOR],
                 clip: "clip-vit-b32",
                 captioners: "blip=blip-large",
                 siren: SirenSettings::default(),
@@ -136,7 +140,10 @@ impl Preset {
                     settings: BigGanSettings::default(),
                 },
             },
+            // Both of the original's generators, side by side (the shapes BigGAN is trained by
+            // `train-gan`, models/shapes/train.sh).
             Preset::Shapes => PresetDefaults {
+                generators: &[GeneratorKind::Siren, GeneratorKind::BigGan],
                 clip: "models/shapes/clip (embedded)",
                 captioners: "vgg16=models/shapes/vgg16 (embedded),xception=models/shapes/xception (embedded)",
                 siren: shapes_siren(),
@@ -173,8 +180,8 @@ pub fn shapes_siren() -> SirenSettings {
     }
 }
 
-/// big-sleep settings for the shapes BigGAN (`models/shapes/biggan`, trained by `train-gan`;
-/// embedded once committed):
+/// big-sleep settings for the shapes BigGAN (`models/shapes/biggan`, trained by `train-gan`,
+/// embedded in the binary):
 /// near-whole cutouts resized bilinearly, as the shapes CLIP was trained on them, the two
 /// strongest classes per latent (a scene has one or two shapes), a light class regulariser.
 /// Chosen on prompts/shapes.txt (README, shapes world).
@@ -217,7 +224,9 @@ impl PresetDefaults {
             option,
             value,
         };
+        let generators: Vec<&str> = self.generators.iter().map(|g| g.name()).collect();
         vec![
+            row(MODELS, "--generators", generators.join(",")),
             row(MODELS, "--clip", self.clip.to_owned()),
             row(MODELS, "--captioners", self.captioners.to_owned()),
             row(SIREN, "--steps", s.steps.to_string()),
@@ -287,7 +296,7 @@ impl PresetDefaults {
 }
 
 impl Preset {
-    /// The preset as one JSON object: name, about, clip, captioners, siren (settings), biggan
+    /// The preset as one JSON object: name, about, generators, clip, captioners, siren (settings), biggan
     /// (model, `null` for the published biggan-deep-<size>, and settings), every setting present
     /// (also those that run.json leaves out at their first values).
     pub fn to_json(self) -> serde_json::Value {
@@ -321,6 +330,7 @@ impl Preset {
         json!({
             "name": self.name(),
             "about": self.about(),
+            "generators": d.generators.iter().map(|g| g.name()).collect::<Vec<_>>(),
             "clip": d.clip,
             "captioners": d.captioners,
             "siren": siren,
@@ -416,16 +426,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(m.reference(), r);
         }
-        // BigGAN's too; the binary holds it once models/shapes/biggan is committed.
+        // BigGAN's too: the shapes preset draws with it.
         let biggan = d.biggan.model.expect("the shapes BigGAN");
-        match crate::embedded::lookup(biggan).expect("an embedded reference") {
-            Ok(m) => assert_eq!(m.reference(), biggan),
-            Err(e) => assert!(
-                !std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("models/shapes/biggan/model.safetensors")
-                    .exists(),
-                "{e}"
-            ),
-        }
+        let m = crate::embedded::lookup(biggan)
+            .expect("an embedded reference")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.reference(), biggan);
+        assert_eq!(d.generators, [GeneratorKind::Siren, GeneratorKind::BigGan]);
     }
 }

@@ -810,13 +810,12 @@ mod tests {
         let mut s = shapes.clone();
         s.siren.steps = 20;
         s.seed = 11;
-        s.generators = vec![GeneratorKind::Siren, GeneratorKind::BigGan];
-        s.biggan = Preset::Shapes.run_settings(true).biggan;
+        s.generators = vec![GeneratorKind::Siren];
         let c = settings_changes(&s);
         assert_eq!(c.preset, Preset::Shapes);
         assert_eq!(
             c.summary(),
-            "generators [siren, biggan] (default [siren]), seed 11 (default 0), siren.steps 20 (default 150)"
+            "generators [siren] (default [siren, biggan]), seed 11 (default 0), siren.steps 20 (default 150)"
         );
         assert!(c.contains("siren.steps") && !c.contains("siren.size"));
         // A setting that records leave out while off reads `–` as its default.

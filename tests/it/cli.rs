@@ -339,6 +339,8 @@ fn presets_and_help_are_printed_with_exit_0() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[1]["name"], "shapes");
     assert_eq!(v[1]["siren"]["w0"], shapes.siren.w0);
+    assert_eq!(v[1]["generators"], serde_json::json!(["siren", "biggan"]));
+    assert_eq!(v[0]["generators"], serde_json::json!(["siren"]));
 
     let o = run(&["run", "--help"]);
     assert!(o.status.success(), "{}", stderr(&o));

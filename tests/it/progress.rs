@@ -161,7 +161,7 @@ fn captioner_training_logs_its_batches_between_epoch_lines() {
     assert!(epoch1 < err.find("steps 16/30").unwrap(), "{err}");
 }
 
-/// `run` on the shipped shapes models, 3 steps per image.
+/// `run` on the shipped shapes models, SIREN only, 3 steps per image.
 fn shapes_run(out: &Path) -> Output {
     roundtrip(
         "0",
@@ -170,6 +170,8 @@ fn shapes_run(out: &Path) -> Output {
             "tests/data/run/shapes.txt",
             "--preset",
             "shapes",
+            "--generator",
+            "siren",
             "--out",
             out.to_str().unwrap(),
             "--seed",

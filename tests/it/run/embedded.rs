@@ -16,16 +16,23 @@ fn roundtrip_in(cwd: &Path, cache: &Path, args: &[&str]) -> std::process::Comman
     c
 }
 
-/// The stage keys of a run folder's one phrase record.
-fn stage_keys(run: &Path) -> Value {
+/// The stage keys of a run folder's records (one per image), by file name.
+fn stage_keys(run: &Path) -> Vec<(String, Value)> {
     let dir = run.join("phrases");
-    let records: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut records: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
-    assert_eq!(records.len(), 1, "{records:?}");
-    read_json(&records[0])["stages"].clone()
+    records.sort();
+    assert_eq!(records.len(), 2, "SIREN's and BigGAN's: {records:?}");
+    records
+        .iter()
+        .map(|r| {
+            let name = r.file_name().unwrap().to_string_lossy().into_owned();
+            (name, read_json(r)["stages"].clone())
+        })
+        .collect()
 }
 
 #[test]
@@ -44,7 +51,7 @@ fn preset_shapes_runs_anywhere_with_the_embedded_models_keyed_as_the_repository_
         .args(["--out", "R", "--quiet"])
         .output()
         .unwrap();
-    assert!(ok(&o).contains("phrases 1\tcomputed 1"));
+    assert!(ok(&o).contains("phrases 1\tcomputed 2\treused 0\tupdated 0\timages 2"));
     let manifest = read_json(&cwd.join("R/run.json"));
     assert_eq!(
         manifest["settings"]["clip"],
@@ -54,6 +61,16 @@ fn preset_shapes_runs_anywhere_with_the_embedded_models_keyed_as_the_repository_
         manifest["settings"]["captioners"][0]["dir"],
         "models/shapes/vgg16 (embedded)"
     );
+    // The preset draws with both generators, BigGAN from the embedded shapes BigGAN.
+    assert_eq!(
+        manifest["settings"]["generators"],
+        serde_json::json!(["siren", "biggan"])
+    );
+    assert_eq!(
+        manifest["settings"]["biggan"]["model"],
+        "models/shapes/biggan (embedded)"
+    );
+    assert_eq!(manifest["models"]["biggan"]["source"], "embedded");
     let clip = &manifest["models"]["clip"];
     assert_eq!(clip["source"], "embedded");
     let copy = PathBuf::from(clip["path"].as_str().unwrap());
@@ -63,6 +80,7 @@ fn preset_shapes_runs_anywhere_with_the_embedded_models_keyed_as_the_repository_
     let m = format!("{ROOT}/models/shapes");
     let o = roundtrip_in(&cwd, &cache, &args)
         .args(["--out", "F", "--quiet", "--clip", &format!("{m}/clip")])
+        .args(["--biggan", &format!("{m}/biggan")])
         .arg("--captioners")
         .arg(format!("vgg16={m}/vgg16,xception={m}/xception"))
         .output()
@@ -70,7 +88,7 @@ fn preset_shapes_runs_anywhere_with_the_embedded_models_keyed_as_the_repository_
     ok(&o);
     assert_eq!(stage_keys(&cwd.join("R")), stage_keys(&cwd.join("F")));
     let folders = read_json(&cwd.join("F/run.json"));
-    for model in ["clip", "captioner:vgg16", "captioner:xception"] {
+    for model in ["clip", "biggan", "captioner:vgg16", "captioner:xception"] {
         assert_eq!(
             manifest["models"][model]["fingerprint"], folders["models"][model]["fingerprint"],
             "{model}"

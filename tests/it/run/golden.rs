@@ -2,9 +2,11 @@
 //! types, and the HTML gallery.
 
 use super::*;
+use roundtrip::generate::GeneratorKind;
 
-/// The golden run: the shipped shapes models (`--preset shapes`), three phrases (two with
-/// photos), run seed 11, 30 guidance steps.
+/// The golden run: the shipped shapes models (`--preset shapes`: SIREN and the shapes BigGAN),
+/// three phrases (two with photos), run seed 11, 30 SIREN steps (BigGAN keeps the preset's
+/// 100), a frame every 10 steps.
 fn golden_run() -> PathBuf {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run-golden");
     let _ = std::fs::remove_dir_all(&out);
@@ -24,7 +26,10 @@ fn golden_run() -> PathBuf {
         "--quiet",
     ]);
     let stdout = ok(&o);
-    assert!(stdout.contains("phrases 3\tcomputed 3"), "{stdout}");
+    assert!(
+        stdout.contains("phrases 3\tcomputed 6\treused 0\tupdated 0\timages 6"),
+        "{stdout}"
+    );
     out
 }
 
@@ -34,29 +39,37 @@ fn golden_report_matches() {
     let report = read_json(&dir.join("report.json"));
     let r: Report = serde_json::from_value(report.clone()).unwrap();
     assert_eq!(r.schema_version, 6);
-    let phrases: Vec<&str> = r.phrases.iter().map(|p| p.phrase.as_str()).collect();
-    assert_eq!(
-        phrases,
-        [
-            "a big red circle in the middle",
-            "a small green circle below a big yellow triangle",
-            "a blue star and a red square"
-        ]
-    );
-    assert_eq!(
-        r.phrases.iter().map(|p| p.line).collect::<Vec<_>>(),
-        [2, 3, 4]
-    );
+    // Each phrase drawn by SIREN, then by the shapes BigGAN.
+    let images: Vec<(usize, &str, &str)> = r
+        .phrases
+        .iter()
+        .map(|p| (p.line, p.phrase.as_str(), p.generator.as_str()))
+        .collect();
+    let mut want = Vec::new();
+    for (line, phrase) in [
+        (2, "a big red circle in the middle"),
+        (3, "a small green circle below a big yellow triangle"),
+        (4, "a blue star and a red square"),
+    ] {
+        want.extend([(line, phrase, "siren"), (line, phrase, "biggan")]);
+    }
+    assert_eq!(images, want);
     for p in &r.phrases {
         assert!(dir.join(&p.image).is_file(), "{}", p.image);
-        assert_eq!(p.frames.len(), 2, "frames at steps 10 and 20");
+        let (kind, first, steps) = match p.generator.as_str() {
+            "siren" => (GeneratorKind::Siren, true, 30),
+            _ => (GeneratorKind::BigGan, false, 100),
+        };
+        assert_eq!(p.frames.len(), steps / 10 - 1, "a frame every 10 steps");
         assert!(p.frames.iter().all(|f| dir.join(f).is_file()));
-        assert_eq!(p.steps.len(), 30);
+        assert_eq!(p.steps.len(), steps);
         assert_eq!(p.photo.is_some(), p.clip_score.photo.is_some());
         assert!((0.0..=2.5).contains(&p.clip_score.generated));
-        assert_eq!(p.seed, { roundtrip::run::phrase_seed(11, &p.phrase) });
-        assert_eq!(p.generator, "siren");
-        assert_eq!(p.id, roundtrip::run::phrase_id(&p.phrase));
+        assert_eq!(
+            p.seed,
+            roundtrip::run::image_seed(11, &p.phrase, kind, first)
+        );
+        assert_eq!(p.id, roundtrip::run::image_id(&p.phrase, kind, first));
         for (label, c) in &p.captions {
             assert_eq!(c.photo.is_some(), p.photo.is_some(), "{label}");
             for cap in std::iter::once(&c.generated).chain(&c.photo) {
@@ -74,12 +87,23 @@ fn golden_report_matches() {
             assert!(dir.join(&ph.file).is_file());
         }
     }
+    // BigGAN's latents are saved beside its image.
+    for (i, p) in r.phrases.iter().enumerate() {
+        let latents = report["phrases"][i]["latents"].as_str();
+        assert_eq!(latents.is_some(), p.generator == "biggan", "{}", p.id);
+        assert!(latents.is_none_or(|l| dir.join(l).is_file()));
+    }
     assert_eq!((r.corpus.phrases, r.corpus.with_photo), (3, 2));
-    assert_eq!(r.corpus.generators.keys().collect::<Vec<_>>(), ["siren"]);
-    let siren = &r.corpus.generators["siren"];
-    assert_eq!((siren.images, siren.with_photo), (3, 2));
-    for label in ["vgg16", "xception"] {
-        let c = &siren.captioners[label];
+    let mut generators: Vec<&String> = r.corpus.generators.keys().collect();
+    generators.sort();
+    assert_eq!(generators, ["biggan", "siren"]);
+    for (name, label) in ["siren", "biggan"]
+        .into_iter()
+        .flat_map(|g| ["vgg16", "xception"].map(|l| (g, l)))
+    {
+        let g = &r.corpus.generators[name];
+        assert_eq!((g.images, g.with_photo), (3, 2));
+        let c = &g.captioners[label];
         let photo = r.corpus.photo.captioners[label].as_ref().unwrap();
         let with_photo = c.generated_with_photo.as_ref().unwrap();
         assert_eq!(
@@ -89,19 +113,15 @@ fn golden_report_matches() {
         assert!(c.generated.distinct_captions >= 1 && c.generated.most_common_count >= 1);
         assert!(photo.bleu.method1[0] >= 0.0 && c.generated.bleu.unsmoothed[0] <= 1.0);
         // The corpus ROUGE-L is the mean of the captions'; CIDEr-D is recomputed from them.
-        let gen: Vec<&Caption> = r
-            .phrases
-            .iter()
-            .map(|p| &p.captions[label].generated)
-            .collect();
+        let mine: Vec<_> = r.phrases.iter().filter(|p| p.generator == name).collect();
+        let gen: Vec<&Caption> = mine.iter().map(|p| &p.captions[label].generated).collect();
         let mean = gen.iter().map(|c| c.rouge_l).sum::<f64>() / gen.len() as f64;
         assert!((c.generated.rouge_l - mean).abs() < 1e-12);
         let hyps: Vec<Vec<String>> = gen
             .iter()
             .map(|c| roundtrip::text::normalize(&c.caption))
             .collect();
-        let refs: Vec<Vec<Vec<String>>> = r
-            .phrases
+        let refs: Vec<Vec<Vec<String>>> = mine
             .iter()
             .map(|p| vec![roundtrip::text::normalize(&p.phrase)])
             .collect();

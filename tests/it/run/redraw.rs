@@ -28,6 +28,8 @@ fn shapes_run_args(out: &Path, seed: u64, extra: &[&str]) -> Vec<String> {
         GOLDEN_PROMPTS,
         "--preset",
         "shapes",
+        "--generator",
+        "siren",
         "--steps",
         "3",
         "--save-every",
