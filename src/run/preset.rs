@@ -215,6 +215,11 @@ const SIREN: &str = "SIREN (--generator siren)";
 const BIGGAN: &str = "BigGAN (--generator biggan)";
 
 impl PresetDefaults {
+    /// The names of [`Self::generators`], in order.
+    pub fn generator_names(&self) -> Vec<&'static str> {
+        self.generators.iter().map(|g| g.name()).collect()
+    }
+
     /// The values as the `run` options they fill, in `run --help`'s order, section by section.
     pub fn options(&self) -> Vec<PresetOption> {
         let s = &self.siren;
@@ -224,9 +229,8 @@ impl PresetDefaults {
             option,
             value,
         };
-        let generators: Vec<&str> = self.generators.iter().map(|g| g.name()).collect();
         vec![
-            row(MODELS, "--generators", generators.join(",")),
+            row(MODELS, "--generators", self.generator_names().join(",")),
             row(MODELS, "--clip", self.clip.to_owned()),
             row(MODELS, "--captioners", self.captioners.to_owned()),
             row(SIREN, "--steps", s.steps.to_string()),
@@ -330,7 +334,7 @@ impl Preset {
         json!({
             "name": self.name(),
             "about": self.about(),
-            "generators": d.generators.iter().map(|g| g.name()).collect::<Vec<_>>(),
+            "generators": d.generator_names(),
             "clip": d.clip,
             "captioners": d.captioners,
             "siren": siren,

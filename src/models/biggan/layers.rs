@@ -94,23 +94,17 @@ impl SnConv {
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, cin, h, w) = x.dims4()?;
+        let cout = self.weight.dim(0)?;
         let y = if self.kernel == 1 {
-            let cout = self.weight.dim(0)?;
             let wm = self.weight.reshape((cout, cin))?;
             wm.broadcast_matmul(&x.reshape((b, cin, h * w))?)?
                 .reshape((b, cout, h, w))?
         } else if b == 1 && x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
             // One image on its way to a gradient (big-sleep's latents): [1, C, H, W] is CBHW, and
-            // the CBHW convolution's input gradient (col2im) is several times faster than
-            // candle's transposed convolution.
-            let cout = self.weight.dim(0)?;
-            ops::conv2d(
-                &x.reshape((cin, 1, h, w))?,
-                &self.weight,
-                1,
-                self.kernel / 2,
-            )?
-            .reshape((1, cout, h, w))?
+            // the CBHW convolution's input gradient (col2im) is faster than candle's transposed
+            // convolution (100 big-sleep steps on the shapes BigGAN: 10.0 s -> 6.2 s).
+            let x = x.reshape((cin, 1, h, w))?;
+            ops::conv2d(&x, &self.weight, 1, self.kernel / 2)?.reshape((1, cout, h, w))?
         } else {
             x.conv2d(&self.weight, self.kernel / 2, 1, 1, 1)?
         };
