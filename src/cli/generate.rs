@@ -194,6 +194,12 @@ pub struct BigGanArgs {
     /// zero) [default: the --preset's; real: 1].
     #[arg(long, help_heading = BIGGAN_ONLY)]
     class_weight: Option<f64>,
+    /// Start the class logits nearer the classes whose names the CLIP finds closest to the
+    /// phrase: this weight times the z-score of each class name's similarity (0: big-sleep's
+    /// random start; needs `class_names` in the model's config.json) [default: the --preset's;
+    /// real: 0].
+    #[arg(long, help_heading = BIGGAN_ONLY)]
+    class_prior: Option<f64>,
 }
 
 impl BigGanArgs {
@@ -270,6 +276,7 @@ impl BigGanArgs {
             },
             cutout_sides,
             class_weight: self.class_weight.unwrap_or(d.class_weight),
+            class_prior: self.class_prior.unwrap_or(d.class_prior),
         };
         Ok((settings, model))
     }
@@ -295,6 +302,7 @@ impl BigGanArgs {
             ("--class-temperature", self.class_temperature.is_some()),
             ("--ema-decay", self.ema_decay.is_some()),
             ("--class-weight", self.class_weight.is_some()),
+            ("--class-prior", self.class_prior.is_some()),
         ]
         .into_iter()
         .find(|(_, g)| *g)

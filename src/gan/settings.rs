@@ -178,6 +178,7 @@ impl GanSettings {
             layers,
             eps: 1e-4,
             n_stats: self.n_stats,
+            class_names: crate::shapes::classes::class_names(),
         }
     }
 

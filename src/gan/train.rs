@@ -171,11 +171,9 @@ const GAN_OUTPUTS: [&str; 4] = [
     "train_log.jsonl",
 ];
 
-/// config.json: pytorch-pretrained-BigGAN's keys, plus the class names.
+/// config.json: pytorch-pretrained-BigGAN's keys, plus the class names (the config's own).
 pub fn config_json(cfg: &crate::models::biggan::Config) -> anyhow::Result<Value> {
-    let mut v = serde_json::to_value(cfg)?;
-    v["class_names"] = json!(crate::shapes::classes::class_names());
-    Ok(v)
+    Ok(serde_json::to_value(cfg)?)
 }
 
 pub fn train_gan(req: &TrainGanRequest) -> anyhow::Result<GanTrainSummary> {

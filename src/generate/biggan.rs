@@ -53,6 +53,16 @@ pub struct BigGanSettings {
     /// two-shape phrase needs.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub class_weight: f64,
+    /// Start each latent's class logits nearer the classes whose names the guiding CLIP finds
+    /// closest to the phrase: big-sleep's draw plus this weight times the z-score (over the
+    /// classes) of the cosine similarity between the phrase and each class name (0: big-sleep's
+    /// draw alone). Needs a model whose config.json names its classes (`class_names`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub class_prior: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn one() -> f64 {
@@ -76,6 +86,7 @@ impl Default for BigGanSettings {
             avoid: Vec::new(),
             cutout_sides: None,
             class_weight: 1.0,
+            class_prior: 0.0,
         }
     }
 }
@@ -114,6 +125,12 @@ impl BigGanSettings {
                     "--cutout-sides {lo},{hi}: expected LOWER,UPPER with 0 < LOWER < UPPER <= 1"
                 ));
             }
+        }
+        if !(self.class_prior.is_finite() && self.class_prior >= 0.0) {
+            return fail(format!(
+                "--class-prior {} must be a number >= 0",
+                self.class_prior
+            ));
         }
         if !(self.class_weight.is_finite() && self.class_weight >= 0.0) {
             return fail(format!(
@@ -310,6 +327,26 @@ impl Latents {
         })
     }
 
+    /// The class logits plus `weight` times the z-score over the classes of the cosine
+    /// similarity between the phrase's embedding `text` [1, D] and each class name's `names`
+    /// [C, D] (every latent row alike).
+    pub fn with_class_prior(self, names: &Tensor, text: &Tensor, weight: f64) -> Result<Self> {
+        let sims = l2_normalize(names)?
+            .matmul(&l2_normalize(text)?.t()?)?
+            .flatten_all()?;
+        let mean = sims.mean_all()?;
+        let centred = sims.broadcast_sub(&mean)?;
+        let std = centred.sqr()?.mean_all()?.sqrt()?;
+        let z = centred.broadcast_div(&(std + 1e-6)?)?;
+        let class_logits = self
+            .class_logits
+            .broadcast_add(&(z * weight)?.unsqueeze(0)?)?;
+        Ok(Self {
+            z: self.z,
+            class_logits,
+        })
+    }
+
     /// Reads tensors `z` [L, Z] and `class_logits` [L, C] from a safetensors file, checking the
     /// shapes against the generator's; errors name the file and what was expected.
     pub fn load(
@@ -425,6 +462,8 @@ pub struct BigGanGenerator<'a> {
     pub avoid: Vec<Tensor>,
     /// Latents to start from instead of drawing them (`generate --init-latents`).
     pub init: Option<Latents>,
+    /// Raw CLIP text embeddings of the model's class names [C, D], for `class_prior`.
+    pub class_texts: Option<Tensor>,
     pub device: Device,
 }
 
@@ -442,6 +481,16 @@ impl Generator for BigGanGenerator<'_> {
     }
 
     fn start(&self, text: &Tensor, seed: u64) -> anyhow::Result<Box<dyn Guidance + '_>> {
+        let init = match (&self.init, &self.class_texts) {
+            (Some(x), _) => Some(x.clone()),
+            (None, Some(names)) if self.settings.class_prior > 0.0 => {
+                let cfg = self.model.config();
+                let l = self.model.num_latents();
+                let drawn = Latents::init(l, cfg.z_dim, cfg.num_classes, seed, &self.device)?;
+                Some(drawn.with_class_prior(names, text, self.settings.class_prior)?)
+            }
+            (None, _) => None,
+        };
         let g = BigGanGuidance::new(
             &self.settings,
             self.model,
@@ -449,11 +498,50 @@ impl Generator for BigGanGenerator<'_> {
             text,
             &self.avoid,
             seed,
-            self.init.clone(),
+            init,
             &self.device,
         )?;
         Ok(Box::new(g))
     }
+}
+
+/// The raw CLIP text embeddings [C, D] of the model's class names when `settings.class_prior`
+/// is on (`None` when off); an input error when the model's config.json names no classes.
+pub fn class_name_embeddings(
+    clip: &crate::models::clip::Clip,
+    model: &BigGan,
+    settings: &BigGanSettings,
+    device: &Device,
+) -> anyhow::Result<Option<Tensor>> {
+    let Some(names) = prior_class_names(model.config(), settings.class_prior)? else {
+        return Ok(None);
+    };
+    let rows = names
+        .iter()
+        .map(|n| crate::generate::clip::text_embedding(clip, n, device))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(Tensor::cat(&rows, 0)?))
+}
+
+/// The class names `--class-prior` compares the phrase with (`None` when the prior is off),
+/// or an input error naming what the model's config.json lacks.
+fn prior_class_names(
+    cfg: &BigGanConfig,
+    weight: f64,
+) -> std::result::Result<Option<&[String]>, InputError> {
+    if weight == 0.0 {
+        return Ok(None);
+    }
+    let names = &cfg.class_names;
+    if names.len() != cfg.num_classes {
+        return Err(InputError::new(format!(
+            "--class-prior {weight} needs the BigGAN's class names (`class_names` in its \
+             config.json, one per class: {}); this model's config names {}",
+            cfg.num_classes,
+            names.len()
+        )));
+    }
+    Ok(Some(names))
 }
 
 /// BigGAN latents being optimised towards one phrase.
@@ -800,15 +888,84 @@ mod tests {
         }
     }
 
-    /// The shapes world's two settings: refused out of range naming the flag, and absent from
+    /// The prior adds W x the z-score of the phrase-name cosine similarities to every latent's
+    /// logits: the closest name gains most, the shifts sum to zero, W = 0 changes nothing.
+    #[test]
+    fn class_prior_raises_the_closest_names_logits() {
+        let dev = Device::Cpu;
+        let drawn = Latents::init(2, 4, 3, 7, &dev).unwrap();
+        let before = drawn.class_logits.to_vec2::<f32>().unwrap();
+        // Names along x, y and between them; the phrase leans towards y.
+        let names = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], (3, 2));
+        let text = t(&[0.2, 1.0], (1, 2));
+        let after = drawn
+            .clone()
+            .with_class_prior(&names, &text, 2.0)
+            .unwrap()
+            .class_logits
+            .to_vec2::<f32>()
+            .unwrap();
+        let cos = |a: [f32; 2]| {
+            let (b0, b1) = (0.2f32, 1.0f32);
+            (a[0] * b0 + a[1] * b1) / (a[0].hypot(a[1]) * b0.hypot(b1))
+        };
+        let sims = [cos([1.0, 0.0]), cos([0.0, 1.0]), cos([1.0, 1.0])];
+        let mean = sims.iter().sum::<f32>() / 3.0;
+        let std = (sims.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / 3.0).sqrt();
+        for (row_b, row_a) in before.iter().zip(&after) {
+            for c in 0..3 {
+                let want = 2.0 * (sims[c] - mean) / (std + 1e-6);
+                assert!(
+                    (row_a[c] - row_b[c] - want).abs() < 1e-4,
+                    "{c}: {row_a:?} {row_b:?}"
+                );
+            }
+            let shift: Vec<f32> = row_a.iter().zip(row_b).map(|(a, b)| a - b).collect();
+            assert!(shift[1] > shift[2] && shift[2] > shift[0], "{shift:?}");
+            assert!(shift.iter().sum::<f32>().abs() < 1e-4, "{shift:?}");
+        }
+        let same = drawn
+            .clone()
+            .with_class_prior(&names, &text, 0.0)
+            .unwrap()
+            .class_logits
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(same, before);
+    }
+
+    /// The prior needs one name per class, and says so naming the flag and the count.
+    #[test]
+    fn class_prior_needs_the_models_class_names() {
+        let mut cfg = BigGanConfig {
+            num_classes: 3,
+            ..BigGanConfig::default()
+        };
+        assert!(prior_class_names(&cfg, 0.0).unwrap().is_none());
+        let e = prior_class_names(&cfg, 0.5).unwrap_err().to_string();
+        assert!(
+            e.contains("--class-prior 0.5") && e.contains("class_names"),
+            "{e}"
+        );
+        assert!(
+            e.contains("one per class: 3") && e.contains("names 0"),
+            "{e}"
+        );
+        cfg.class_names = vec!["a".into(), "b".into(), "c".into()];
+        assert_eq!(prior_class_names(&cfg, 0.5).unwrap().unwrap().len(), 3);
+    }
+
+    /// The shapes world's settings (cutout sides, class weight, class prior): refused out of range naming the flag, and absent from
     /// the serialized settings (results' keys) at big-sleep's values, so older results keep
     /// their keys.
     #[test]
-    fn cutout_sides_and_class_weight_validate_and_serialize_only_when_set() {
+    fn shapes_settings_validate_and_serialize_only_when_set() {
         let d = BigGanSettings::default();
         let v = serde_json::to_value(&d).unwrap();
         assert!(
-            v.get("cutout_sides").is_none() && v.get("class_weight").is_none(),
+            v.get("cutout_sides").is_none()
+                && v.get("class_weight").is_none()
+                && v.get("class_prior").is_none(),
             "{v}"
         );
         let back: BigGanSettings = serde_json::from_value(v).unwrap();
@@ -828,6 +985,20 @@ mod tests {
             let e = s.validate(Some(40)).unwrap_err().to_string();
             assert!(e.contains(flag), "{e}");
         }
+        for bad in [-0.5, f64::INFINITY] {
+            let s = BigGanSettings {
+                class_prior: bad,
+                ..d.clone()
+            };
+            let e = s.validate(Some(40)).unwrap_err().to_string();
+            assert!(e.contains(&format!("--class-prior {bad}")), "{e}");
+        }
+        let prior = BigGanSettings {
+            class_prior: 0.5,
+            ..d.clone()
+        };
+        prior.validate(Some(40)).unwrap();
+        assert_eq!(serde_json::to_value(&prior).unwrap()["class_prior"], 0.5);
         let s = BigGanSettings {
             cutout_sides: Some((0.9, 1.0)),
             class_weight: 0.1,

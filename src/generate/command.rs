@@ -202,6 +202,12 @@ pub fn generate(req: &GenerateRequest) -> anyhow::Result<GenerateOutput> {
                 settings: settings.clone(),
                 avoid,
                 init: init.clone(),
+                class_texts: crate::generate::biggan::class_name_embeddings(
+                    &clip,
+                    g,
+                    settings,
+                    &req.device,
+                )?,
                 device: req.device.clone(),
             })
         }

@@ -23,6 +23,7 @@ use super::stages::{ImageCaptioner, Judge};
 use super::RUN_SCHEMA_VERSION;
 use crate::fingerprint::sha256_hex;
 use crate::fsutil::{write_atomic, write_json};
+use crate::generate::biggan::class_name_embeddings;
 use crate::generate::clip::text_embedding;
 use crate::generate::{drive, BigGanGenerator, Generator, GeneratorKind, SirenGenerator};
 use crate::imageops::{png_bytes, tensor_to_rgb};
@@ -74,6 +75,7 @@ impl<'a> Generators<'a> {
                     settings: b.settings.clone(),
                     avoid,
                     init: None,
+                    class_texts: class_name_embeddings(clip, model, &b.settings, device)?,
                     device: device.clone(),
                 })
             }

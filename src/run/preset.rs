@@ -197,6 +197,7 @@ pub fn shapes_biggan() -> BigGanSettings {
         avoid: Vec::new(),
         cutout_sides: Some((0.9, 1.0)),
         class_weight: 0.1,
+        class_prior: 0.0,
     }
 }
 
@@ -295,6 +296,7 @@ impl PresetDefaults {
                 },
             ),
             row(BIGGAN, "--class-weight", b.class_weight.to_string()),
+            row(BIGGAN, "--class-prior", b.class_prior.to_string()),
         ]
     }
 }
@@ -329,6 +331,7 @@ impl Preset {
             vec![
                 ("cutout_sides", json!(b.cutout_sides)),
                 ("class_weight", json!(b.class_weight)),
+                ("class_prior", json!(b.class_prior)),
             ],
         );
         json!({

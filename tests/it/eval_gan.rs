@@ -29,6 +29,7 @@ fn config() -> Config {
         attention_layer_position: 2,
         eps: 1e-4,
         n_stats: 51,
+        class_names: Vec::new(),
     }
 }
 

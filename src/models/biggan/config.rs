@@ -50,6 +50,10 @@ pub struct Config {
     pub eps: f64,
     /// Rows of the per-truncation BatchNorm statistics (truncations 0, 1/(n-1), ..., 1).
     pub n_stats: usize,
+    /// The classes' names, in class order (written by `train-gan`; the published configs have
+    /// none): what big-sleep's `--class-prior` compares the phrase with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Config {
             attention_layer_position: 8,
             eps: 1e-4,
             n_stats: 51,
+            class_names: Vec::new(),
         }
     }
 
