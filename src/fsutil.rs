@@ -14,7 +14,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
+    let tmp = dir.join(temp_name(name));
     let written = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         std::io::Write::write_all(&mut f, bytes)?;
@@ -38,6 +38,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// The part of a temporary file's name between the final name and the writer's PID.
 const TEMP_MARK: &str = ".tmp";
+
+/// `.NAME.tmpPID_N`: N counts this process's writes, so that two threads writing one file at
+/// once (two images of a phrase copying its photo) never share a temporary file.
+fn temp_name(name: &str) -> String {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{name}{TEMP_MARK}{}_{n}", std::process::id())
+}
 
 /// Makes a rename in `dir` durable. Best effort: some file systems cannot sync a folder.
 pub fn sync_dir(dir: &Path) {
@@ -75,12 +83,15 @@ fn sweep_temp(dir: &Path, dirs: bool) -> usize {
     removed
 }
 
-/// Whether a file name is one of [`write_atomic`]'s temporary files (`.NAME.tmpPID`).
+/// Whether a file name is one of [`write_atomic`]'s or [`write_dir_atomic`]'s temporary files
+/// (`.NAME.tmpPID_N` or `.NAME.tmpPID`).
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.')
         && name.rfind(TEMP_MARK).is_some_and(|i| {
-            let pid = &name[i + TEMP_MARK.len()..];
-            !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())
+            let tail = &name[i + TEMP_MARK.len()..];
+            let (pid, n) = tail.split_once('_').unwrap_or((tail, "0"));
+            let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+            digits(pid) && digits(n)
         })
 }
 
@@ -220,19 +231,32 @@ mod tests {
         for name in [
             ".a.json.tmp123",
             ".b.png.tmp9",
+            ".e.png.tmp9_12",
             "keep.tmp1",
             ".c.tmpx",
+            ".f.tmp9_",
+            ".g.tmp_3",
             "d.json",
         ] {
             std::fs::write(d.path().join(name), b"").unwrap();
         }
-        assert_eq!(sweep_temp_files(d.path()), 2);
+        assert_eq!(sweep_temp_files(d.path()), 3);
         let mut left: Vec<String> = std::fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, [".c.tmpx", "d.json", "keep.tmp1", "taken"]);
+        assert_eq!(
+            left,
+            [
+                ".c.tmpx",
+                ".f.tmp9_",
+                ".g.tmp_3",
+                "d.json",
+                "keep.tmp1",
+                "taken"
+            ]
+        );
     }
 
     #[test]

@@ -43,7 +43,8 @@ impl std::str::FromStr for EncoderKind {
 }
 
 /// An image encoder that turns images into one feature vector each.
-pub trait FeatureEncoder {
+/// `Sync`: `run` captions several images at once with one encoder.
+pub trait FeatureEncoder: Sync {
     fn feature_dim(&self) -> usize;
     fn input_size(&self) -> usize;
     /// An RGB image as the encoder's normalised input [3, S, S].

@@ -135,6 +135,11 @@ pub struct Args {
     /// merge`) [default: all phrases].
     #[arg(long, help_heading = "Scale-out")]
     shard: Option<Shard>,
+    /// Images computed at once, each on its share of the cores; the results are the same for
+    /// any value [default: one per core (fewer when that many images would not fit the memory);
+    /// 1 on a GPU].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Scale-out")]
+    jobs: Option<u64>,
     #[command(flatten, next_help_heading = "Scale-out")]
     device: super::DeviceArg,
 }
@@ -211,6 +216,7 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         shard: a.shard,
         force: a.force,
         quiet: a.quiet,
+        jobs: a.jobs.map(|j| j as usize),
         gallery: a.gallery.images(),
         device: a.device.open()?,
     };

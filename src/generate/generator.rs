@@ -64,7 +64,8 @@ impl std::str::FromStr for GeneratorKind {
 }
 
 /// A generator with its settings and models, ready to draw phrase after phrase.
-pub trait Generator {
+/// `Sync`: `run` draws several images at once with one generator.
+pub trait Generator: Sync {
     fn kind(&self) -> GeneratorKind;
     /// Optimiser steps per image.
     fn steps(&self) -> usize;

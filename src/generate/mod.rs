@@ -28,7 +28,8 @@ pub use siren::{SirenGenerator, SirenSettings};
 pub type EncoderBackward<'a> = Box<dyn FnOnce(&Tensor) -> Result<Tensor> + 'a>;
 
 /// An image encoder that guides generation (CLIP's image tower).
-pub trait ImageEncoder {
+/// `Sync`: `run` guides several images at once with one encoder.
+pub trait ImageEncoder: Sync {
     /// Side of the square input the encoder takes.
     fn input_size(&self) -> usize;
     /// [N, 3, S, S] images in [0, 1] -> [N, D] raw embeddings, differentiable w.r.t. the images.

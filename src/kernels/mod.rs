@@ -108,10 +108,11 @@ pub(crate) fn f32_slice<'a>(
 /// Below this many output elements a kernel runs on one thread.
 const PAR_MIN: usize = 1 << 15;
 
-/// Runs `f(first_row, rows)` over `out` split into bands of whole rows, one per thread.
+/// Runs `f(first_row, rows)` over `out` split into bands of whole rows, one per thread of the
+/// current rayon pool (a `run` job's share of the cores).
 pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = out.len() / row_len.max(1);
-    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
+    let threads = rayon::current_num_threads().clamp(1, rows.max(1));
     if threads == 1 || out.len() < PAR_MIN {
         f(0, out);
         return;

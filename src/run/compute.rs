@@ -94,9 +94,15 @@ impl<'a> Generators<'a> {
     }
 }
 
-/// Brings every planned phrase up to date, one after the other (unless `quiet`: a status line
-/// when an image starts and one when it ends, a bar of its steps under the run's bar of all
+/// Brings every planned phrase up to date, `jobs` images at a time (unless `quiet`: a status
+/// line when an image starts and one when it ends, a bar of its steps under the run's bar of all
 /// steps; without a terminal, the bars' heartbeat lines, see [`crate::stderr::Bar`]).
+///
+/// With several jobs each image runs on its share of the threads (its own rayon pool): the
+/// models' small operations use two cores badly (one BigGAN image is faster on one thread than on
+/// two), so two images side by side finish in about the time of one. The values do not depend
+/// on the number of threads (every kernel splits its work the same way whatever the count; a
+/// test compares one job with two byte for byte), so `jobs` is no part of any result's key.
 pub fn compute_all(
     plan: &Plan,
     layout: &Layout,
@@ -104,6 +110,7 @@ pub fn compute_all(
     models: &Models,
     device: &Device,
     quiet: bool,
+    jobs: usize,
 ) -> anyhow::Result<Computed> {
     let generators = Generators::new(plan, models, device)?;
     let judge = Judge {
@@ -121,76 +128,149 @@ pub fn compute_all(
         captioners: &captioners,
         judge: &judge,
     };
-    let mut out = Computed {
-        records: Vec::with_capacity(plan.phrases.len()),
-        computed: 0,
-        updated: 0,
-        reused: 0,
-    };
-    let total: usize = plan.phrases.iter().map(|p| p.images.len()).sum();
+    // Every image of the plan, in plan order: (its number from 1, phrase, slot).
+    let images: Vec<_> = plan
+        .phrases
+        .iter()
+        .flat_map(|p| p.images.iter().map(move |slot| (p, slot)))
+        .enumerate()
+        .map(|(i, (p, slot))| (i + 1, p, slot))
+        .collect();
+    let total = images.len();
     // The run's steps: every image's, less those of the images found kept as they come.
     let mut all_steps = 0u64;
-    for p in &plan.phrases {
-        for slot in &p.images {
-            all_steps += generators.get(slot.generator)?.steps() as u64;
-        }
+    for (_, _, slot) in &images {
+        all_steps += generators.get(slot.generator)?.steps() as u64;
     }
     // `run` and the images' `[i/N]` padded to one width, so that the bars start in one column.
     let width = format!("[{total}/{total}]").len();
     let run_bar = crate::stderr::Bar::overall(all_steps, &format!("{:<width$}", "run"), quiet);
     run_bar.set_message(format!("0/{total} images"));
-    let mut i = 0;
-    for p in &plan.phrases {
-        for slot in &p.images {
-            i += 1;
-            let generator = generators.get(slot.generator)?;
-            let job = PhraseJob {
-                id: &slot.id,
-                photo_id: &p.id,
-                phrase: &p.prompt.phrase,
-                seed: slot.seed,
-                photo: p.photo.as_ref().map(|(source, bytes, img)| PhotoInput {
-                    source,
-                    written: p.prompt.photo.as_deref().unwrap_or_default(),
-                    bytes,
-                    image: img,
-                    sha256: sha256_hex(bytes),
-                }),
-                generator,
-            };
-            let what = if p.images.len() > 1 {
-                format!(" [{}]", slot.generator)
-            } else {
-                String::new()
-            };
-            crate::stderr::status(
-                quiet,
-                format_args!("[{i}/{total}] {}{what}", p.prompt.phrase),
-            );
-            let t0 = Instant::now();
-            let steps = generator.steps() as u64;
-            let prefix = format!("[{i}/{total}]");
-            let bar = run_bar.child(steps, &format!("{prefix:<width$}"));
-            let (rec, outcome) = bring_up_to_date(&stage_models, &job, &bar)?;
-            bar.finish_and_clear();
-            match outcome {
-                Outcome::Reused => out.reused += 1,
-                Outcome::Updated => out.updated += 1,
-                Outcome::Computed => out.computed += 1,
-            }
-            if outcome != Outcome::Computed {
-                run_bar.dec_length(steps);
-            }
-            run_bar.set_message(format!("{i}/{total} images"));
-            run_bar.line_with_state(format_args!(
-                "[{i}/{total}] {}",
-                phrase_done(outcome, t0.elapsed().as_secs_f64(), &rec)
-            ));
-            out.records.push(rec);
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let one = |i: usize,
+               p: &super::plan::Planned,
+               slot: &super::plan::ImageSlot|
+     -> anyhow::Result<(PhraseRecord, Outcome)> {
+        let generator = generators.get(slot.generator)?;
+        let job = PhraseJob {
+            id: &slot.id,
+            photo_id: &p.id,
+            phrase: &p.prompt.phrase,
+            seed: slot.seed,
+            photo: p.photo.as_ref().map(|(source, bytes, img)| PhotoInput {
+                source,
+                written: p.prompt.photo.as_deref().unwrap_or_default(),
+                bytes,
+                image: img,
+                sha256: sha256_hex(bytes),
+            }),
+            generator,
+        };
+        let what = if p.images.len() > 1 {
+            format!(" [{}]", slot.generator)
+        } else {
+            String::new()
+        };
+        crate::stderr::status(
+            quiet,
+            format_args!("[{i}/{total}] {}{what}", p.prompt.phrase),
+        );
+        let t0 = Instant::now();
+        let steps = generator.steps() as u64;
+        let prefix = format!("[{i}/{total}]");
+        let bar = run_bar.child(steps, &format!("{prefix:<width$}"));
+        let (rec, outcome) = bring_up_to_date(&stage_models, &job, &bar)?;
+        bar.finish_and_clear();
+        if outcome != Outcome::Computed {
+            run_bar.dec_length(steps);
         }
-    }
+        let n = finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        run_bar.set_message(format!("{n}/{total} images"));
+        run_bar.line_with_state(format_args!(
+            "[{i}/{total}] {}",
+            phrase_done(outcome, t0.elapsed().as_secs_f64(), &rec)
+        ));
+        Ok((rec, outcome))
+    };
+    let done = in_parallel(&images, jobs, |(i, p, slot)| one(*i, p, slot))?;
     run_bar.finish_and_clear();
+    let mut out = Computed {
+        records: Vec::with_capacity(total),
+        computed: 0,
+        updated: 0,
+        reused: 0,
+    };
+    for (rec, outcome) in done {
+        match outcome {
+            Outcome::Reused => out.reused += 1,
+            Outcome::Updated => out.updated += 1,
+            Outcome::Computed => out.computed += 1,
+        }
+        out.records.push(rec);
+    }
     Ok(out)
+}
+
+/// Each of `jobs` jobs' share of the current pool's threads (at least one).
+pub fn threads_per_job(jobs: usize) -> usize {
+    (rayon::current_num_threads() / jobs.max(1)).max(1)
+}
+
+/// `f` over `items` by `jobs` workers, each on its share of the threads (a rayon pool of its
+/// own), results in `items`' order. One job runs in the calling thread as it is. After an error
+/// no worker takes a new item; the first error (in `items`' order) is returned once the items
+/// under way have finished, so that nothing is left half-written.
+pub fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> anyhow::Result<R> + Sync,
+) -> anyhow::Result<Vec<R>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let jobs = jobs.clamp(1, items.len().max(1));
+    if jobs == 1 {
+        return items.iter().map(f).collect();
+    }
+    let threads = threads_per_job(jobs);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let worker = || -> Vec<(usize, anyhow::Result<R>)> {
+        let mut done = Vec::new();
+        let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+            Ok(p) => p,
+            Err(e) => {
+                failed.store(true, Ordering::SeqCst);
+                done.push((
+                    0,
+                    Err(anyhow::anyhow!("cannot start a worker's threads: {e}")),
+                ));
+                return done;
+            }
+        };
+        pool.install(|| {
+            while !failed.load(Ordering::SeqCst) {
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                let Some(item) = items.get(k) else { break };
+                let r = f(item);
+                if r.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                done.push((k, r));
+            }
+        });
+        done
+    };
+    let mut results: Vec<(usize, anyhow::Result<R>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..jobs).map(|_| s.spawn(worker)).collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(done) => done,
+                Err(_) => vec![(usize::MAX, Err(anyhow::anyhow!("a worker panicked")))],
+            })
+            .collect()
+    });
+    results.sort_by_key(|(k, _)| *k);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// What became of an image, for its line at the end: `computed in 4.2 s: sim 0.3312, CLIPScore

@@ -71,6 +71,31 @@ pub fn preflight(settings: &RunSettings, locator: &Locator) -> anyhow::Result<()
     Ok(())
 }
 
+/// How many images `run` computes at once when `--jobs` is not given: one per thread of the
+/// machine on the CPU, fewer when that many images' estimated memory (each generator's
+/// [`crate::generate::SirenSettings::memory_estimate`] /
+/// [`crate::generate::biggan::BigGanSettings::memory_estimate`], the largest, counted whole for
+/// every job: an upper bound, as the models are shared) would exceed the machine's; one on a GPU.
+pub fn default_jobs(settings: &RunSettings, locator: &Locator, device: &Device) -> usize {
+    if !device.is_cpu() {
+        return 1;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let Some(c) = crate::generate::clip_config(locator, &settings.clip) else {
+        return threads;
+    };
+    let mut per_image = settings.siren.memory_estimate(Some(&c)).0;
+    if let Some(b) = &settings.biggan {
+        if let Some(g) = crate::generate::biggan_config(locator, &b.model) {
+            per_image = per_image.max(b.settings.memory_estimate(Some((&c, &g))).0);
+        }
+    }
+    match crate::resources::machine_memory() {
+        Some(m) if per_image > 0.0 => threads.min(((m as f64 / per_image) as usize).max(1)),
+        _ => threads,
+    }
+}
+
 /// The vocabulary size in a BLIP model's config.json (in its folder or the hub cache).
 fn blip_vocab(locator: &Locator, spec: &str) -> anyhow::Result<usize> {
     let model = locator.open(&ModelRef::parse(spec)?)?;

@@ -61,6 +61,8 @@ pub struct RunRequest {
     pub shard: Option<Shard>,
     pub force: bool,
     pub quiet: bool,
+    /// Images computed at once (`None`: [`load::default_jobs`]); no part of any result's key.
+    pub jobs: Option<usize>,
     pub device: Device,
     /// How `report.html` shows the images.
     pub gallery: html::GalleryImages,
@@ -98,7 +100,13 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
         root: req.out.clone(),
     };
 
-    // 2. Load every model once, fingerprint it, and record the run.
+    // 2. Load every model once, fingerprint it, and record the run. With several jobs, candle's
+    // own thread counts are each job's share from here on (before any model's first operation).
+    let jobs = req
+        .jobs
+        .unwrap_or_else(|| load::default_jobs(&plan.settings, &locator, &req.device));
+    let _threads =
+        (jobs > 1).then(|| crate::resources::ThreadsEnv::set(compute::threads_per_job(jobs)));
     let models = load::load(&plan.settings, &locator, &req.device)?;
     let manifest = Manifest::new(
         &plan.settings,
@@ -110,7 +118,15 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
     manifest::write_manifest(&layout, &manifest, old.as_ref(), req.quiet)?;
 
     // 3. Each phrase: reuse what is up to date, compute the rest.
-    let done = compute::compute_all(&plan, &layout, &manifest, &models, &req.device, req.quiet)?;
+    let done = compute::compute_all(
+        &plan,
+        &layout,
+        &manifest,
+        &models,
+        &req.device,
+        req.quiet,
+        jobs,
+    )?;
 
     // 4. The report, and its summary on stderr.
     let written = report::write_all(

@@ -11,7 +11,8 @@ use crate::metrics::clip_score::{clip_score_matrix, cosine_with};
 use crate::models::clip::{preprocess_image, Clip};
 
 /// Captions RGB images.
-pub trait ImageCaptioner {
+/// `Sync`: `run` captions several images at once with one captioner.
+pub trait ImageCaptioner: Sync {
     fn caption(&self, images: &[image::RgbImage]) -> anyhow::Result<Vec<String>>;
 }
 

@@ -161,12 +161,14 @@ fn captioner_training_logs_its_batches_between_epoch_lines() {
     assert!(epoch1 < err.find("steps 16/30").unwrap(), "{err}");
 }
 
-/// `run` on the shipped shapes models, SIREN only, 3 steps per image.
-fn shapes_run(out: &Path) -> Output {
+/// `run` on the shipped shapes models, SIREN only, 3 steps per image, `jobs` images at once.
+fn shapes_run(out: &Path, jobs: &str) -> Output {
     roundtrip(
         "0",
         &[
             "run",
+            "--jobs",
+            jobs,
             "tests/data/run/shapes.txt",
             "--preset",
             "shapes",
@@ -188,7 +190,7 @@ fn shapes_run(out: &Path) -> Output {
 fn run_logs_each_step_with_the_runs_progress_and_ends_with_a_summary() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("run");
-    let o = shapes_run(&out);
+    let o = shapes_run(&out, "1");
     // stdout keeps its one machine-readable line.
     let stdout = ok(&o);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -301,7 +303,7 @@ fn run_logs_each_step_with_the_runs_progress_and_ends_with_a_summary() {
     }
 
     // Run again: every image reused, no step lines, the run's bar emptied of their steps.
-    let o = shapes_run(&out);
+    let o = shapes_run(&out, "1");
     ok(&o);
     let err = stderr(&o);
     for i in 1..=3 {
@@ -316,6 +318,40 @@ fn run_logs_each_step_with_the_runs_progress_and_ends_with_a_summary() {
     }
     assert!(
         err.contains("3 phrases (0 computed, 0 updated, 3 reused) in "),
+        "{err}"
+    );
+}
+
+/// Two images at a time: their lines interleave, but each image still logs its start, a
+/// heartbeat per step and its end, every line whole and naming its image, and the run's counts
+/// add up.
+#[test]
+fn run_with_two_jobs_logs_every_images_lines_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    let o = shapes_run(&out, "2");
+    let stdout = ok(&o);
+    assert!(stdout.contains("phrases 3\tcomputed 3"), "{stdout}");
+    let err = stderr(&o);
+    for i in 1..=3 {
+        let lines = lines_starting(&err, &format!("[{i}/3] "));
+        assert_eq!(lines.len(), 5, "{err}");
+        for (step, l) in (1..=3).zip(&lines[1..4]) {
+            assert!(
+                l.starts_with(&format!("[{i}/3] {step}/3 steps, sim ")) && l.contains(" | run "),
+                "{l}"
+            );
+        }
+        assert!(
+            lines[4].starts_with(&format!("[{i}/3] computed in ")),
+            "{}",
+            lines[4]
+        );
+    }
+    // The last image to end sees the whole run done.
+    assert!(err.contains(" | run 9/9 steps, 3/3 images"), "{err}");
+    assert!(
+        err.contains("3 phrases (3 computed, 0 updated, 0 reused) in "),
         "{err}"
     );
 }

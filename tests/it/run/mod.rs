@@ -346,5 +346,6 @@ mod blip;
 mod embedded;
 mod generators;
 mod golden;
+mod jobs;
 mod redraw;
 mod reuse;
