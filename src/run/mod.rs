@@ -102,9 +102,11 @@ pub fn execute(req: &RunRequest) -> anyhow::Result<RunSummary> {
 
     // 2. Load every model once, fingerprint it, and record the run. With several jobs, candle's
     // own thread counts are each job's share from here on (before any model's first operation).
+    let images: usize = plan.phrases.iter().map(|p| p.images.len()).sum();
     let jobs = req
         .jobs
-        .unwrap_or_else(|| load::default_jobs(&plan.settings, &locator, &req.device));
+        .unwrap_or_else(|| load::default_jobs(&plan.settings, &locator, &req.device))
+        .clamp(1, images.max(1));
     let _threads =
         (jobs > 1).then(|| crate::resources::ThreadsEnv::set(compute::threads_per_job(jobs)));
     let models = load::load(&plan.settings, &locator, &req.device)?;
