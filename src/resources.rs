@@ -126,7 +126,7 @@ pub fn check_beam_width(beam: usize) -> Result<(), InputError> {
 /// environment, not from the current rayon pool, so `run`'s one-thread jobs must set them
 /// before any model's first operation: otherwise every job splits each product for all the
 /// machine's threads and queues for the element-wise pool's one lock (measured: 6 shapes phrases
-/// with both generators, two jobs, 66 s left as they were, 31 s set to one thread). The values
+/// with both generators, two jobs, 66 s left as they were, 32 s set to one thread). The values
 /// do not depend on these counts.
 pub struct ThreadsEnv {
     old: Vec<(&'static str, Option<std::ffi::OsString>)>,

@@ -483,7 +483,8 @@ impl Generator for BigGanGenerator<'_> {
     fn start(&self, text: &Tensor, seed: u64) -> anyhow::Result<Box<dyn Guidance + '_>> {
         let init = match (&self.init, &self.class_texts) {
             (Some(x), _) => Some(x.clone()),
-            (None, Some(names)) if self.settings.class_prior > 0.0 => {
+            // `class_texts` is only present when the prior is on.
+            (None, Some(names)) => {
                 let cfg = self.model.config();
                 let l = self.model.num_latents();
                 let drawn = Latents::init(l, cfg.z_dim, cfg.num_classes, seed, &self.device)?;
@@ -898,13 +899,16 @@ mod tests {
         // Names along x, y and between them; the phrase leans towards y.
         let names = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], (3, 2));
         let text = t(&[0.2, 1.0], (1, 2));
-        let after = drawn
-            .clone()
-            .with_class_prior(&names, &text, 2.0)
-            .unwrap()
-            .class_logits
-            .to_vec2::<f32>()
-            .unwrap();
+        let logits = |weight: f64| {
+            drawn
+                .clone()
+                .with_class_prior(&names, &text, weight)
+                .unwrap()
+                .class_logits
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        let after = logits(2.0);
         let cos = |a: [f32; 2]| {
             let (b0, b1) = (0.2f32, 1.0f32);
             (a[0] * b0 + a[1] * b1) / (a[0].hypot(a[1]) * b0.hypot(b1))
@@ -924,14 +928,7 @@ mod tests {
             assert!(shift[1] > shift[2] && shift[2] > shift[0], "{shift:?}");
             assert!(shift.iter().sum::<f32>().abs() < 1e-4, "{shift:?}");
         }
-        let same = drawn
-            .clone()
-            .with_class_prior(&names, &text, 0.0)
-            .unwrap()
-            .class_logits
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(same, before);
+        assert_eq!(logits(0.0), before);
     }
 
     /// The prior needs one name per class, and says so naming the flag and the count.
@@ -955,9 +952,9 @@ mod tests {
         assert_eq!(prior_class_names(&cfg, 0.5).unwrap().unwrap().len(), 3);
     }
 
-    /// The shapes world's settings (cutout sides, class weight, class prior): refused out of range naming the flag, and absent from
-    /// the serialized settings (results' keys) at big-sleep's values, so older results keep
-    /// their keys.
+    /// The shapes world's settings (cutout sides, class weight, class prior): refused out of
+    /// range naming the flag, and absent from the serialized settings (results' keys) at
+    /// big-sleep's values, so older results keep their keys.
     #[test]
     fn shapes_settings_validate_and_serialize_only_when_set() {
         let d = BigGanSettings::default();

@@ -143,23 +143,13 @@ fn blip_eval_scores_zero_shot_on_a_flickr8k_layout_dataset() {
 }
 
 fn find_image(ds: &Path, name: &str) -> PathBuf {
-    for dir in walk(ds) {
+    for dir in crate::common::dirs_under(ds) {
         let p = dir.join(name);
         if p.is_file() {
             return p;
         }
     }
     panic!("{name} not under {}", ds.display())
-}
-
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    for e in std::fs::read_dir(root).unwrap().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        }
-    }
-    out
 }
 
 fn captioner(dir: &Path) -> BlipCaptioner {

@@ -195,3 +195,14 @@ pub fn fails_with(o: &std::process::Output, needles: &[&str]) {
         assert!(e.contains(n), "`{n}` missing from: {e}");
     }
 }
+
+/// `root` and every folder below it.
+pub fn dirs_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(dirs_under(&e.path()));
+        }
+    }
+    out
+}
