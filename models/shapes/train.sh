@@ -48,7 +48,7 @@ echo "roundtrip train-clip --dataset TRAIN --out models/shapes/clip $clip_args" 
 # epoch; rerunning the script resumes it. The shipped model is the snapshot after GAN_EPOCHS
 # epochs of a training still under way (docs/shapes-world.md): raising GAN_EPOCHS continues the
 # same training from its checkpoint (nothing in a step depends on the number of epochs).
-GAN_EPOCHS=${GAN_EPOCHS:-14}
+GAN_EPOCHS=${GAN_EPOCHS:-27}
 gan_args="--image-size 64 --batch-size 32 --g-ch 16 --d-ch 32 --d-depth 1 --z-dim 64 --epochs $GAN_EPOCHS --seed 2 --d-steps 1 --lr-g 2e-4 --lr-d 2e-4 --diffaug translation --d-coords"
 # shellcheck disable=SC2086
 "$BIN" train-gan --dataset "$WORK/train" --out "$WORK/biggan" $gan_args $(resume "$WORK/biggan")
