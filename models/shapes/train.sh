@@ -9,7 +9,7 @@
 # again); the model folders are then copied to models/shapes/ without checkpoint.safetensors
 # (only --resume needs it). Each shipped folder gets command.txt (how it was trained) and
 # eval.json (its quality on a fresh dataset). About 2.5 hours on a 2-core machine for the
-# captioners and the CLIP, and about 2 more for the BigGAN (14 epochs).
+# captioners and the CLIP, and about 3.5 more for the BigGAN (27 epochs).
 set -eu
 WORK=${1:-target/shapes-work}
 BIN=${ROUNDTRIP:-target/release/roundtrip}
