@@ -72,6 +72,15 @@ pub struct Args {
     /// Probability of blurring a training crop (3x3 binomial kernel).
     #[arg(long, default_value_t = d().blur)]
     blur: f64,
+    /// Folder of images (*.png) that match no caption, for example what guidance towards an
+    /// earlier CLIP drew (`run`'s images/): each step draws --negatives-per-batch of them, cropped
+    /// and degraded as the training images, and every caption of the batch must rank them below
+    /// its own image. Its content is recorded in training.json.
+    #[arg(long)]
+    negatives: Option<PathBuf>,
+    /// Negatives drawn per step (with --negatives).
+    #[arg(long, default_value_t = 16, requires = "negatives")]
+    negatives_per_batch: usize,
     /// Continue an interrupted training from its last finished epoch (a folder whose training
     /// stopped before its first checkpoint starts over, with or without this flag).
     #[arg(long)]
@@ -104,7 +113,13 @@ pub fn execute(a: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             crop_min: a.crop_min,
             noise: a.noise,
             blur: a.blur,
+            negatives: if a.negatives.is_some() {
+                a.negatives_per_batch
+            } else {
+                0
+            },
         },
+        negatives: a.negatives,
         resume: a.resume,
         quiet: a.quiet,
         command_line: std::env::args().collect(),

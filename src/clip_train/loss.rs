@@ -51,6 +51,19 @@ pub fn contrastive_loss(
     logit_scale: &Tensor,
     groups: Option<&[usize]>,
 ) -> Result<Tensor> {
+    contrastive_loss_with_negatives(image_emb, text_emb, None, logit_scale, groups)
+}
+
+/// [`contrastive_loss`] with extra images that match no text (`negatives`, [M, D]): each text is
+/// also contrasted with them (they join every column's softmax, never as its answer); the rows,
+/// each image against every text, are unchanged. `None` or M = 0 is the plain loss.
+pub fn contrastive_loss_with_negatives(
+    image_emb: &Tensor,
+    text_emb: &Tensor,
+    negatives: Option<&Tensor>,
+    logit_scale: &Tensor,
+    groups: Option<&[usize]>,
+) -> Result<Tensor> {
     let n = image_emb.dim(0)?;
     if text_emb.dim(0)? != n || n == 0 {
         candle_core::bail!(
@@ -67,7 +80,14 @@ pub fn contrastive_loss(
     // The relation "same group" is symmetric, so one target matrix serves rows and columns.
     let t = targets(groups, logits.device())?.to_dtype(logits.dtype())?;
     let rows = (log_softmax(&logits)? * &t)?.sum_all()?;
-    let cols = (log_softmax(&logits.t()?)? * &t)?.sum_all()?;
+    let columns = match negatives {
+        Some(neg) if neg.dim(0)? > 0 => Tensor::cat(
+            &[&logits.t()?, &self::logits(text_emb, neg, logit_scale)?],
+            1,
+        )?,
+        _ => logits.t()?,
+    };
+    let cols = (log_softmax(&columns)?.narrow(1, 0, n)? * &t)?.sum_all()?;
     ((rows + cols)? * (-0.5 / n as f64))?.reshape(())
 }
 
@@ -136,6 +156,75 @@ mod tests {
             .to_scalar::<f64>()
             .unwrap();
         assert!((g - grouped).abs() < 1e-12, "{g} vs {grouped}");
+    }
+
+    #[test]
+    fn negatives_join_only_the_columns() {
+        let d = Device::Cpu;
+        let img = [[1.0, 0.0], [0.0, 1.0]];
+        let txt = [[2.0, 1.0], [1.0, 3.0]];
+        let neg = [[1.0, 1.0], [-1.0, 0.0], [0.5, 2.0]];
+        let unit = |v: &[f64; 2]| {
+            let n = (v[0] * v[0] + v[1] * v[1]).sqrt();
+            [v[0] / n, v[1] / n]
+        };
+        let cos = |a: &[f64; 2], b: &[f64; 2]| {
+            let (a, b) = (unit(a), unit(b));
+            a[0] * b[0] + a[1] * b[1]
+        };
+        let scale = 3.0f64.ln();
+        let l = |a: &[f64; 2], b: &[f64; 2]| 3.0 * cos(a, b);
+        // Rows: each image against the two texts; columns: each text against both images and
+        // the three negatives, the answer being its own image.
+        let rows: f64 = (0..2)
+            .map(|i| ce(&[l(&img[i], &txt[0]), l(&img[i], &txt[1])], i))
+            .sum::<f64>()
+            / 2.0;
+        let cols: f64 = (0..2)
+            .map(|j| {
+                let mut r = vec![l(&img[0], &txt[j]), l(&img[1], &txt[j])];
+                r.extend(neg.iter().map(|n| l(n, &txt[j])));
+                ce(&r, j)
+            })
+            .sum::<f64>()
+            / 2.0;
+        let expected = (rows + cols) / 2.0;
+        let s = Tensor::new(scale, &d).unwrap();
+        let got = contrastive_loss_with_negatives(
+            &Tensor::new(&img, &d).unwrap(),
+            &Tensor::new(&txt, &d).unwrap(),
+            Some(&Tensor::new(&neg, &d).unwrap()),
+            &s,
+            None,
+        )
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+        assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
+        // The negatives make the loss larger than without them.
+        let plain = contrastive_loss(
+            &Tensor::new(&img, &d).unwrap(),
+            &Tensor::new(&txt, &d).unwrap(),
+            &s,
+            None,
+        )
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+        assert!(got > plain + 0.1, "{got} vs {plain}");
+        // No negatives is the plain loss.
+        let empty = Tensor::zeros((0, 2), candle_core::DType::F64, &d).unwrap();
+        let none = contrastive_loss_with_negatives(
+            &Tensor::new(&img, &d).unwrap(),
+            &Tensor::new(&txt, &d).unwrap(),
+            Some(&empty),
+            &s,
+            None,
+        )
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+        assert_eq!(none, plain);
     }
 
     #[test]

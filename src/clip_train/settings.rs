@@ -44,6 +44,15 @@ pub struct ClipTrainSettings {
     /// Probability of blurring a training crop (3x3 binomial kernel).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub blur: f64,
+    /// Images per batch drawn from the negatives folder (`--negatives DIR`): images that match
+    /// no caption, each caption of the batch ranked against them as well as against the batch's
+    /// images (0: none).
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub negatives: usize,
+}
+
+fn is_zero_count(v: &usize) -> bool {
+    *v == 0
 }
 
 /// Augmentations left at 0 are not written, so that older training folders still resume.
@@ -71,6 +80,7 @@ impl Default for ClipTrainSettings {
             crop_min: 0.5,
             noise: 0.0,
             blur: 0.0,
+            negatives: 0,
         }
     }
 }
@@ -238,7 +248,8 @@ const PARAMETER_BYTES: f64 = 16.0;
 /// A lower bound: parameters with gradients and moments, and per pair of a batch the
 /// activations both towers keep for the backward (per layer and token: the residual stream,
 /// LayerNorm, q/k/v, attention output and the 4x MLP before and after its activation; per layer
-/// and head the attention scores and their softmax), the image crop, and the B x B logits.
+/// and head the attention scores and their softmax), the image crop (and the batch's share of
+/// negatives), and the B x B logits.
 pub fn check_clip_memory(s: &ClipTrainSettings, vocab_size: usize) -> anyhow::Result<()> {
     let f = |v: usize| v as f64;
     let (w, l, h, b) = (f(s.width), f(s.layers), f(s.heads), f(s.batch_size));
@@ -250,8 +261,10 @@ pub fn check_clip_memory(s: &ClipTrainSettings, vocab_size: usize) -> anyhow::Re
         + (f(vocab_size) + ctx + tokens + 3.0 * f(s.patch) * f(s.patch) + 6.0) * w
         + 2.0 * w * f(s.embed);
     let per_token = 16.0 * w;
-    let per_pair = l * ((tokens + ctx) * per_token + 2.0 * h * (tokens * tokens + ctx * ctx))
-        + 3.0 * side * side;
+    // The batch's negatives go through the image tower beside its images.
+    let image = l * (tokens * per_token + 2.0 * h * tokens * tokens) + 3.0 * side * side;
+    let text = l * (ctx * per_token + 2.0 * h * ctx * ctx);
+    let per_pair = (1.0 + f(s.negatives) / b.max(1.0)) * image + text;
     let parts = [
         (
             format!(

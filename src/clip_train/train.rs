@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::data::{random_crop, Crop, Degrade, Images};
 use super::eval::embed_gallery;
 use super::init::{init_clip, Trainable};
-use super::loss::{contrastive_loss, MAX_LOGIT_SCALE};
+use super::loss::{contrastive_loss, contrastive_loss_with_negatives, MAX_LOGIT_SCALE};
 pub use super::settings::{check_clip_memory, hf_config_json, ClipTrainSettings};
 use super::tokenizer::{self, WordTokenizer};
 use crate::dataset::Dataset;
@@ -43,6 +43,8 @@ pub struct TrainClipRequest {
     pub dataset: PathBuf,
     pub out: PathBuf,
     pub settings: ClipTrainSettings,
+    /// Folder of negative images (`settings.negatives` of them per step).
+    pub negatives: Option<PathBuf>,
     pub resume: bool,
     pub quiet: bool,
     /// Recorded in training.json.
@@ -197,12 +199,59 @@ const CLIP_OUTPUTS: [&str; 5] = [
 ];
 
 /// What `--resume` must find unchanged in training.json.
-fn resume_view(settings: &Value, tokenizer: &Value, train_images: &Value) -> Value {
+fn resume_view(
+    settings: &Value,
+    tokenizer: &Value,
+    train_images: &Value,
+    negatives: &Value,
+) -> Value {
     json!({
         "settings": settings,
         "tokenizer": tokenizer,
         "dataset": {"train_images": train_images},
+        "negatives": negatives,
     })
+}
+
+/// The negatives folder's images (`*.png`, sorted by name) and its record for training.json:
+/// path, count and a content fingerprint (the digest of every file's name and SHA-256), which
+/// `--resume` checks.
+fn load_negatives(dir: &Path) -> anyhow::Result<(Images, Value)> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| input_err!("--negatives {}: cannot read the folder: {e}", dir.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| input_err!("--negatives {}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.to_ascii_lowercase().ends_with(".png") && entry.path().is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        return Err(input_err!(
+            "--negatives {}: no .png images in the folder",
+            dir.display()
+        ));
+    }
+    let mut digests = Vec::with_capacity(names.len());
+    for n in &names {
+        let bytes = crate::error::read_input_file(&dir.join(n))?;
+        digests.push(crate::fingerprint::sha256_hex(&bytes));
+    }
+    let content = crate::fingerprint::combine(
+        names
+            .iter()
+            .zip(&digests)
+            .map(|(n, d)| (n.as_str(), d.as_str())),
+    );
+    let images = Images::load(dir, &names)?;
+    let record = json!({
+        "path": std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf()).display().to_string(),
+        "images": names.len(),
+        "content": content,
+    });
+    Ok((images, record))
 }
 
 pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
@@ -230,6 +279,15 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             .iter()
             .flat_map(|n| ds.captions[n].iter().map(String::as_str)),
     )?;
+    match (&req.negatives, s.negatives) {
+        (Some(_), 0) => return Err(input_err!("--negatives-per-batch must be at least 1")),
+        (None, k) if k > 0 => {
+            return Err(input_err!(
+                "{k} negatives per batch need a folder of negative images (--negatives DIR)"
+            ))
+        }
+        _ => {}
+    }
     check_clip_memory(s, word_tok.vocab_size)?;
     let steps_per_epoch = batches_per_epoch(ds.train.len(), s.batch_size);
     let total_steps = steps_per_epoch.checked_mul(s.epochs).ok_or_else(|| {
@@ -253,6 +311,13 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         images: Images::load(&ds.images_dir, &ds.dev)?,
         captions: ds.dev.iter().map(|n| ds.captions[n][0].clone()).collect(),
     };
+    let (negatives, negatives_record) = match &req.negatives {
+        Some(dir) => {
+            let (images, record) = load_negatives(dir)?;
+            (Some(images), record)
+        }
+        None => (None, Value::Null),
+    };
 
     // MODEL_DIR: created, locked for the whole training, swept; resumed or started (over).
     let mut model_dir = ModelDir::open(out, "train-clip", "model", req.resume, &CLIP_OUTPUTS, &[])?;
@@ -265,11 +330,13 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
             old.get("settings").unwrap_or(&null),
             old.get("tokenizer").unwrap_or(&null),
             old.pointer("/dataset/train_images").unwrap_or(&null),
+            old.pointer("/negatives/content").unwrap_or(&null),
         );
         let now = resume_view(
             &serde_json::to_value(s)?,
             &tokenizer_record,
             dataset.get("train_images").unwrap_or(&null),
+            negatives_record.get("content").unwrap_or(&null),
         );
         if let Some(diff) = crate::diff::first_difference(&before, &now) {
             return Err(input_err!(
@@ -324,6 +391,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         logit_scale,
         train_images,
         train_ids,
+        negatives,
         dev,
         tok,
         pad: word_tok.eos_id,
@@ -354,6 +422,7 @@ pub fn train_clip(req: &TrainClipRequest) -> anyhow::Result<ClipTrainSummary> {
         "seed": s.seed,
         "settings": s,
         "dataset": dataset,
+        "negatives": negatives_record,
         "tokenizer": tokenizer_record,
         "parameters": trainer.trainable.parameter_count(),
         "threads": candle_core::utils::get_num_threads(),
@@ -412,6 +481,8 @@ struct ClipTrainer<'a> {
     train_images: Images,
     /// Token ids of every caption of every training image.
     train_ids: Vec<Vec<Vec<u32>>>,
+    /// Images that match no caption (`--negatives`).
+    negatives: Option<Images>,
     dev: DevSet,
     tok: ClipTokenizer,
     /// The padding token (the end token).
@@ -472,14 +543,42 @@ impl Trainer for ClipTrainer<'_> {
             let pixels = self
                 .train_images
                 .crops(&items, s.image_size, rng, self.device)?;
+            // Negatives are drawn after the batch, so that trainings without them keep their
+            // random streams; cropped and degraded as the batch, so that neither tells them apart.
+            let negative_pixels = match &self.negatives {
+                Some(pool) if s.negatives > 0 => {
+                    let picks: Vec<(usize, Crop, Degrade)> = (0..s.negatives)
+                        .map(|_| {
+                            let i = rng.random_range(0..pool.rgb.len());
+                            let (w, h) =
+                                (pool.rgb[i].width() as usize, pool.rgb[i].height() as usize);
+                            let crop = random_crop(w, h, s.crop_min, rng);
+                            (i, crop, Degrade::draw(s.noise, s.blur, rng))
+                        })
+                        .collect();
+                    Some(pool.crops(&picks, s.image_size, rng, self.device)?)
+                }
+                _ => None,
+            };
             let ids = pad_ids(&rows, self.pad, self.device)?;
             let step = (epoch - 1) * self.steps_per_epoch + steps + 1;
             self.adam
                 .set_lr(lr_at(s.lr, step, self.total_steps, self.warmup));
             let model = &self.trainable.model;
-            let loss = contrastive_loss(
-                &model.image_features(&pixels)?,
+            // Crops and negatives through the image tower as one batch.
+            let b = items.len();
+            let (image, negative) = match &negative_pixels {
+                Some(neg) => {
+                    let all = model.image_features(&Tensor::cat(&[&pixels, neg], 0)?)?;
+                    let m = all.dim(0)? - b;
+                    (all.narrow(0, 0, b)?, Some(all.narrow(0, b, m)?))
+                }
+                None => (model.image_features(&pixels)?, None),
+            };
+            let loss = contrastive_loss_with_negatives(
+                &image,
                 &model.text_features(&ids)?,
+                negative.as_ref(),
                 self.logit_scale.as_tensor(),
                 Some(&groups(&rows)),
             )?;

@@ -288,3 +288,80 @@ fn bad_input_exits_2_with_a_clear_message() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
 }
+
+#[test]
+fn negatives_change_the_training_and_are_checked_on_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let ds = toy_dataset(&d.path().join("shapes")).display().to_string();
+    let neg = d.path().join("neg");
+    std::fs::create_dir_all(neg.join("frames")).unwrap();
+    for (i, rgb) in [[200u8, 30, 30], [30, 30, 200], [240, 240, 240]]
+        .iter()
+        .enumerate()
+    {
+        image::RgbImage::from_pixel(32, 32, image::Rgb(*rgb))
+            .save(neg.join(format!("n{i}.png")))
+            .unwrap();
+    }
+    // Only the folder's own .png files count.
+    std::fs::write(neg.join("notes.txt"), "not an image").unwrap();
+    image::RgbImage::new(32, 32)
+        .save(neg.join("frames").join("f.png"))
+        .unwrap();
+    let negs = neg.display().to_string();
+    let (plain, with) = (
+        d.path().join("plain").display().to_string(),
+        d.path().join("with").display().to_string(),
+    );
+    ok(&train(&ds, &plain, "2", &[]));
+    let flags = [
+        ("--negatives", negs.as_str()),
+        ("--negatives-per-batch", "4"),
+    ];
+    ok(&train(&ds, &with, "2", &flags));
+    let read = |o: &str, f: &str| std::fs::read(Path::new(o).join(f)).unwrap();
+    assert!(
+        read(&plain, "model.safetensors") != read(&with, "model.safetensors"),
+        "the negatives did not change the training"
+    );
+    let t: serde_json::Value = serde_json::from_slice(&read(&with, "training.json")).unwrap();
+    assert_eq!(t["settings"]["negatives"], 4);
+    assert_eq!(t["negatives"]["images"], 3);
+    assert_eq!(t["negatives"]["content"].as_str().map(str::len), Some(64));
+    let p: serde_json::Value = serde_json::from_slice(&read(&plain, "training.json")).unwrap();
+    assert!(p["settings"].get("negatives").is_none() && p["negatives"].is_null());
+
+    // Other negatives are other inputs: --resume refuses them.
+    image::RgbImage::from_pixel(32, 32, image::Rgb([30, 200, 30]))
+        .save(neg.join("n0.png"))
+        .unwrap();
+    let mut again = flags.to_vec();
+    again.push(("--resume", ""));
+    let o = train(&ds, &with, "2", &again);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("same dataset and settings") && err.contains("negatives"),
+        "{err}"
+    );
+
+    // A folder without images, and a count of 0, are input errors.
+    let empty = d.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = empty.display().to_string();
+    let out = d.path().join("x").display().to_string();
+    let o = train(&ds, &out, "1", &[("--negatives", e.as_str())]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no .png images"));
+    let o = train(
+        &ds,
+        &out,
+        "1",
+        &[
+            ("--negatives", negs.as_str()),
+            ("--negatives-per-batch", "0"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--negatives-per-batch must be at least 1"));
+}
