@@ -75,7 +75,7 @@ pub struct Args {
     /// Folder of images (*.png) that match no caption, for example what guidance towards an
     /// earlier CLIP drew (`run`'s images/): each step draws --negatives-per-batch of them, cropped
     /// and degraded as the training images, and every caption of the batch must rank them below
-    /// its own image. Its content is recorded in training.json.
+    /// its own image. Its content is recorded in training.json [default: none].
     #[arg(long)]
     negatives: Option<PathBuf>,
     /// Negatives drawn per step (with --negatives).
