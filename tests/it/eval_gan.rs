@@ -236,6 +236,31 @@ fn models_not_of_the_shapes_world_are_refused_naming_the_file() {
     fails_with(&o, &["--truncation 0"]);
 }
 
+/// prompts/shapes-fooling.txt (the phrases of the fooling-image pool in docs/shapes-world.md):
+/// 400 distinct phrases, none a phrase of the tuning or held-out set, articles aside.
+#[test]
+fn fooling_prompts_avoid_the_reported_phrases() {
+    let load = |f: &str| roundtrip::prompts::PromptFile::load(&Path::new(ROOT).join(f)).unwrap();
+    let bare = |p: &str| {
+        p.split_whitespace()
+            .filter(|w| !["a", "an", "the"].contains(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let reported: std::collections::HashSet<String> =
+        ["prompts/shapes.txt", "prompts/shapes-holdout.txt"]
+            .iter()
+            .flat_map(|f| load(f).prompts)
+            .map(|p| bare(&p.phrase))
+            .collect();
+    assert!(reported.len() >= 48);
+    let pool = load("prompts/shapes-fooling.txt");
+    let distinct: std::collections::HashSet<String> =
+        pool.prompts.iter().map(|p| bare(&p.phrase)).collect();
+    assert_eq!((pool.prompts.len(), distinct.len()), (400, 400));
+    assert!(distinct.is_disjoint(&reported));
+}
+
 /// prompts/shapes-holdout.txt: new phrases of the grammar, with the photos its header's command
 /// renders.
 #[test]
