@@ -264,7 +264,7 @@ pub fn check_clip_memory(s: &ClipTrainSettings, vocab_size: usize) -> anyhow::Re
     // The batch's negatives go through the image tower beside its images.
     let image = l * (tokens * per_token + 2.0 * h * tokens * tokens) + 3.0 * side * side;
     let text = l * (ctx * per_token + 2.0 * h * ctx * ctx);
-    let per_pair = (1.0 + f(s.negatives) / b.max(1.0)) * image + text;
+    let per_pair = (1.0 + f(s.negatives) / b) * image + text;
     let parts = [
         (
             format!(

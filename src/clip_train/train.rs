@@ -234,11 +234,10 @@ fn load_negatives(dir: &Path) -> anyhow::Result<(Images, Value)> {
             dir.display()
         ));
     }
-    let mut digests = Vec::with_capacity(names.len());
-    for n in &names {
-        let bytes = crate::error::read_input_file(&dir.join(n))?;
-        digests.push(crate::fingerprint::sha256_hex(&bytes));
-    }
+    let digests = names
+        .iter()
+        .map(|n| crate::fingerprint::file_sha256(&dir.join(n)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let content = crate::fingerprint::combine(
         names
             .iter()
@@ -546,7 +545,8 @@ impl Trainer for ClipTrainer<'_> {
             // Negatives are drawn after the batch, so that trainings without them keep their
             // random streams; cropped and degraded as the batch, so that neither tells them apart.
             let negative_pixels = match &self.negatives {
-                Some(pool) if s.negatives > 0 => {
+                // train_clip checked that a folder comes with a count of at least 1.
+                Some(pool) => {
                     let picks: Vec<(usize, Crop, Degrade)> = (0..s.negatives)
                         .map(|_| {
                             let i = rng.random_range(0..pool.rgb.len());
